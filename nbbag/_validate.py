@@ -1,0 +1,238 @@
+"""The one place that checks and normalises the inputs of the public functions.
+
+Numba does no bounds checks, so an index that slipped through here would be memory
+corruption: everything a kernel trusts is checked before any kernel runs, and nothing
+is modified on the way (an error leaves the weight as it was).  Each error names the
+argument and the offending value.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from nbbag.cpu.checks import index_range
+from nbbag.cpu.forward import NO_PADDING
+from nbbag.modes import Mode
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+class BagBatch(NamedTuple):
+    """Validated forward inputs, in the form the kernels take."""
+
+    weight: np.ndarray  # (V, D) float32/float64, C-contiguous
+    indices: np.ndarray  # (N,) int32/int64, C-contiguous, every value in [0, V)
+    offsets: np.ndarray  # (B + 1,) int64, 0 = offsets[0] <= ... <= offsets[B] <= N
+    per_sample_weights: np.ndarray | None  # (N,) weight's dtype, or None
+    mode: Mode
+    padding_idx: int  # in [0, V), or NO_PADDING
+    max_norm: float | None
+    norm_type: float
+    scale_grad_by_freq: bool
+
+    @property
+    def num_bags(self) -> int:
+        return self.offsets.shape[0] - 1
+
+
+def check_weight(weight) -> np.ndarray:
+    """Check that ``weight`` is a C-contiguous (V, D) float32/float64 NumPy array."""
+    if not isinstance(weight, np.ndarray):
+        if hasattr(weight, "__cuda_array_interface__"):
+            raise TypeError(
+                f"weight is a GPU array ({type(weight).__name__}); this version of nbbag "
+                "runs on the CPU only: pass a NumPy array"
+            )
+        raise TypeError(f"weight must be a NumPy array, got {type(weight).__name__}")
+    if weight.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weight must be float32 or float64, got dtype {weight.dtype}")
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D (num_embeddings, dim), got shape {weight.shape}")
+    if not weight.flags.c_contiguous:
+        raise ValueError(
+            "weight must be C-contiguous (it is read, and renormed, in place); "
+            "pass np.ascontiguousarray(weight)"
+        )
+    return weight
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{name} could not be made into an array: {error}") from None
+
+
+def _check_index_dtype(array: np.ndarray, name: str) -> None:
+    if array.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{name} must be int32 or int64, got dtype {array.dtype}")
+
+
+def check_indices(indices) -> np.ndarray:
+    """Check the dtype and rank of ``indices``; return them as an array (1-D or 2-D)."""
+    indices = _as_array(indices, "indices")
+    _check_index_dtype(indices, "indices")
+    if indices.ndim not in (1, 2):
+        raise ValueError(f"indices must be 1-D or 2-D, got shape {indices.shape}")
+    return indices
+
+
+def check_index_range(indices: np.ndarray, num_rows: int) -> None:
+    """Raise IndexError if any of ``indices`` lies outside [0, num_rows)."""
+    flat = indices.reshape(-1)
+    if flat.shape[0] == 0:
+        return
+    smallest, largest = index_range(flat)
+    if smallest >= 0 and largest < num_rows:
+        return
+    position = int(np.flatnonzero((flat < 0) | (flat >= num_rows))[0])
+    where = np.unravel_index(position, indices.shape)
+    where = where[0] if len(where) == 1 else tuple(int(i) for i in where)
+    raise IndexError(
+        f"indices[{where}] = {flat[position]} is outside [0, {num_rows}): "
+        f"weight has {num_rows} rows"
+    )
+
+
+def check_offsets(offsets, indices: np.ndarray, include_last_offset: bool) -> np.ndarray:
+    """Return the bags' boundaries as int64 offsets of B + 1 entries (CSR form)."""
+    num_indices = indices.size
+    if indices.ndim == 2:
+        if offsets is not None:
+            raise ValueError(
+                f"offsets must be None when indices is 2-D (shape {indices.shape}): "
+                "each row is a bag"
+            )
+        num_bags, length = indices.shape
+        return np.arange(num_bags + 1, dtype=np.int64) * length
+    if offsets is None:
+        raise ValueError("offsets is required when indices is 1-D")
+    offsets = _as_array(offsets, "offsets")
+    _check_index_dtype(offsets, "offsets")
+    if offsets.ndim != 1:
+        raise ValueError(f"offsets must be 1-D, got shape {offsets.shape}")
+    if include_last_offset and offsets.shape[0] == 0:
+        raise ValueError(
+            "offsets must hold at least one entry with include_last_offset=True, got none"
+        )
+    offsets = offsets.astype(np.int64)
+    if not include_last_offset:
+        offsets = np.append(offsets, np.int64(num_indices))
+    if offsets[0] != 0:
+        raise ValueError(f"offsets[0] must be 0, got {offsets[0]}")
+    steps = np.diff(offsets)
+    if steps.size and steps.min() < 0:
+        i = int(np.flatnonzero(steps < 0)[0])
+        raise ValueError(
+            f"offsets must be non-decreasing, got offsets[{i}] = {offsets[i]} > "
+            f"offsets[{i + 1}] = {offsets[i + 1]}"
+        )
+    if offsets[-1] > num_indices:
+        position = int(np.argmax(offsets > num_indices))
+        raise ValueError(
+            f"offsets[{position}] = {offsets[position]} is past the end of indices "
+            f"(length {num_indices})"
+        )
+    return offsets
+
+
+def check_per_sample_weights(per_sample_weights, indices: np.ndarray, mode: Mode,
+                             dtype: np.dtype) -> np.ndarray | None:
+    """Return ``per_sample_weights`` flattened, in ``dtype``, or None."""
+    if per_sample_weights is None:
+        return None
+    if mode == Mode.MAX:
+        raise ValueError(
+            "per_sample_weights is not supported with mode 'max' "
+            "(use 'sum', 'mean' or 'sqrtn')"
+        )
+    weights = _as_array(per_sample_weights, "per_sample_weights")
+    if not np.issubdtype(weights.dtype, np.floating):
+        raise TypeError(
+            f"per_sample_weights must be a floating-point array, got dtype {weights.dtype}"
+        )
+    if weights.shape != indices.shape:
+        raise ValueError(
+            f"per_sample_weights must have the shape of indices {indices.shape}, "
+            f"got {weights.shape}"
+        )
+    return np.ascontiguousarray(weights.reshape(-1), dtype=dtype)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_padding_idx(padding_idx, num_rows: int) -> int:
+    """Return ``padding_idx`` as a row in [0, V) (negative counts from the end),
+    or NO_PADDING for None."""
+    if padding_idx is None:
+        return NO_PADDING
+    if not _is_integer(padding_idx):
+        raise TypeError(f"padding_idx must be an int or None, got {padding_idx!r}")
+    if not -num_rows <= padding_idx < num_rows:
+        raise ValueError(
+            f"padding_idx must be in [-{num_rows}, {num_rows}) for a weight with "
+            f"{num_rows} rows, got {padding_idx}"
+        )
+    return int(padding_idx) % num_rows
+
+
+def check_norm_options(max_norm, norm_type) -> tuple[float | None, float]:
+    """Check ``max_norm`` (None or > 0) and ``norm_type`` (> 0, inf allowed)."""
+    if not _is_real(norm_type):
+        raise TypeError(f"norm_type must be a real number, got {norm_type!r}")
+    if not norm_type > 0:
+        raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type}")
+    if max_norm is None:
+        return None, float(norm_type)
+    if not _is_real(max_norm):
+        raise TypeError(f"max_norm must be a real number or None, got {max_norm!r}")
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    return float(max_norm), float(norm_type)
+
+
+def check_flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def validate_forward(weight, indices, offsets, *, mode, per_sample_weights, padding_idx,
+                     include_last_offset, max_norm, norm_type,
+                     scale_grad_by_freq) -> BagBatch:
+    """Check every forward argument; return them in the form the kernels take."""
+    weight = check_weight(weight)
+    num_rows = weight.shape[0]
+    mode = Mode.parse(mode)
+    include_last_offset = check_flag(include_last_offset, "include_last_offset")
+    scale_grad_by_freq = check_flag(scale_grad_by_freq, "scale_grad_by_freq")
+    max_norm, norm_type = check_norm_options(max_norm, norm_type)
+    if max_norm is not None and not weight.flags.writeable:
+        raise ValueError("weight must be writeable with max_norm: rows are renormed in place")
+    padding_idx = check_padding_idx(padding_idx, num_rows)
+    indices = check_indices(indices)
+    bag_offsets = check_offsets(offsets, indices, include_last_offset)
+    weights = check_per_sample_weights(per_sample_weights, indices, mode, weight.dtype)
+    check_index_range(indices, num_rows)
+    return BagBatch(
+        weight=weight,
+        indices=np.ascontiguousarray(indices.reshape(-1)),
+        offsets=bag_offsets,
+        per_sample_weights=weights,
+        mode=mode,
+        padding_idx=padding_idx,
+        max_norm=max_norm,
+        norm_type=norm_type,
+        scale_grad_by_freq=scale_grad_by_freq,
+    )

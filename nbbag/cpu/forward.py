@@ -1,0 +1,228 @@
+"""CPU forward kernels: reduce each bag of embedding rows to one output row.
+
+Two layers, both public through :mod:`nbbag.kernels`:
+
+* per-bag functions (``sum_rows``, ``weighted_sum_rows``, ``max_rows``) reduce the
+  tokens ``start:end`` of one bag into one output row and return what the mode needs to
+  finish (a count or weight sums);
+* bag kernels (``bag_sum``, ``bag_mean``, ...) run one bag per ``prange`` iteration and
+  finish the mode.  Each mode and option has its own kernel, so the inner loop over the
+  embedding dimension never branches on the mode.
+
+Arguments, in this order everywhere: ``weight`` (V, D) float32/float64 C-contiguous;
+``indices`` (N,) int32/int64 in [0, V); ``offsets`` (B + 1,) int, non-decreasing from 0
+to at most N (bag ``b`` is ``indices[offsets[b]:offsets[b + 1]]``); ``per_sample_weights``
+(N,) of weight's dtype (weighted kernels only); ``out`` (B, D) of weight's dtype;
+``padding_idx`` a row in [0, V) left out of every bag, or -1 for none.  The kernels do no
+validation: :func:`nbbag.embedding_bag` is the safe entry point.
+"""
+
+import math
+
+from numba import njit, prange
+
+from nbbag.cpu._intrinsics import prefetch_row
+
+# Tokens ahead whose rows are prefetched: ~16 covers the ~200 ns miss latency at the
+# rate one row of D = 64 is summed (MEASURED.md).  Baked in at compile time: the
+# on-disk cache is keyed on this file, so change it here and nowhere else.
+PREFETCH_DISTANCE = 16
+
+NO_PADDING = -1
+
+
+@njit(cache=True)
+def sum_rows(weight, indices, start, end, padding_idx, out_row):
+    """Write the sum of rows ``indices[start:end]`` (padding left out) into ``out_row``
+    and return how many tokens were summed.
+
+    Ownership: the caller owns ``out_row``; nothing else is written.
+    """
+    out_row[:] = 0
+    count = 0
+    # Prefetch past the bag's end too: with prange's contiguous chunks the next bag
+    # belongs to the same thread.
+    prefetch_end = indices.shape[0]
+    for position in range(start, end):
+        if position + PREFETCH_DISTANCE < prefetch_end:
+            prefetch_row(weight, indices[position + PREFETCH_DISTANCE])
+        row = indices[position]
+        if row == padding_idx:
+            continue
+        count += 1
+        for d in range(out_row.shape[0]):
+            out_row[d] += weight[row, d]
+    return count
+
+
+@njit(cache=True)
+def weighted_sum_rows(weight, indices, per_sample_weights, start, end, padding_idx, out_row):
+    """Write sum_i w_i * weight[indices[i]] over ``start:end`` (padding left out) into
+    ``out_row``; return (sum_i w_i, sum_i w_i**2) over the same tokens.
+
+    Ownership: the caller owns ``out_row``; nothing else is written.
+    """
+    out_row[:] = 0
+    weight_sum = 0.0
+    weight_square_sum = 0.0
+    prefetch_end = indices.shape[0]
+    for position in range(start, end):
+        if position + PREFETCH_DISTANCE < prefetch_end:
+            prefetch_row(weight, indices[position + PREFETCH_DISTANCE])
+        row = indices[position]
+        if row == padding_idx:
+            continue
+        w = per_sample_weights[position]
+        weight_sum += w
+        weight_square_sum += w * w
+        for d in range(out_row.shape[0]):
+            out_row[d] += w * weight[row, d]
+    return weight_sum, weight_square_sum
+
+
+@njit(cache=True)
+def max_rows(weight, indices, start, end, padding_idx, out_row):
+    """Write the elementwise max of rows ``indices[start:end]`` (padding left out) into
+    ``out_row`` (zeros if none); return how many tokens took part.
+
+    Ownership: the caller owns ``out_row``; nothing else is written.
+    """
+    count = 0
+    prefetch_end = indices.shape[0]
+    for position in range(start, end):
+        if position + PREFETCH_DISTANCE < prefetch_end:
+            prefetch_row(weight, indices[position + PREFETCH_DISTANCE])
+        row = indices[position]
+        if row == padding_idx:
+            continue
+        if count == 0:
+            out_row[:] = weight[row]
+        else:
+            for d in range(out_row.shape[0]):
+                # strict '>' keeps the first occurrence on ties
+                if weight[row, d] > out_row[d]:
+                    out_row[d] = weight[row, d]
+        count += 1
+    if count == 0:
+        out_row[:] = 0
+    return count
+
+
+@njit(cache=True)
+def scale_row(out_row, denominator):
+    """Divide ``out_row`` by ``denominator``, or zero it when ``denominator`` is 0
+    (an empty bag, or weights that sum to 0: TensorFlow's div_no_nan)."""
+    if denominator == 0:
+        out_row[:] = 0
+    else:
+        out_row *= 1.0 / denominator
+
+
+@njit(parallel=True, cache=True)
+def bag_sum(weight, indices, offsets, out, padding_idx=NO_PADDING):
+    """out[b] = sum of the rows of bag b.
+
+    Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
+    """
+    for b in prange(out.shape[0]):
+        sum_rows(weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b])
+
+
+@njit(parallel=True, cache=True)
+def bag_mean(weight, indices, offsets, out, padding_idx=NO_PADDING):
+    """out[b] = mean of the rows of bag b (padding not counted).
+
+    Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
+    """
+    for b in prange(out.shape[0]):
+        count = sum_rows(weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b])
+        scale_row(out[b], count)
+
+
+@njit(parallel=True, cache=True)
+def bag_sqrtn(weight, indices, offsets, out, padding_idx=NO_PADDING):
+    """out[b] = sum of the rows of bag b / sqrt(number of rows).
+
+    Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
+    """
+    for b in prange(out.shape[0]):
+        count = sum_rows(weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b])
+        scale_row(out[b], math.sqrt(count))
+
+
+@njit(parallel=True, cache=True)
+def bag_max(weight, indices, offsets, out, padding_idx=NO_PADDING):
+    """out[b] = elementwise max of the rows of bag b.
+
+    Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
+    """
+    for b in prange(out.shape[0]):
+        max_rows(weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b])
+
+
+@njit(parallel=True, cache=True)
+def bag_weighted_sum(weight, indices, offsets, per_sample_weights, out,
+                     padding_idx=NO_PADDING):
+    """out[b] = sum_i w_i x_i over bag b.
+
+    Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
+    """
+    for b in prange(out.shape[0]):
+        weighted_sum_rows(weight, indices, per_sample_weights, offsets[b], offsets[b + 1],
+                          padding_idx, out[b])
+
+
+@njit(parallel=True, cache=True)
+def bag_weighted_mean(weight, indices, offsets, per_sample_weights, out,
+                      padding_idx=NO_PADDING):
+    """out[b] = sum_i w_i x_i / sum_i w_i over bag b (zeros where sum_i w_i is 0).
+
+    Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
+    """
+    for b in prange(out.shape[0]):
+        weight_sum, _ = weighted_sum_rows(weight, indices, per_sample_weights, offsets[b],
+                                          offsets[b + 1], padding_idx, out[b])
+        scale_row(out[b], weight_sum)
+
+
+@njit(parallel=True, cache=True)
+def bag_weighted_sqrtn(weight, indices, offsets, per_sample_weights, out,
+                       padding_idx=NO_PADDING):
+    """out[b] = sum_i w_i x_i / sqrt(sum_i w_i**2) over bag b (zeros where all w_i are 0).
+
+    Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
+    """
+    for b in prange(out.shape[0]):
+        _, weight_square_sum = weighted_sum_rows(weight, indices, per_sample_weights,
+                                                 offsets[b], offsets[b + 1], padding_idx,
+                                                 out[b])
+        scale_row(out[b], math.sqrt(weight_square_sum))
+
+
+@njit(parallel=True, cache=True)
+def renorm_rows(weight, rows, max_norm, norm_type):
+    """Scale, in place, each ``weight[r]`` (r in ``rows``) whose ``norm_type``-norm
+    exceeds ``max_norm`` by ``max_norm / (norm + 1e-7)``, as torch's embedding_renorm_.
+
+    ``rows`` must be unique: two threads scaling one row would race.
+    Ownership: iteration i of the prange reads and writes ``weight[rows[i]]`` only.
+    """
+    for i in prange(rows.shape[0]):
+        row = weight[rows[i]]
+        norm = row_norm(row, norm_type)
+        if norm > max_norm:
+            row *= max_norm / (norm + 1e-7)
+
+
+@njit(cache=True)
+def row_norm(row, norm_type):
+    """The ``norm_type``-norm (p > 0, or inf) of a 1-D array, accumulated in float64."""
+    if norm_type == math.inf:
+        largest = 0.0
+        for value in row:
+            largest = max(largest, abs(value))
+        return largest
+    total = 0.0
+    for value in row:
+        total += abs(float(value)) ** norm_type
+    return total ** (1.0 / norm_type)

@@ -1,0 +1,82 @@
+"""nbbag's kernels, for people composing their own pipelines.
+
+These are the Numba-compiled CPU kernels behind :func:`nbbag.embedding_bag`, with stable
+signatures.  They write into an output the caller allocates, and they trust their
+inputs: no bounds checks (Numba does none), so validate first or use the front door.
+Each is callable from Python and from your own ``@njit`` functions.
+
+Conventions (argument order is the same in every kernel)::
+
+    weight              (V, D) float32/float64, C-contiguous
+    indices             (N,)   int32/int64, every value in [0, V)
+    offsets             (B+1,) int32/int64, 0 = offsets[0] <= ... <= offsets[B] <= N;
+                        bag b is indices[offsets[b]:offsets[b+1]]
+    per_sample_weights  (N,)   weight's dtype (weighted kernels only)
+    out                 (B, D) weight's dtype; every element is written
+    padding_idx         a row in [0, V) left out of every bag, or -1 (the default)
+
+Bag kernels (one bag per parallel iteration)::
+
+    bag_sum(weight, indices, offsets, out, padding_idx=-1)
+    bag_mean(weight, indices, offsets, out, padding_idx=-1)
+    bag_sqrtn(weight, indices, offsets, out, padding_idx=-1)
+    bag_max(weight, indices, offsets, out, padding_idx=-1)
+    bag_weighted_sum(weight, indices, offsets, per_sample_weights, out, padding_idx=-1)
+    bag_weighted_mean(weight, indices, offsets, per_sample_weights, out, padding_idx=-1)
+    bag_weighted_sqrtn(weight, indices, offsets, per_sample_weights, out, padding_idx=-1)
+    renorm_rows(weight, rows, max_norm, norm_type)   # rows unique; in place
+
+Per-bag functions (serial; reduce tokens start:end into one row, for your own loops)::
+
+    count = sum_rows(weight, indices, start, end, padding_idx, out_row)
+    weight_sum, weight_square_sum = weighted_sum_rows(weight, indices, per_sample_weights,
+                                                      start, end, padding_idx, out_row)
+    count = max_rows(weight, indices, start, end, padding_idx, out_row)
+    scale_row(out_row, denominator)            # divide, or zero when denominator == 0
+
+Example, from a user's own ``@njit`` function::
+
+    from numba import njit
+    from nbbag.kernels import bag_sum
+
+    @njit
+    def pooled_twice(weight, indices, offsets, out):
+        bag_sum(weight, indices, offsets, out)
+        return out * 2
+"""
+
+from nbbag.cpu.checks import index_range
+from nbbag.cpu.forward import (
+    NO_PADDING,
+    bag_max,
+    bag_mean,
+    bag_sqrtn,
+    bag_sum,
+    bag_weighted_mean,
+    bag_weighted_sqrtn,
+    bag_weighted_sum,
+    max_rows,
+    renorm_rows,
+    row_norm,
+    scale_row,
+    sum_rows,
+    weighted_sum_rows,
+)
+
+__all__ = [
+    "NO_PADDING",
+    "bag_max",
+    "bag_mean",
+    "bag_sqrtn",
+    "bag_sum",
+    "bag_weighted_mean",
+    "bag_weighted_sqrtn",
+    "bag_weighted_sum",
+    "index_range",
+    "max_rows",
+    "renorm_rows",
+    "row_norm",
+    "scale_row",
+    "sum_rows",
+    "weighted_sum_rows",
+]
