@@ -8,7 +8,6 @@ argument and the offending value.
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import NamedTuple
 
@@ -52,7 +51,9 @@ def check_weight(weight) -> np.ndarray:
     if weight.dtype not in FLOAT_DTYPES:
         raise TypeError(f"weight must be float32 or float64, got dtype {weight.dtype}")
     if weight.ndim != 2:
-        raise ValueError(f"weight must be 2-D (num_embeddings, dim), got shape {weight.shape}")
+        raise ValueError(
+            f"weight must be 2-D (num_embeddings, dim), got shape {weight.shape}"
+        )
     if not weight.flags.c_contiguous:
         raise ValueError(
             "weight must be C-contiguous (it is read, and renormed, in place); "
@@ -68,15 +69,19 @@ def _as_array(value, name: str) -> np.ndarray:
         raise ValueError(f"{name} could not be made into an array: {error}") from None
 
 
-def _check_index_dtype(array: np.ndarray, name: str) -> None:
+def _as_index_array(value, name: str) -> np.ndarray:
+    """``value`` as an int32/int64 array; an empty Python sequence (untyped) is int64."""
+    array = _as_array(value, name)
+    if array.size == 0 and not isinstance(value, np.ndarray):
+        array = array.astype(np.int64)
     if array.dtype not in INDEX_DTYPES:
         raise TypeError(f"{name} must be int32 or int64, got dtype {array.dtype}")
+    return array
 
 
 def check_indices(indices) -> np.ndarray:
     """Check the dtype and rank of ``indices``; return them as an array (1-D or 2-D)."""
-    indices = _as_array(indices, "indices")
-    _check_index_dtype(indices, "indices")
+    indices = _as_index_array(indices, "indices")
     if indices.ndim not in (1, 2):
         raise ValueError(f"indices must be 1-D or 2-D, got shape {indices.shape}")
     return indices
@@ -112,19 +117,18 @@ def check_offsets(offsets, indices: np.ndarray, include_last_offset: bool) -> np
         return np.arange(num_bags + 1, dtype=np.int64) * length
     if offsets is None:
         raise ValueError("offsets is required when indices is 1-D")
-    offsets = _as_array(offsets, "offsets")
-    _check_index_dtype(offsets, "offsets")
+    offsets = _as_index_array(offsets, "offsets")
     if offsets.ndim != 1:
         raise ValueError(f"offsets must be 1-D, got shape {offsets.shape}")
     if include_last_offset and offsets.shape[0] == 0:
         raise ValueError(
             "offsets must hold at least one entry with include_last_offset=True, got none"
         )
-    offsets = offsets.astype(np.int64)
-    if not include_last_offset:
-        offsets = np.append(offsets, np.int64(num_indices))
+    if offsets.shape[0] == 0:  # no bags
+        return np.zeros(1, dtype=np.int64)
     if offsets[0] != 0:
         raise ValueError(f"offsets[0] must be 0, got {offsets[0]}")
+    offsets = offsets.astype(np.int64)
     steps = np.diff(offsets)
     if steps.size and steps.min() < 0:
         i = int(np.flatnonzero(steps < 0)[0])
@@ -138,11 +142,14 @@ def check_offsets(offsets, indices: np.ndarray, include_last_offset: bool) -> np
             f"offsets[{position}] = {offsets[position]} is past the end of indices "
             f"(length {num_indices})"
         )
+    if not include_last_offset:
+        offsets = np.append(offsets, np.int64(num_indices))
     return offsets
 
 
-def check_per_sample_weights(per_sample_weights, indices: np.ndarray, mode: Mode,
-                             dtype: np.dtype) -> np.ndarray | None:
+def check_per_sample_weights(
+    per_sample_weights, indices: np.ndarray, mode: Mode, dtype: np.dtype
+) -> np.ndarray | None:
     """Return ``per_sample_weights`` flattened, in ``dtype``, or None."""
     if per_sample_weights is None:
         return None
@@ -208,9 +215,19 @@ def check_flag(value, name: str) -> bool:
     return bool(value)
 
 
-def validate_forward(weight, indices, offsets, *, mode, per_sample_weights, padding_idx,
-                     include_last_offset, max_norm, norm_type,
-                     scale_grad_by_freq) -> BagBatch:
+def validate_forward(
+    weight,
+    indices,
+    offsets,
+    *,
+    mode,
+    per_sample_weights,
+    padding_idx,
+    include_last_offset,
+    max_norm,
+    norm_type,
+    scale_grad_by_freq,
+) -> BagBatch:
     """Check every forward argument; return them in the form the kernels take."""
     weight = check_weight(weight)
     num_rows = weight.shape[0]
@@ -219,7 +236,9 @@ def validate_forward(weight, indices, offsets, *, mode, per_sample_weights, padd
     scale_grad_by_freq = check_flag(scale_grad_by_freq, "scale_grad_by_freq")
     max_norm, norm_type = check_norm_options(max_norm, norm_type)
     if max_norm is not None and not weight.flags.writeable:
-        raise ValueError("weight must be writeable with max_norm: rows are renormed in place")
+        raise ValueError(
+            "weight must be writeable with max_norm: rows are renormed in place"
+        )
     padding_idx = check_padding_idx(padding_idx, num_rows)
     indices = check_indices(indices)
     bag_offsets = check_offsets(offsets, indices, include_last_offset)

@@ -90,9 +90,16 @@ def embedding_bag(
            [36., 40.]], dtype=float32)
     """
     batch = validate_forward(
-        weight, indices, offsets, mode=mode, per_sample_weights=per_sample_weights,
-        padding_idx=padding_idx, include_last_offset=include_last_offset,
-        max_norm=max_norm, norm_type=norm_type, scale_grad_by_freq=scale_grad_by_freq,
+        weight,
+        indices,
+        offsets,
+        mode=mode,
+        per_sample_weights=per_sample_weights,
+        padding_idx=padding_idx,
+        include_last_offset=include_last_offset,
+        max_norm=max_norm,
+        norm_type=norm_type,
+        scale_grad_by_freq=scale_grad_by_freq,
     )
     return _forward(batch)
 
@@ -101,14 +108,21 @@ def _forward(batch: BagBatch) -> np.ndarray:
     """Run the forward kernels on validated inputs."""
     weight = batch.weight
     if batch.max_norm is not None:
-        forward.renorm_rows(weight, np.unique(batch.indices), batch.max_norm,
-                            batch.norm_type)
+        forward.renorm_rows(
+            weight, np.unique(batch.indices), batch.max_norm, batch.norm_type
+        )
     out = np.empty((batch.num_bags, weight.shape[1]), dtype=weight.dtype)
     if batch.per_sample_weights is None:
         kernel = _UNWEIGHTED_KERNELS[batch.mode]
         kernel(weight, batch.indices, batch.offsets, out, batch.padding_idx)
     else:
         kernel = _WEIGHTED_KERNELS[batch.mode]
-        kernel(weight, batch.indices, batch.offsets, batch.per_sample_weights, out,
-               batch.padding_idx)
+        kernel(
+            weight,
+            batch.indices,
+            batch.offsets,
+            batch.per_sample_weights,
+            out,
+            batch.padding_idx,
+        )
     return out

@@ -32,9 +32,10 @@ def bag_bounds(indices, offsets=None, include_last_offset=False):
     if indices.ndim == 2:
         num_bags, length = indices.shape
         return [(b * length, (b + 1) * length) for b in range(num_bags)]
-    ends = list(offsets[1:]) if include_last_offset else list(offsets[1:]) + [len(indices)]
-    starts = offsets[:-1] if include_last_offset else offsets
-    return [(int(s), int(e)) for s, e in zip(starts, ends)]
+    bounds = [int(o) for o in offsets]
+    if not include_last_offset:
+        bounds = bounds + [len(indices)] if bounds else [0]  # no offsets: no bags
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def renorm(weight, indices, max_norm, norm_type=2.0):

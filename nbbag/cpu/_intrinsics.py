@@ -26,8 +26,9 @@ def prefetch_row(typingctx, table, row):
         row_stride = builder.extract_value(array.strides, 0)
         row_bytes = builder.mul(
             builder.extract_value(array.shape, 1),
-            context.get_constant(types.intp, context.get_abi_sizeof(
-                context.get_data_type(table_type.dtype))),
+            context.get_constant(
+                types.intp, context.get_abi_sizeof(context.get_data_type(table_type.dtype))
+            ),
         )
         base = builder.ptrtoint(array.data, cgutils.intp_t)
         start = builder.add(base, builder.mul(row_value, row_stride))

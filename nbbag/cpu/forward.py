@@ -56,7 +56,9 @@ def sum_rows(weight, indices, start, end, padding_idx, out_row):
 
 
 @njit(cache=True)
-def weighted_sum_rows(weight, indices, per_sample_weights, start, end, padding_idx, out_row):
+def weighted_sum_rows(
+    weight, indices, per_sample_weights, start, end, padding_idx, out_row
+):
     """Write sum_i w_i * weight[indices[i]] over ``start:end`` (padding left out) into
     ``out_row``; return (sum_i w_i, sum_i w_i**2) over the same tokens.
 
@@ -161,41 +163,64 @@ def bag_max(weight, indices, offsets, out, padding_idx=NO_PADDING):
 
 
 @njit(parallel=True, cache=True)
-def bag_weighted_sum(weight, indices, offsets, per_sample_weights, out,
-                     padding_idx=NO_PADDING):
+def bag_weighted_sum(
+    weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING
+):
     """out[b] = sum_i w_i x_i over bag b.
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
     for b in prange(out.shape[0]):
-        weighted_sum_rows(weight, indices, per_sample_weights, offsets[b], offsets[b + 1],
-                          padding_idx, out[b])
+        weighted_sum_rows(
+            weight,
+            indices,
+            per_sample_weights,
+            offsets[b],
+            offsets[b + 1],
+            padding_idx,
+            out[b],
+        )
 
 
 @njit(parallel=True, cache=True)
-def bag_weighted_mean(weight, indices, offsets, per_sample_weights, out,
-                      padding_idx=NO_PADDING):
+def bag_weighted_mean(
+    weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING
+):
     """out[b] = sum_i w_i x_i / sum_i w_i over bag b (zeros where sum_i w_i is 0).
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
     for b in prange(out.shape[0]):
-        weight_sum, _ = weighted_sum_rows(weight, indices, per_sample_weights, offsets[b],
-                                          offsets[b + 1], padding_idx, out[b])
+        weight_sum, _ = weighted_sum_rows(
+            weight,
+            indices,
+            per_sample_weights,
+            offsets[b],
+            offsets[b + 1],
+            padding_idx,
+            out[b],
+        )
         scale_row(out[b], weight_sum)
 
 
 @njit(parallel=True, cache=True)
-def bag_weighted_sqrtn(weight, indices, offsets, per_sample_weights, out,
-                       padding_idx=NO_PADDING):
+def bag_weighted_sqrtn(
+    weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING
+):
     """out[b] = sum_i w_i x_i / sqrt(sum_i w_i**2) over bag b (zeros where all w_i are 0).
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
     for b in prange(out.shape[0]):
-        _, weight_square_sum = weighted_sum_rows(weight, indices, per_sample_weights,
-                                                 offsets[b], offsets[b + 1], padding_idx,
-                                                 out[b])
+        _, weight_square_sum = weighted_sum_rows(
+            weight,
+            indices,
+            per_sample_weights,
+            offsets[b],
+            offsets[b + 1],
+            padding_idx,
+            out[b],
+        )
         scale_row(out[b], math.sqrt(weight_square_sum))
 
 

@@ -1,0 +1,94 @@
+"""nbbag.kernels, called the way users compose them: from Python and from @njit."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from nbbag import kernels, reference
+
+
+@njit
+def pooled_then_doubled(weight, indices, offsets, out):
+    kernels.bag_sum(weight, indices, offsets, out)
+    return out * 2
+
+
+@njit
+def mean_of_each_bag_by_hand(weight, indices, offsets, padding_idx, out):
+    """A user's own loop over bags that calls the per-bag functions."""
+    for b in range(out.shape[0]):
+        count = kernels.sum_rows(
+            weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b]
+        )
+        kernels.scale_row(out[b], count)
+    return out
+
+
+@pytest.fixture
+def bags(rng):
+    weight = rng.standard_normal((20, 6)).astype(np.float32)
+    indices = rng.integers(0, 20, size=30).astype(np.int32)
+    offsets = np.array([0, 7, 7, 19, 30], dtype=np.int64)  # B + 1 form
+    return weight, indices, offsets
+
+
+def test_kernel_from_a_users_njit_function(bags):
+    weight, indices, offsets = bags
+    out = np.full((4, 6), np.nan, dtype=np.float32)
+    doubled = pooled_then_doubled(weight, indices, offsets, out)
+    expected = reference.embedding_bag(
+        weight, indices, offsets, mode="sum", include_last_offset=True
+    )
+    np.testing.assert_allclose(doubled, 2 * expected, rtol=1e-5, atol=1e-6)
+
+
+def test_per_bag_functions_from_a_users_njit_loop(bags):
+    weight, indices, offsets = bags
+    out = np.full((4, 6), np.nan, dtype=np.float32)
+    mean_of_each_bag_by_hand(weight, indices, offsets, indices[0], out)
+    expected = reference.embedding_bag(
+        weight,
+        indices,
+        offsets,
+        mode="mean",
+        include_last_offset=True,
+        padding_idx=int(indices[0]),
+    )
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "mode", "weighted"),
+    [
+        (kernels.bag_sum, "sum", False),
+        (kernels.bag_mean, "mean", False),
+        (kernels.bag_sqrtn, "sqrtn", False),
+        (kernels.bag_max, "max", False),
+        (kernels.bag_weighted_sum, "sum", True),
+        (kernels.bag_weighted_mean, "mean", True),
+        (kernels.bag_weighted_sqrtn, "sqrtn", True),
+    ],
+)
+def test_every_bag_kernel_from_python_writes_every_element(
+    kernel, mode, weighted, bags, rng
+):
+    weight, indices, offsets = bags
+    out = np.full((4, 6), np.nan, dtype=np.float32)  # poisoned: every element is written
+    options = {"mode": mode, "include_last_offset": True, "padding_idx": int(indices[3])}
+    if weighted:
+        psw = rng.uniform(0.5, 1.5, size=30).astype(np.float32)
+        kernel(weight, indices, offsets, psw, out, options["padding_idx"])
+        options["per_sample_weights"] = psw
+    else:
+        kernel(weight, indices, offsets, out, options["padding_idx"])
+    expected = reference.embedding_bag(weight, indices, offsets, **options)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_renorm_rows_and_index_range(rng):
+    weight = 5 * rng.standard_normal((8, 3))
+    expected = weight.copy()
+    reference.renorm(expected, [1, 6], max_norm=1.0, norm_type=2.0)
+    kernels.renorm_rows(weight, np.array([1, 6]), 1.0, 2.0)
+    np.testing.assert_allclose(weight, expected, rtol=1e-12)
+    assert kernels.index_range(np.array([4, -3, 9, 0])) == (-3, 9)
