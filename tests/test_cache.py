@@ -3,32 +3,19 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-CHILD = """
-import json, time
-t0 = time.perf_counter()
-import numpy as np
-import nbbag
-t1 = time.perf_counter()
-weight = np.random.default_rng(0).standard_normal((10, 5)).astype(np.float32)
-nbbag.embedding_bag(weight, [1, 2, 4, 5, 4, 3, 2, 9], [0, 4], mode="mean")
-t2 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "first_call": t2 - t1}))
-"""
-
-
-def run_child() -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+FIRST_CALL = Path(__file__).parents[1] / "benchmarks" / "first_call.py"
 
 
 def test_second_process_first_call_is_fast():
-    run_child()  # fills the cache if nothing has yet
-    timings = run_child()
+    """The first embedding_bag call of a process, with the cache warm, is under 1 s."""
+    done = subprocess.run(
+        [sys.executable, str(FIRST_CALL), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    timings = json.loads(done.stdout.strip().splitlines()[-1])
     assert timings["first_call"] < 1.0, timings
