@@ -1,11 +1,23 @@
 """nbbag: EmbeddingBag for NumPy, as Numba kernels.
 
 Look up rows of an embedding table for bags of ids and reduce each bag (sum, mean, max,
-sqrtn), with torch.nn.functional.embedding_bag's semantics.
+sqrtn), with torch.nn.functional.embedding_bag's semantics, and get row-sparse
+gradients back.
 """
 
-from nbbag.functional import embedding_bag
+from nbbag._validate import BagContext
+from nbbag.functional import embedding_bag, embedding_bag_bwd, embedding_bag_fwd
+from nbbag.layer import EmbeddingBag
 from nbbag.modes import Mode
+from nbbag.sparse import RowSparseGrad
 
-__all__ = ["Mode", "embedding_bag"]
+__all__ = [
+    "BagContext",
+    "EmbeddingBag",
+    "Mode",
+    "RowSparseGrad",
+    "embedding_bag",
+    "embedding_bag_bwd",
+    "embedding_bag_fwd",
+]
 __version__ = "0.1.0"

@@ -33,10 +33,65 @@ class BagBatch(NamedTuple):
     max_norm: float | None
     norm_type: float
     scale_grad_by_freq: bool
+    indices_shape: tuple  # as the caller gave them: (N,) or (B, L)
 
     @property
     def num_bags(self) -> int:
         return self.offsets.shape[0] - 1
+
+
+class BagContext:
+    """What :func:`nbbag.embedding_bag_bwd` needs from the forward: the validated
+    inputs (references, not copies), the weight's shape then, the winners of ``max``
+    and, for weighted mean/sqrtn, the output."""
+
+    __slots__ = ("batch", "weight_shape", "out", "argmax")
+
+    def __init__(self, batch: BagBatch, out: np.ndarray | None, argmax: np.ndarray | None):
+        self.batch = batch
+        self.weight_shape = batch.weight.shape
+        self.out = out
+        self.argmax = argmax
+
+    @property
+    def indices_shape(self) -> tuple:
+        return self.batch.indices_shape
+
+    def __repr__(self) -> str:
+        return (
+            f"BagContext(mode={self.batch.mode.name.lower()}, bags={self.batch.num_bags}, "
+            f"tokens={self.batch.indices.shape[0]}, weight={self.weight_shape})"
+        )
+
+
+def check_grad_output(grad_output, ctx) -> np.ndarray:
+    """Check ``grad_output`` against the forward in ``ctx``; return it C-contiguous."""
+    if not isinstance(ctx, BagContext):
+        raise TypeError(
+            f"ctx must be the BagContext from embedding_bag_fwd, got {type(ctx).__name__}"
+        )
+    weight = ctx.batch.weight
+    if weight.shape != ctx.weight_shape:
+        raise ValueError(
+            f"weight's shape changed from {ctx.weight_shape} at the forward to "
+            f"{weight.shape}: ctx belongs to another table; run the forward again"
+        )
+    if not isinstance(grad_output, np.ndarray):
+        raise TypeError(
+            f"grad_output must be a NumPy array, got {type(grad_output).__name__}"
+        )
+    expected = (ctx.batch.num_bags, ctx.weight_shape[1])
+    if grad_output.shape != expected:
+        raise ValueError(
+            f"grad_output must have the forward output's shape {expected}, "
+            f"got {grad_output.shape}"
+        )
+    if grad_output.dtype != weight.dtype:
+        raise ValueError(
+            f"grad_output must have the weight's dtype {weight.dtype}, "
+            f"got {grad_output.dtype}"
+        )
+    return np.ascontiguousarray(grad_output)
 
 
 def check_weight(weight) -> np.ndarray:
@@ -254,4 +309,5 @@ def validate_forward(
         max_norm=max_norm,
         norm_type=norm_type,
         scale_grad_by_freq=scale_grad_by_freq,
+        indices_shape=indices.shape,
     )

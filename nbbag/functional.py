@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbbag._validate import BagBatch, validate_forward
-from nbbag.cpu import forward
+from nbbag._validate import BagBatch, BagContext, check_grad_output, validate_forward
+from nbbag.cpu import backward, forward
 from nbbag.modes import Mode
+from nbbag.sparse import RowSparseGrad
 
 # A kernel per mode, chosen once per call: the inner loops never branch on the mode.
 _UNWEIGHTED_KERNELS = {
@@ -101,17 +102,131 @@ def embedding_bag(
         norm_type=norm_type,
         scale_grad_by_freq=scale_grad_by_freq,
     )
-    return _forward(batch)
+    return _forward(batch)[0]
 
 
-def _forward(batch: BagBatch) -> np.ndarray:
-    """Run the forward kernels on validated inputs."""
+def embedding_bag_fwd(
+    weight,
+    indices,
+    offsets=None,
+    *,
+    mode: Mode | str = "mean",
+    per_sample_weights=None,
+    padding_idx: int | None = None,
+    include_last_offset: bool = False,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+) -> tuple[np.ndarray, BagContext]:
+    """:func:`embedding_bag`, plus the context its backward needs.
+
+    Takes the same arguments as :func:`embedding_bag`.  For ``max`` the forward also
+    records which token won each (bag, dimension); for weighted ``mean`` and ``sqrtn``
+    the context keeps the output.  The context holds references to ``weight`` and the
+    (validated) inputs, not copies: the backward reads ``weight`` as it is then.
+
+    Returns
+    -------
+    out : ndarray, shape (B, D)
+        What :func:`embedding_bag` returns.
+    ctx : BagContext
+        Pass it to :func:`embedding_bag_bwd`; it can be used more than once.
+
+    Examples
+    --------
+    >>> import numpy as np, nbbag
+    >>> weight = np.ones((10, 3), dtype=np.float32)
+    >>> out, ctx = nbbag.embedding_bag_fwd(weight, [1, 2, 2], [0, 1], mode="sum")
+    >>> grad = nbbag.embedding_bag_bwd(np.ones_like(out), ctx)
+    >>> grad.rows, grad.values[:, 0]
+    (array([1, 2]), array([1., 2.], dtype=float32))
+    """
+    batch = validate_forward(
+        weight,
+        indices,
+        offsets,
+        mode=mode,
+        per_sample_weights=per_sample_weights,
+        padding_idx=padding_idx,
+        include_last_offset=include_last_offset,
+        max_norm=max_norm,
+        norm_type=norm_type,
+        scale_grad_by_freq=scale_grad_by_freq,
+    )
+    out, argmax = _forward(batch, record_argmax=batch.mode == Mode.MAX)
+    keep_out = batch.per_sample_weights is not None and batch.mode != Mode.SUM
+    return out, BagContext(batch, out if keep_out else None, argmax)
+
+
+def embedding_bag_bwd(grad_output, ctx: BagContext, *, per_sample_weights_grad=False):
+    """The gradient of the bag reduction, as sorted unique rows and their values.
+
+    Parameters
+    ----------
+    grad_output : ndarray, shape (B, D), the weight's dtype
+        The gradient of the loss with respect to the forward's output.
+    ctx : BagContext
+        From :func:`embedding_bag_fwd`.
+    per_sample_weights_grad : bool, default False
+        Also return the gradient with respect to the forward's ``per_sample_weights``
+        (same shape; 0 for padding).  Needs weights in the forward.
+
+    Returns
+    -------
+    RowSparseGrad
+        ``rows`` (U,) int64 sorted unique: the rows that got a contribution;
+        ``values`` (U, D): their summed gradients; ``shape`` (V, D).  With
+        ``scale_grad_by_freq`` each row is divided by its count in the batch.  Padding
+        and empty bags give no gradient.  Deterministic: bit-identical for any number
+        of threads.
+    ndarray, optional
+        The gradient with respect to ``per_sample_weights``, when asked for.
+
+    Raises
+    ------
+    ValueError
+        ``grad_output`` of the wrong shape or dtype; a weight whose shape changed since
+        the forward; ``per_sample_weights_grad`` without weights in the forward.
+    """
+    grad_output = check_grad_output(grad_output, ctx)
+    batch = ctx.batch
+    if per_sample_weights_grad and batch.per_sample_weights is None:
+        raise ValueError(
+            "per_sample_weights_grad=True needs per_sample_weights in the forward"
+        )
+    grad = _weight_grad(grad_output, ctx)
+    if not per_sample_weights_grad:
+        return grad
+    weights_grad = np.zeros_like(batch.per_sample_weights)
+    backward.per_sample_weights_grad(
+        batch.weight,
+        batch.indices,
+        batch.offsets,
+        batch.per_sample_weights,
+        ctx.out if ctx.out is not None else grad_output,  # out: read by mean/sqrtn only
+        grad_output,
+        batch.padding_idx,
+        int(batch.mode),
+        weights_grad,
+    )
+    return grad, weights_grad.reshape(ctx.indices_shape)
+
+
+def _forward(batch: BagBatch, record_argmax: bool = False):
+    """Run the forward kernels on validated inputs; return ``out`` (and, with
+    ``record_argmax``, the max winners)."""
     weight = batch.weight
     if batch.max_norm is not None:
         forward.renorm_rows(
             weight, np.unique(batch.indices), batch.max_norm, batch.norm_type
         )
     out = np.empty((batch.num_bags, weight.shape[1]), dtype=weight.dtype)
+    if record_argmax:
+        argmax = np.empty(out.shape, dtype=np.int64)
+        forward.bag_max_argmax(
+            weight, batch.indices, batch.offsets, out, argmax, batch.padding_idx
+        )
+        return out, argmax
     if batch.per_sample_weights is None:
         kernel = _UNWEIGHTED_KERNELS[batch.mode]
         kernel(weight, batch.indices, batch.offsets, out, batch.padding_idx)
@@ -125,4 +240,64 @@ def _forward(batch: BagBatch) -> np.ndarray:
             out,
             batch.padding_idx,
         )
-    return out
+    return out, None
+
+
+def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
+    """Sort the tokens by row, then sum each row's contributions on one thread."""
+    batch = ctx.batch
+    num_rows, dim = batch.weight.shape
+    num_tokens = batch.indices.shape[0]
+    bag_of = np.full(num_tokens, -1, dtype=np.int64)  # tokens in no bag stay -1
+    coefficients = np.zeros(num_tokens)
+    if batch.mode == Mode.MAX:
+        backward.max_token_coefficients(
+            batch.indices,
+            batch.offsets,
+            ctx.argmax,
+            batch.padding_idx,
+            bag_of,
+            coefficients,
+        )
+    else:
+        weights = batch.per_sample_weights
+        backward.token_coefficients(
+            batch.indices,
+            batch.offsets,
+            weights if weights is not None else np.empty(0, dtype=batch.weight.dtype),
+            batch.padding_idx,
+            int(batch.mode),
+            bag_of,
+            coefficients,
+        )
+    rows, row_ptr, positions = backward.group_positions_by_row(
+        batch.indices, bag_of, num_rows
+    )
+    contributes = np.empty(rows.shape[0], dtype=np.bool_)
+    backward.contributing_rows(coefficients, positions, row_ptr, contributes)
+    value_index = np.cumsum(contributes) - 1
+    value_index[~contributes] = -1
+    values = np.empty((int(contributes.sum()), dim), dtype=batch.weight.dtype)
+    if batch.mode == Mode.MAX:
+        backward.accumulate_max_rows(
+            grad_output,
+            bag_of,
+            ctx.argmax,
+            positions,
+            row_ptr,
+            value_index,
+            batch.scale_grad_by_freq,
+            values,
+        )
+    else:
+        backward.accumulate_rows(
+            grad_output,
+            bag_of,
+            coefficients,
+            positions,
+            row_ptr,
+            value_index,
+            batch.scale_grad_by_freq,
+            values,
+        )
+    return RowSparseGrad._trusted(rows[contributes], values, (num_rows, dim))

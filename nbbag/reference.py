@@ -98,3 +98,77 @@ def embedding_bag(
         else:
             raise ValueError(f"unknown mode {mode!r}")
     return out.astype(weight.dtype)
+
+
+def embedding_bag_backward(
+    grad_output,
+    weight,
+    indices,
+    offsets=None,
+    *,
+    mode="mean",
+    per_sample_weights=None,
+    padding_idx=None,
+    include_last_offset=False,
+    scale_grad_by_freq=False,
+):
+    """The gradient of ``sum(grad_output * embedding_bag(weight, ...))``.
+
+    ``weight`` is the table as the forward read it (after any max_norm renorm).  Returns
+    ``(weight_grad, rows, weights_grad)``: the dense (V, D) gradient in float64; the
+    sorted rows that got a contribution (a token in a bag, not padding, with a non-zero
+    coefficient; for max, a token that won a dimension); and the gradient with respect
+    to ``per_sample_weights`` (flat, float64), or None without weights.
+
+    ``scale_grad_by_freq`` divides each row's gradient by the number of times the row
+    appears in the batch's bags (padding left out), as torch documents.
+    """
+    mode = str(mode).lower().rsplit(".", 1)[-1]
+    indices = np.asarray(indices)
+    num_rows, dim = weight.shape
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += num_rows
+    flat_indices = indices.ravel()
+    flat_weights = None if per_sample_weights is None else np.ravel(per_sample_weights)
+    grad_output = np.asarray(grad_output, dtype=np.float64)
+    table = weight.astype(np.float64)
+
+    weight_grad = np.zeros((num_rows, dim))
+    contributed = set()
+    frequency = np.zeros(num_rows)
+    weights_grad = None if flat_weights is None else np.zeros(len(flat_indices))
+    for b, (start, end) in enumerate(bag_bounds(indices, offsets, include_last_offset)):
+        positions = [p for p in range(start, end) if flat_indices[p] != padding_idx]
+        for p in positions:
+            frequency[flat_indices[p]] += 1
+        if not positions:
+            continue
+        rows = flat_indices[positions]
+        if mode == "max":
+            for d in range(dim):
+                winner = positions[int(np.argmax(table[rows, d]))]  # first on ties
+                weight_grad[flat_indices[winner], d] += grad_output[b, d]
+                contributed.add(int(flat_indices[winner]))
+            continue
+        w = np.ones(len(positions)) if flat_weights is None else flat_weights[positions]
+        w = w.astype(np.float64)
+        denominator = {"sum": 1.0, "mean": w.sum(), "sqrtn": np.sqrt((w * w).sum())}[mode]
+        if denominator == 0:
+            continue  # the forward gave zeros: no gradient flows
+        for p, w_p in zip(positions, w, strict=True):
+            weight_grad[flat_indices[p]] += w_p / denominator * grad_output[b]
+            if w_p != 0:
+                contributed.add(int(flat_indices[p]))
+        if weights_grad is not None:
+            out_b = (w[:, None] * table[rows]).sum(axis=0) / denominator
+            for p, w_p, row in zip(positions, w, rows, strict=True):
+                dot_row = grad_output[b] @ table[row]
+                dot_out = grad_output[b] @ out_b
+                weights_grad[p] = {
+                    "sum": dot_row,
+                    "mean": (dot_row - dot_out) / denominator,
+                    "sqrtn": (dot_row - dot_out * w_p / denominator) / denominator,
+                }[mode]
+    if scale_grad_by_freq:
+        weight_grad /= np.maximum(frequency, 1)[:, None]
+    return weight_grad, np.array(sorted(contributed), dtype=np.int64), weights_grad

@@ -92,3 +92,26 @@ def test_renorm_rows_and_index_range(rng):
     kernels.renorm_rows(weight, np.array([1, 6]), 1.0, 2.0)
     np.testing.assert_allclose(weight, expected, rtol=1e-12)
     assert kernels.index_range(np.array([4, -3, 9, 0])) == (-3, 9)
+
+
+def test_bag_max_argmax_records_the_first_winner(rng):
+    weight = np.array([[1.0, 5.0], [2.0, 0.0], [2.0, 7.0]])
+    indices = np.array([0, 1, 2, 1])
+    out = np.empty((2, 2))
+    argmax = np.full((2, 2), 99, dtype=np.int64)
+    kernels.bag_max_argmax(weight, indices, np.array([0, 3, 3]), out, argmax)
+    np.testing.assert_array_equal(out, [[2.0, 7.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(argmax, [[1, 2], [-1, -1]])  # row 1 ties row 2: first
+
+
+def test_group_positions_by_row_is_a_stable_grouping(rng):
+    indices = rng.integers(0, 5000, size=3000)
+    bag_of = np.where(rng.random(3000) < 0.2, -1, 0)
+    rows, row_ptr, positions = kernels.group_positions_by_row(indices, bag_of, 5000)
+    kept = np.flatnonzero(bag_of >= 0)
+    expected_order = kept[np.argsort(indices[kept], kind="stable")]
+    np.testing.assert_array_equal(positions, expected_order)
+    np.testing.assert_array_equal(rows, np.unique(indices[kept]))
+    np.testing.assert_array_equal(
+        np.diff(row_ptr), np.unique(indices[kept], return_counts=True)[1]
+    )

@@ -19,6 +19,7 @@ validation: :func:`nbbag.embedding_bag` is the safe entry point.
 
 import math
 
+import numpy as np
 from numba import njit, prange
 
 from nbbag.cpu._intrinsics import prefetch_row
@@ -83,12 +84,16 @@ def weighted_sum_rows(
 
 
 @njit(cache=True)
-def max_rows(weight, indices, start, end, padding_idx, out_row):
+def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row):
     """Write the elementwise max of rows ``indices[start:end]`` (padding left out) into
     ``out_row`` (zeros if none); return how many tokens took part.
 
-    Ownership: the caller owns ``out_row``; nothing else is written.
+    If ``argmax_row`` is not empty, ``argmax_row[d]`` gets the position (in ``indices``)
+    of the winner of dimension d, the first on ties, or -1 for an empty bag: the
+    backward routes each dimension's gradient to that one token.
+    Ownership: the caller owns ``out_row`` and ``argmax_row``; nothing else is written.
     """
+    record = argmax_row.shape[0] > 0
     count = 0
     prefetch_end = indices.shape[0]
     for position in range(start, end):
@@ -99,14 +104,20 @@ def max_rows(weight, indices, start, end, padding_idx, out_row):
             continue
         if count == 0:
             out_row[:] = weight[row]
+            if record:
+                argmax_row[:] = position
         else:
             for d in range(out_row.shape[0]):
                 # strict '>' keeps the first occurrence on ties
                 if weight[row, d] > out_row[d]:
                     out_row[d] = weight[row, d]
+                    if record:
+                        argmax_row[d] = position
         count += 1
     if count == 0:
         out_row[:] = 0
+        if record:
+            argmax_row[:] = -1
     return count
 
 
@@ -158,8 +169,24 @@ def bag_max(weight, indices, offsets, out, padding_idx=NO_PADDING):
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
+    no_argmax = np.empty((out.shape[0], 0), dtype=np.int64)
     for b in prange(out.shape[0]):
-        max_rows(weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b])
+        max_rows(
+            weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b], no_argmax[b]
+        )
+
+
+@njit(parallel=True, cache=True)
+def bag_max_argmax(weight, indices, offsets, out, argmax, padding_idx=NO_PADDING):
+    """out[b] = elementwise max of the rows of bag b; argmax[b, d] = the position in
+    ``indices`` of the winner of dimension d (first on ties), -1 for an empty bag.
+
+    Ownership: iteration b of the prange writes ``out[b]`` and ``argmax[b]`` only.
+    """
+    for b in prange(out.shape[0]):
+        max_rows(
+            weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b], argmax[b]
+        )
 
 
 @njit(parallel=True, cache=True)

@@ -21,6 +21,8 @@ Bag kernels (one bag per parallel iteration)::
     bag_mean(weight, indices, offsets, out, padding_idx=-1)
     bag_sqrtn(weight, indices, offsets, out, padding_idx=-1)
     bag_max(weight, indices, offsets, out, padding_idx=-1)
+    bag_max_argmax(weight, indices, offsets, out, argmax, padding_idx=-1)
+        # argmax (B, D) int64: position of each dimension's winner, -1 for empty bags
     bag_weighted_sum(weight, indices, offsets, per_sample_weights, out, padding_idx=-1)
     bag_weighted_mean(weight, indices, offsets, per_sample_weights, out, padding_idx=-1)
     bag_weighted_sqrtn(weight, indices, offsets, per_sample_weights, out, padding_idx=-1)
@@ -31,8 +33,23 @@ Per-bag functions (serial; reduce tokens start:end into one row, for your own lo
     count = sum_rows(weight, indices, start, end, padding_idx, out_row)
     weight_sum, weight_square_sum = weighted_sum_rows(weight, indices, per_sample_weights,
                                                       start, end, padding_idx, out_row)
-    count = max_rows(weight, indices, start, end, padding_idx, out_row)
+    count = max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row)
+        # argmax_row: (D,) int64 to record the winners, or an empty array not to
     scale_row(out_row, denominator)            # divide, or zero when denominator == 0
+
+Backward kernels (see nbbag.cpu.backward for the pipeline; mode is nbbag.Mode's value)::
+
+    token_coefficients(indices, offsets, per_sample_weights, padding_idx, mode,
+                       bag_of, coefficients)       # per_sample_weights empty: unweighted
+    max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coefficients)
+    rows, row_ptr, positions = group_positions_by_row(indices, bag_of, num_rows)
+    contributing_rows(coefficients, positions, row_ptr, contributes)
+    accumulate_rows(grad_output, bag_of, coefficients, positions, row_ptr, value_index,
+                    scale_grad_by_freq, values)
+    accumulate_max_rows(grad_output, bag_of, argmax, positions, row_ptr, value_index,
+                        scale_grad_by_freq, values)
+    per_sample_weights_grad(weight, indices, offsets, per_sample_weights, out,
+                            grad_output, padding_idx, mode, weights_grad)
 
 Example, from a user's own ``@njit`` function::
 
@@ -45,10 +62,20 @@ Example, from a user's own ``@njit`` function::
         return out * 2
 """
 
+from nbbag.cpu.backward import (
+    accumulate_max_rows,
+    accumulate_rows,
+    contributing_rows,
+    group_positions_by_row,
+    max_token_coefficients,
+    per_sample_weights_grad,
+    token_coefficients,
+)
 from nbbag.cpu.checks import index_range
 from nbbag.cpu.forward import (
     NO_PADDING,
     bag_max,
+    bag_max_argmax,
     bag_mean,
     bag_sqrtn,
     bag_sum,
@@ -65,18 +92,26 @@ from nbbag.cpu.forward import (
 
 __all__ = [
     "NO_PADDING",
+    "accumulate_max_rows",
+    "accumulate_rows",
     "bag_max",
+    "bag_max_argmax",
     "bag_mean",
     "bag_sqrtn",
     "bag_sum",
     "bag_weighted_mean",
     "bag_weighted_sqrtn",
     "bag_weighted_sum",
+    "contributing_rows",
+    "group_positions_by_row",
     "index_range",
+    "max_token_coefficients",
     "max_rows",
+    "per_sample_weights_grad",
     "renorm_rows",
     "row_norm",
     "scale_row",
     "sum_rows",
+    "token_coefficients",
     "weighted_sum_rows",
 ]

@@ -1,0 +1,275 @@
+"""CPU backward kernels: the row-sparse gradient of the bag reduction.
+
+The gradient of ``out[b] = sum_p c_p * weight[indices[p]]`` (p in bag b) with respect to
+row r is ``sum_{p : indices[p] = r} c_p * grad_output[bag(p)]``: each token adds a scaled
+copy of its bag's output gradient to its row.  ``max`` routes dimension d of a bag's
+gradient to the token that won it.  The pipeline, deterministic by construction:
+
+1. ``token_coefficients`` / ``max_token_coefficients`` (parallel over bags): each token's
+   bag (-1 for padding and for tokens in no bag) and coefficient c_p.
+2. ``group_positions_by_row`` (serial, O(N)): a stable radix sort of the tokens by row,
+   so the tokens of a row sit together, in increasing position.
+3. ``contributing_rows`` (parallel over rows): which rows got a non-zero coefficient.
+4. ``accumulate_rows`` / ``accumulate_max_rows`` (parallel over rows): one thread owns a
+   row and sums its tokens in position order, so the result is bit-identical whatever
+   the thread count.  Nothing is added into memory another thread may own.
+
+Arguments keep the forward's order and meaning (see :mod:`nbbag.cpu.forward`); ``mode``
+is an int, ``nbbag.Mode``'s value.  No validation: ``embedding_bag_bwd`` is the safe
+entry point.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+SUM, MEAN, MAX, SQRTN = 0, 1, 2, 3  # nbbag.Mode's values
+RADIX_BITS = 11  # 2048 buckets: two passes sort the rows of a 4M-row table
+
+
+@njit(cache=True)
+def bag_denominator(indices, per_sample_weights, start, end, padding_idx, mode):
+    """What bag ``start:end``'s sum is divided by: 1 (sum), sum_i w_i (mean),
+    sqrt(sum_i w_i**2) (sqrtn), with w_i = 1 without weights; padding left out."""
+    if mode == SUM:
+        return 1.0
+    weighted = per_sample_weights.shape[0] > 0
+    total = 0.0
+    for position in range(start, end):
+        if indices[position] == padding_idx:
+            continue
+        w = per_sample_weights[position] if weighted else 1.0
+        total += w if mode == MEAN else w * w
+    return total if mode == MEAN else math.sqrt(total)
+
+
+@njit(parallel=True, cache=True)
+def token_coefficients(
+    indices, offsets, per_sample_weights, padding_idx, mode, bag_of, coefficients
+):
+    """For sum, mean and sqrtn: ``bag_of[p]`` = the bag of token p (-1 for padding) and
+    ``coefficients[p]`` = w_p / denominator (0 where the denominator is 0, as the
+    forward's zeros).  ``per_sample_weights`` empty means unweighted.  Tokens in no bag
+    are left as the caller set them.
+
+    Ownership: iteration b of the prange writes positions offsets[b]:offsets[b+1] only.
+    """
+    weighted = per_sample_weights.shape[0] > 0
+    for b in prange(offsets.shape[0] - 1):
+        start, end = offsets[b], offsets[b + 1]
+        denominator = bag_denominator(
+            indices, per_sample_weights, start, end, padding_idx, mode
+        )
+        scale = 0.0 if denominator == 0 else 1.0 / denominator
+        for position in range(start, end):
+            if indices[position] == padding_idx:
+                bag_of[position] = -1
+                coefficients[position] = 0.0
+            else:
+                bag_of[position] = b
+                w = per_sample_weights[position] if weighted else 1.0
+                coefficients[position] = w * scale
+
+
+@njit(parallel=True, cache=True)
+def max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coefficients):
+    """For max: ``bag_of`` as in ``token_coefficients``; ``coefficients[p]`` = 1 if token
+    p won at least one dimension of its bag (``argmax`` from the forward), else 0.
+
+    Ownership: iteration b of the prange writes positions offsets[b]:offsets[b+1] only
+    (every winner of bag b lies in bag b).
+    """
+    for b in prange(offsets.shape[0] - 1):
+        for position in range(offsets[b], offsets[b + 1]):
+            bag_of[position] = -1 if indices[position] == padding_idx else b
+            coefficients[position] = 0.0
+        for d in range(argmax.shape[1]):
+            if argmax[b, d] >= 0:
+                coefficients[argmax[b, d]] = 1.0
+
+
+@njit(cache=True)
+def group_positions_by_row(indices, bag_of, num_rows):
+    """Group the tokens in a bag (``bag_of[p] >= 0``) by row.
+
+    Returns ``(rows, row_ptr, positions)``: ``rows`` (U,) sorted unique rows;
+    ``positions[row_ptr[k]:row_ptr[k + 1]]`` the tokens of ``rows[k]``, increasing.
+    A stable LSD radix sort of RADIX_BITS per pass: O(N) per pass and no array of
+    size V, so the cost does not grow with the table.
+    """
+    count = 0
+    for position in range(indices.shape[0]):
+        if bag_of[position] >= 0:
+            count += 1
+    keys = np.empty(count, dtype=np.int64)
+    positions = np.empty(count, dtype=np.int64)
+    i = 0
+    for position in range(indices.shape[0]):
+        if bag_of[position] >= 0:
+            keys[i] = indices[position]
+            positions[i] = position
+            i += 1
+
+    key_bits = 1
+    while (1 << key_bits) < num_rows:
+        key_bits += 1
+    buckets = 1 << RADIX_BITS
+    mask = buckets - 1
+    sorted_keys = np.empty_like(keys)
+    sorted_positions = np.empty_like(positions)
+    bucket_start = np.empty(buckets + 1, dtype=np.int64)
+    for shift in range(0, key_bits, RADIX_BITS):
+        bucket_start[:] = 0
+        for i in range(count):
+            bucket_start[((keys[i] >> shift) & mask) + 1] += 1
+        for digit in range(buckets):
+            bucket_start[digit + 1] += bucket_start[digit]
+        for i in range(count):  # in input order: equal keys keep their order (stable)
+            digit = (keys[i] >> shift) & mask
+            slot = bucket_start[digit]
+            bucket_start[digit] = slot + 1
+            sorted_keys[slot] = keys[i]
+            sorted_positions[slot] = positions[i]
+        keys, sorted_keys = sorted_keys, keys
+        positions, sorted_positions = sorted_positions, positions
+
+    num_unique = 0
+    for i in range(count):
+        if i == 0 or keys[i] != keys[i - 1]:
+            num_unique += 1
+    rows = np.empty(num_unique, dtype=np.int64)
+    row_ptr = np.empty(num_unique + 1, dtype=np.int64)
+    k = 0
+    for i in range(count):
+        if i == 0 or keys[i] != keys[i - 1]:
+            rows[k] = keys[i]
+            row_ptr[k] = i
+            k += 1
+    row_ptr[num_unique] = count
+    return rows, row_ptr, positions
+
+
+@njit(parallel=True, cache=True)
+def contributing_rows(coefficients, positions, row_ptr, contributes):
+    """``contributes[k]`` = whether any token of row k has a non-zero coefficient.
+
+    Ownership: iteration k of the prange writes ``contributes[k]`` only.
+    """
+    for k in prange(row_ptr.shape[0] - 1):
+        found = False
+        for i in range(row_ptr[k], row_ptr[k + 1]):
+            if coefficients[positions[i]] != 0:
+                found = True
+                break
+        contributes[k] = found
+
+
+@njit(parallel=True, cache=True)
+def accumulate_rows(
+    grad_output,
+    bag_of,
+    coefficients,
+    positions,
+    row_ptr,
+    value_index,
+    scale_grad_by_freq,
+    values,
+):
+    """``values[value_index[k]]`` = sum over row k's tokens p of
+    ``coefficients[p] * grad_output[bag_of[p]]``, in position order, divided by the
+    row's token count with ``scale_grad_by_freq``.  Rows with ``value_index[k] < 0``
+    are skipped.
+
+    Ownership: iteration k of the prange writes ``values[value_index[k]]`` only.
+    """
+    for k in prange(row_ptr.shape[0] - 1):
+        if value_index[k] < 0:
+            continue
+        out_row = values[value_index[k]]
+        out_row[:] = 0
+        for i in range(row_ptr[k], row_ptr[k + 1]):
+            position = positions[i]
+            coefficient = coefficients[position]
+            if coefficient == 0:
+                continue
+            bag_gradient = grad_output[bag_of[position]]
+            for d in range(out_row.shape[0]):
+                out_row[d] += coefficient * bag_gradient[d]
+        if scale_grad_by_freq:
+            out_row *= 1.0 / (row_ptr[k + 1] - row_ptr[k])
+
+
+@njit(parallel=True, cache=True)
+def accumulate_max_rows(
+    grad_output, bag_of, argmax, positions, row_ptr, value_index, scale_grad_by_freq, values
+):
+    """``values[value_index[k], d]`` = sum over row k's tokens p of
+    ``grad_output[b, d]`` for each bag b = bag_of[p] whose dimension d token p won
+    (``argmax[b, d] == p``), in position order; divided by the row's token count with
+    ``scale_grad_by_freq``.  Rows with ``value_index[k] < 0`` are skipped.
+
+    Ownership: iteration k of the prange writes ``values[value_index[k]]`` only.
+    """
+    for k in prange(row_ptr.shape[0] - 1):
+        if value_index[k] < 0:
+            continue
+        out_row = values[value_index[k]]
+        out_row[:] = 0
+        for i in range(row_ptr[k], row_ptr[k + 1]):
+            position = positions[i]
+            b = bag_of[position]
+            for d in range(out_row.shape[0]):
+                if argmax[b, d] == position:
+                    out_row[d] += grad_output[b, d]
+        if scale_grad_by_freq:
+            out_row *= 1.0 / (row_ptr[k + 1] - row_ptr[k])
+
+
+@njit(parallel=True, cache=True)
+def per_sample_weights_grad(
+    weight,
+    indices,
+    offsets,
+    per_sample_weights,
+    out,
+    grad_output,
+    padding_idx,
+    mode,
+    weights_grad,
+):
+    """The gradient of sum(grad_output * out) with respect to each per-sample weight:
+    sum: g.x_p; mean: (g.x_p - g.out_b) / sum w; sqrtn: (g.x_p - g.out_b w_p / S) / S
+    with S = sqrt(sum w**2); 0 for padding and where the denominator is 0.  ``out`` is
+    the forward's output (read for mean and sqrtn only).  Tokens in no bag are left as
+    the caller set them.
+
+    Ownership: iteration b of the prange writes positions offsets[b]:offsets[b+1] only.
+    """
+    for b in prange(offsets.shape[0] - 1):
+        start, end = offsets[b], offsets[b + 1]
+        denominator = bag_denominator(
+            indices, per_sample_weights, start, end, padding_idx, mode
+        )
+        gradient = grad_output[b]
+        gradient_dot_out = 0.0
+        if mode != SUM:
+            for d in range(gradient.shape[0]):
+                gradient_dot_out += float(gradient[d]) * out[b, d]
+        for position in range(start, end):
+            row = indices[position]
+            if row == padding_idx or denominator == 0:
+                weights_grad[position] = 0.0
+                continue
+            gradient_dot_row = 0.0
+            for d in range(gradient.shape[0]):
+                gradient_dot_row += float(gradient[d]) * weight[row, d]
+            if mode == SUM:
+                weights_grad[position] = gradient_dot_row
+            elif mode == MEAN:
+                weights_grad[position] = (gradient_dot_row - gradient_dot_out) / denominator
+            else:
+                w = per_sample_weights[position]
+                weights_grad[position] = (
+                    gradient_dot_row - gradient_dot_out * w / denominator
+                ) / denominator

@@ -1,0 +1,225 @@
+"""The backward: row-sparse gradients against the reference, finite differences, and
+bit-identical results whatever the thread count."""
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import Case, assert_close, cases
+
+import nbbag
+from nbbag import reference
+
+BACKWARD_OPTIONS = ("padding_idx", "include_last_offset", "per_sample_weights")
+
+
+def reference_backward(case: Case, weight, grad_output):
+    """The reference gradient for ``case``'s forward, read at ``weight``."""
+    options = {k: v for k, v in case.kwargs.items() if k in BACKWARD_OPTIONS}
+    return reference.embedding_bag_backward(
+        grad_output,
+        weight,
+        case.indices,
+        case.offsets,
+        mode=case.kwargs["mode"],
+        scale_grad_by_freq=case.kwargs.get("scale_grad_by_freq", False),
+        **options,
+    )
+
+
+@given(cases(), st.booleans())
+def test_matches_reference(case, scale_grad_by_freq):
+    case.kwargs["scale_grad_by_freq"] = scale_grad_by_freq
+    weight = case.weight.copy()
+    out, ctx = case.call(nbbag.embedding_bag_fwd, weight)
+    grad_output = np.random.default_rng(len(out)).standard_normal(out.shape)
+    grad_output = grad_output.astype(out.dtype)
+    weighted = "per_sample_weights" in case.kwargs
+    result = nbbag.embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad=weighted)
+    grad, weights_grad = result if weighted else (result, None)
+    expected, expected_rows, expected_weights_grad = reference_backward(
+        case, weight, grad_output
+    )
+
+    assert grad.shape == weight.shape
+    assert grad.values.dtype == weight.dtype
+    np.testing.assert_array_equal(grad.rows, expected_rows)
+    terms = max(case.longest_bag, case.indices.size)
+    assert_close(grad.to_dense(), expected, weight.dtype, terms)
+    if weighted:
+        assert weights_grad.shape == case.indices.shape
+        assert_close(
+            weights_grad.ravel(), expected_weights_grad, weight.dtype, weight.shape[1] * 4
+        )
+
+
+def loss(weight, case, grad_output, weights=None):
+    kwargs = dict(case.kwargs)
+    if weights is not None:
+        kwargs["per_sample_weights"] = weights
+    out = nbbag.embedding_bag(weight, case.indices, case.offsets, **kwargs)
+    return float((grad_output * out).sum())
+
+
+@pytest.mark.parametrize(
+    ("mode", "weighted"),
+    [
+        ("sum", False),
+        ("mean", False),
+        ("max", False),
+        ("sqrtn", False),
+        ("sum", True),
+        ("mean", True),
+        ("sqrtn", True),
+    ],
+)
+def test_finite_differences(mode, weighted, rng):
+    """float64 central differences of sum(grad_output * out), for weight and weights."""
+    num_rows, dim = 12, 5
+    weight = rng.standard_normal((num_rows, dim))
+    indices = rng.integers(0, num_rows, size=20)
+    offsets = np.array([0, 3, 3, 9, 14])
+    kwargs = {"mode": mode, "padding_idx": int(indices[5])}
+    if weighted:
+        kwargs["per_sample_weights"] = rng.uniform(0.2, 2.0, size=20)
+    case = Case(weight, indices, offsets, kwargs)
+    out, ctx = case.call(nbbag.embedding_bag_fwd, weight)
+    grad_output = rng.standard_normal(out.shape)
+    result = nbbag.embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad=weighted)
+    grad = (result[0] if weighted else result).to_dense()
+
+    step = 1e-6
+    numeric = np.zeros_like(weight)
+    for r in range(num_rows):
+        for d in range(dim):
+            plus, minus = weight.copy(), weight.copy()
+            plus[r, d] += step
+            minus[r, d] -= step
+            numeric[r, d] = (
+                loss(plus, case, grad_output) - loss(minus, case, grad_output)
+            ) / (2 * step)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+    if weighted:
+        weights = kwargs["per_sample_weights"]
+        numeric_weights = np.zeros_like(weights)
+        for p in range(weights.size):
+            plus, minus = weights.copy(), weights.copy()
+            plus[p] += step
+            minus[p] -= step
+            numeric_weights[p] = (
+                loss(weight, case, grad_output, plus)
+                - loss(weight, case, grad_output, minus)
+            ) / (2 * step)
+        np.testing.assert_allclose(result[1], numeric_weights, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max", "sqrtn"])
+def test_bit_identical_with_one_and_two_threads(mode, rng):
+    """A batch where one row appears 10^5 times: the values do not depend on threads."""
+    num_rows, dim = 1000, 16
+    weight = rng.standard_normal((num_rows, dim)).astype(np.float32)
+    indices = rng.integers(0, num_rows, size=150_000)
+    indices[rng.random(indices.size) < 0.7] = 7  # row 7: ~10^5 times
+    assert (indices == 7).sum() >= 100_000
+    offsets = np.arange(0, indices.size, 50)
+    out, ctx = nbbag.embedding_bag_fwd(weight, indices, offsets, mode=mode)
+    grad_output = rng.standard_normal(out.shape).astype(np.float32)
+    default_threads = numba.get_num_threads()
+    values = {}
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            grad = nbbag.embedding_bag_bwd(grad_output, ctx)
+            values[threads] = (grad.rows.copy(), grad.values.copy())
+    finally:
+        numba.set_num_threads(default_threads)
+    np.testing.assert_array_equal(values[1][0], values[2][0])
+    assert values[1][1].tobytes() == values[2][1].tobytes()
+
+
+def test_rows_list_only_rows_that_got_a_contribution(rng):
+    weight = rng.standard_normal((10, 3))
+    # row 0: padding only; row 1: weight 0; rows 2, 3: in a bag whose weights sum to 0;
+    # row 4: contributes; rows 5-9 never appear.
+    indices = np.array([0, 1, 4, 2, 3])
+    weights = np.array([1.0, 0.0, 1.0, 1.0, -1.0])
+    _, ctx = nbbag.embedding_bag_fwd(
+        weight, indices, [0, 3], mode="mean", per_sample_weights=weights, padding_idx=0
+    )
+    grad = nbbag.embedding_bag_bwd(np.ones((2, 3)), ctx)
+    np.testing.assert_array_equal(grad.rows, [4])
+
+
+def test_max_lists_only_the_winners(rng):
+    weight = np.array([[1.0, 5.0], [2.0, 0.0], [0.0, 0.0], [3.0, 1.0]])
+    _, ctx = nbbag.embedding_bag_fwd(weight, [0, 1, 2, 3, 3], [0], mode="max")
+    grad = nbbag.embedding_bag_bwd(np.array([[10.0, 20.0]]), ctx)
+    np.testing.assert_array_equal(grad.rows, [0, 3])  # row 3 wins dim 0 (first copy)
+    np.testing.assert_array_equal(grad.values, [[0.0, 20.0], [10.0, 0.0]])
+
+
+def test_empty_batch_and_all_padding(rng):
+    weight = rng.standard_normal((5, 2))
+    _, ctx = nbbag.embedding_bag_fwd(weight, [3, 3], [0, 0], mode="sum", padding_idx=3)
+    grad = nbbag.embedding_bag_bwd(np.ones((2, 2)), ctx)
+    assert grad.rows.shape == (0,) and grad.values.shape == (0, 2)
+    np.testing.assert_array_equal(grad.to_dense(), np.zeros((5, 2)))
+
+
+def test_ctx_can_be_reused_and_trailing_tokens_get_nothing(rng):
+    weight = rng.standard_normal((6, 2))
+    _, ctx = nbbag.embedding_bag_fwd(
+        weight, [1, 2, 5], [0, 2], include_last_offset=True, mode="sum"
+    )
+    first = nbbag.embedding_bag_bwd(np.ones((1, 2)), ctx)
+    second = nbbag.embedding_bag_bwd(np.ones((1, 2)), ctx)
+    np.testing.assert_array_equal(first.rows, [1, 2])  # row 5 is past the last offset
+    np.testing.assert_array_equal(first.values, second.values)
+
+
+# Bad input: the argument named, nothing computed.
+
+
+@pytest.fixture
+def forward(rng):
+    weight = rng.standard_normal((10, 4))
+    out, ctx = nbbag.embedding_bag_fwd(weight, [1, 2, 3], [0, 1], mode="mean")
+    return weight, out, ctx
+
+
+def test_grad_output_of_wrong_shape(forward):
+    _, out, ctx = forward
+    with pytest.raises(ValueError, match=r"grad_output.*\(2, 4\).*\(2, 3\)"):
+        nbbag.embedding_bag_bwd(np.ones((2, 3)), ctx)
+
+
+def test_grad_output_of_wrong_dtype(forward):
+    _, out, ctx = forward
+    with pytest.raises(ValueError, match="grad_output.*float64.*float32"):
+        nbbag.embedding_bag_bwd(np.ones(out.shape, dtype=np.float32), ctx)
+
+
+def test_grad_output_not_an_array(forward):
+    _, out, ctx = forward
+    with pytest.raises(TypeError, match="grad_output.*list"):
+        nbbag.embedding_bag_bwd(out.tolist(), ctx)
+
+
+def test_ctx_of_wrong_type(forward):
+    _, out, _ = forward
+    with pytest.raises(TypeError, match="ctx.*dict"):
+        nbbag.embedding_bag_bwd(out, {})
+
+
+def test_ctx_after_the_weight_shape_changed(forward):
+    weight, out, ctx = forward
+    weight.shape = (20, 2)  # the same buffer, another table
+    with pytest.raises(ValueError, match=r"weight.*\(10, 4\).*\(20, 2\)"):
+        nbbag.embedding_bag_bwd(out, ctx)
+
+
+def test_per_sample_weights_grad_without_weights(forward):
+    _, out, ctx = forward
+    with pytest.raises(ValueError, match="per_sample_weights_grad"):
+        nbbag.embedding_bag_bwd(out, ctx, per_sample_weights_grad=True)

@@ -1,0 +1,85 @@
+"""EmbeddingBag: the layer owns its table, keeps its context, gives sparse gradients."""
+
+import numpy as np
+import pytest
+
+import nbbag
+from nbbag import reference
+
+
+def test_forward_and_backward_match_the_functions(rng):
+    bag = nbbag.EmbeddingBag(20, 6, mode="sqrtn", padding_idx=3, seed=1)
+    indices = rng.integers(0, 20, size=(5, 4))
+    weights = rng.uniform(0.5, 1.5, size=(5, 4)).astype(np.float32)
+    out = bag(indices, per_sample_weights=weights)
+    expected = reference.embedding_bag(
+        bag.weight, indices, mode="sqrtn", per_sample_weights=weights, padding_idx=3
+    )
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    grad_output = rng.standard_normal(out.shape).astype(np.float32)
+    grad, weights_grad = bag.backward(grad_output, per_sample_weights_grad=True)
+    dense, rows, expected_weights_grad = reference.embedding_bag_backward(
+        grad_output,
+        bag.weight,
+        indices,
+        mode="sqrtn",
+        per_sample_weights=weights,
+        padding_idx=3,
+    )
+    np.testing.assert_array_equal(grad.rows, rows)
+    np.testing.assert_allclose(grad.to_dense(), dense, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        weights_grad.ravel(), expected_weights_grad, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_seeded_init_is_standard_normal_aligned_and_zero_at_padding():
+    first = nbbag.EmbeddingBag(4000, 16, seed=7, padding_idx=-1)
+    second = nbbag.EmbeddingBag(4000, 16, seed=7, padding_idx=-1)
+    np.testing.assert_array_equal(first.weight, second.weight)
+    assert first.weight.dtype == np.float32 and first.weight.flags.c_contiguous
+    assert first.weight.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(first.weight[-1], 0)
+    assert abs(first.weight[:-1].mean()) < 0.01 and abs(first.weight[:-1].std() - 1) < 0.01
+    other = nbbag.EmbeddingBag(4000, 16, seed=8, dtype=np.float64)
+    assert other.weight.dtype == np.float64
+    assert not np.allclose(other.weight[:10], first.weight[:10])
+
+
+def test_given_weight_is_used_in_place(rng):
+    weight = rng.standard_normal((10, 3))
+    bag = nbbag.EmbeddingBag(10, 3, mode="sum", weight=weight, max_norm=0.5)
+    bag([1, 2], [0])
+    assert bag.weight is weight
+    np.testing.assert_allclose(np.linalg.norm(weight[[1, 2]], axis=1), 0.5, rtol=1e-6)
+
+
+def test_backward_before_forward():
+    with pytest.raises(RuntimeError, match="forward"):
+        nbbag.EmbeddingBag(5, 2).backward(np.ones((1, 2), dtype=np.float32))
+
+
+def test_backward_after_the_weight_was_replaced_by_another_shape(rng):
+    bag = nbbag.EmbeddingBag(10, 4, seed=0)
+    out = bag([1, 2, 3], [0, 2])
+    bag.weight = np.zeros((12, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"weight.*\(10, 4\).*\(12, 4\)"):
+        bag.backward(np.ones_like(out))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"weight": np.zeros((5, 3))}, ValueError, "(10, 4)"),
+        ({"dtype": np.int32}, TypeError, "dtype"),
+        ({"mode": "median"}, ValueError, "mode"),
+    ],
+)
+def test_bad_construction(kwargs, error, words):
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        nbbag.EmbeddingBag(10, 4, **kwargs)
+
+
+def test_bad_sizes():
+    with pytest.raises(ValueError, match="num_embeddings.*-1"):
+        nbbag.EmbeddingBag(-1, 4)
