@@ -1,7 +1,9 @@
-"""Summarise a pytest-benchmark JSON file as nbbag-vs-torch ratios, one row per group.
+"""Summarise a pytest-benchmark JSON file as nbbag-vs-peer ratios, one row per group.
 
-Usage: ``python benchmarks/ratios.py results.json``.  A ratio torch/nbbag above 1 means
-nbbag is faster.
+Usage: ``python benchmarks/ratios.py results.json``.  A ratio peer/nbbag above 1 means
+nbbag is faster.  The peers are torch and, where a group has one, a dense NumPy
+baseline (its columns appear only when some group has it).  Groups with nbbag alone
+(such as ``to_scipy``) get a second table: one row per size V.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import argparse
 import json
 from collections import defaultdict
 
+PEERS = ("torch", "dense")  # the column order; any other peer follows, sorted
+
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.3f}"
@@ -17,6 +21,35 @@ def _ms(seconds: float | None) -> str:
 
 def _impl(bench: dict) -> str | None:
     return bench.get("extra_info", {}).get("impl") or bench.get("params", {}).get("impl")
+
+
+def _print_ratios(medians: dict[str, dict[str, float]]) -> None:
+    present = {impl for by_impl in medians.values() for impl in by_impl} - {"nbbag"}
+    peers = [p for p in PEERS if p in present] + sorted(present - set(PEERS), key=str)
+    if "torch" not in peers:
+        peers.insert(0, "torch")  # always shown, as before the other peers existed
+    header = ["group", "nbbag median (ms)"]
+    for peer in peers:
+        header += [f"{peer} median (ms)", f"{peer}/nbbag"]
+    print("| " + " | ".join(header) + " |")
+    print("|---" + "|---:" * (len(header) - 1) + "|")
+    for group, by_impl in medians.items():
+        ours = by_impl.get("nbbag")
+        cells = [group, _ms(ours)]
+        for peer in peers:
+            theirs = by_impl.get(peer)
+            cells += [_ms(theirs), f"{theirs / ours:.2f}" if ours and theirs else "-"]
+        print("| " + " | ".join(cells) + " |")
+
+
+def _print_sizes(alone: dict[str, list[dict]]) -> None:
+    print("| group | V | nbbag median (ms) |")
+    print("|---|---:|---:|")
+    for group, benches in alone.items():
+        for bench in benches:
+            size = bench.get("extra_info", {}).get("V")
+            size = "-" if size is None else f"{size:,}"
+            print(f"| {group} | {size} | {_ms(bench['stats']['median'])} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,17 +73,27 @@ def main(argv: list[str] | None = None) -> None:
     )
     print()
 
-    medians: dict[str, dict[str, float]] = defaultdict(dict)
+    by_group: dict[str, list[dict]] = defaultdict(list)
     for bench in data.get("benchmarks", []):
-        group = bench.get("group") or bench["name"]
-        medians[group][_impl(bench)] = bench["stats"]["median"]
+        by_group[bench.get("group") or bench["name"]].append(bench)
 
-    print("| group | nbbag median (ms) | torch median (ms) | torch/nbbag |")
-    print("|---|---:|---:|---:|")
-    for group, by_impl in medians.items():
-        ours, theirs = by_impl.get("nbbag"), by_impl.get("torch")
-        ratio = f"{theirs / ours:.2f}" if ours and theirs else "-"
-        print(f"| {group} | {_ms(ours)} | {_ms(theirs)} | {ratio} |")
+    medians: dict[str, dict[str, float]] = {}
+    # Groups without a peer that hold several sizes: one row per benchmark.
+    alone: dict[str, list[dict]] = {}
+    for group, benches in by_group.items():
+        no_peer = all(_impl(bench) in ("nbbag", None) for bench in benches)
+        sized = any("V" in bench.get("extra_info", {}) for bench in benches)
+        if no_peer and (sized or len(benches) > 1):
+            alone[group] = benches
+        else:
+            medians[group] = {_impl(bench): bench["stats"]["median"] for bench in benches}
+
+    if medians:
+        _print_ratios(medians)
+    if alone:
+        if medians:
+            print()
+        _print_sizes(alone)
 
 
 if __name__ == "__main__":

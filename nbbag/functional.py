@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from nbbag._validate import BagBatch, BagContext, check_grad_output, validate_forward
@@ -249,7 +250,9 @@ def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
     num_rows, dim = batch.weight.shape
     num_tokens = batch.indices.shape[0]
     bag_of = np.full(num_tokens, -1, dtype=np.int64)  # tokens in no bag stay -1
-    coefficients = np.zeros(num_tokens)
+    coefficients = np.zeros(
+        num_tokens, dtype=batch.weight.dtype
+    )  # float32 math for float32
     if batch.mode == Mode.MAX:
         backward.max_token_coefficients(
             batch.indices,
@@ -271,13 +274,19 @@ def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
             coefficients,
         )
     rows, row_ptr, positions = backward.group_positions_by_row(
-        batch.indices, bag_of, num_rows
+        batch.indices, bag_of, num_rows, numba.get_num_threads()
     )
-    contributes = np.empty(rows.shape[0], dtype=np.bool_)
-    backward.contributing_rows(coefficients, positions, row_ptr, contributes)
-    value_index = np.cumsum(contributes) - 1
-    value_index[~contributes] = -1
-    values = np.empty((int(contributes.sum()), dim), dtype=batch.weight.dtype)
+    if batch.mode == Mode.MAX or batch.per_sample_weights is not None:
+        # A max loser, a weight of 0 or weights summing to 0 contribute nothing: list
+        # only the rows that got a non-zero coefficient.
+        contributes = np.empty(rows.shape[0], dtype=np.bool_)
+        backward.contributing_rows(coefficients, positions, row_ptr, contributes)
+        value_index = np.cumsum(contributes) - 1
+        value_index[~contributes] = -1
+        rows = rows[contributes]
+    else:  # every token in a bag has coefficient 1, 1/n or 1/sqrt(n)
+        value_index = np.arange(rows.shape[0])
+    values = np.empty((rows.shape[0], dim), dtype=batch.weight.dtype)
     if batch.mode == Mode.MAX:
         backward.accumulate_max_rows(
             grad_output,
@@ -300,4 +309,4 @@ def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
             batch.scale_grad_by_freq,
             values,
         )
-    return RowSparseGrad._trusted(rows[contributes], values, (num_rows, dim))
+    return RowSparseGrad._trusted(rows, values, (num_rows, dim))

@@ -7,9 +7,10 @@ gradient to the token that won it.  The pipeline, deterministic by construction:
 
 1. ``token_coefficients`` / ``max_token_coefficients`` (parallel over bags): each token's
    bag (-1 for padding and for tokens in no bag) and coefficient c_p.
-2. ``group_positions_by_row`` (serial, O(N)): a stable radix sort of the tokens by row,
+2. ``group_positions_by_row`` (O(N), parallel passes): a stable radix sort by row,
    so the tokens of a row sit together, in increasing position.
-3. ``contributing_rows`` (parallel over rows): which rows got a non-zero coefficient.
+3. ``contributing_rows`` (parallel over rows): which rows got a non-zero coefficient
+   (needed only where a token can have coefficient 0: max, and weights).
 4. ``accumulate_rows`` / ``accumulate_max_rows`` (parallel over rows): one thread owns a
    row and sums its tokens in position order, so the result is bit-identical whatever
    the thread count.  Nothing is added into memory another thread may own.
@@ -89,51 +90,78 @@ def max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coeffi
                 coefficients[argmax[b, d]] = 1.0
 
 
+@njit(parallel=True, cache=True)
+def _sort_keys(indices, bag_of, num_rows, keys, positions):
+    """keys[p] = the row of token p, or ``num_rows`` (sorts last) for a token in no
+    bag; positions[p] = p.
+
+    Ownership: iteration p of the prange writes keys[p] and positions[p].
+    """
+    for position in prange(indices.shape[0]):
+        keys[position] = indices[position] if bag_of[position] >= 0 else num_rows
+        positions[position] = position
+
+
+@njit(parallel=True, cache=True)
+def _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positions):
+    """One stable counting-sort pass on the digit of ``keys`` at ``shift``.
+
+    The tokens are cut into ``chunk_slots.shape[0]`` contiguous chunks; each counts its
+    digits, then the slots are handed out digit by digit, chunk by chunk, so every chunk
+    scatters into slots no other chunk has and equal digits keep their input order: the
+    output is the same for any number of chunks.
+    Ownership: iteration c of each prange owns chunk c's tokens and ``chunk_slots[c]``.
+    """
+    count = keys.shape[0]
+    num_chunks, buckets = chunk_slots.shape
+    mask = buckets - 1
+    for c in prange(num_chunks):
+        chunk_slots[c, :] = 0
+        for i in range(c * count // num_chunks, (c + 1) * count // num_chunks):
+            chunk_slots[c, (keys[i] >> shift) & mask] += 1
+    next_slot = 0
+    for digit in range(buckets):
+        for c in range(num_chunks):
+            tokens = chunk_slots[c, digit]
+            chunk_slots[c, digit] = next_slot
+            next_slot += tokens
+    for c in prange(num_chunks):
+        for i in range(c * count // num_chunks, (c + 1) * count // num_chunks):
+            digit = (keys[i] >> shift) & mask
+            slot = chunk_slots[c, digit]
+            chunk_slots[c, digit] = slot + 1
+            sorted_keys[slot] = keys[i]
+            sorted_positions[slot] = positions[i]
+
+
 @njit(cache=True)
-def group_positions_by_row(indices, bag_of, num_rows):
+def group_positions_by_row(indices, bag_of, num_rows, num_chunks):
     """Group the tokens in a bag (``bag_of[p] >= 0``) by row.
 
     Returns ``(rows, row_ptr, positions)``: ``rows`` (U,) sorted unique rows;
     ``positions[row_ptr[k]:row_ptr[k + 1]]`` the tokens of ``rows[k]``, increasing.
-    A stable LSD radix sort of RADIX_BITS per pass: O(N) per pass and no array of
-    size V, so the cost does not grow with the table.
+    A stable LSD radix sort, RADIX_BITS per pass, each pass parallel over chunks of
+    tokens: O(N) per pass and no array of size V, so the cost does not grow with the
+    table.  ``num_chunks`` (use the thread count) only sets the parallelism: the
+    result is the same for any value.
     """
-    count = 0
-    for position in range(indices.shape[0]):
-        if bag_of[position] >= 0:
-            count += 1
-    keys = np.empty(count, dtype=np.int64)
-    positions = np.empty(count, dtype=np.int64)
-    i = 0
-    for position in range(indices.shape[0]):
-        if bag_of[position] >= 0:
-            keys[i] = indices[position]
-            positions[i] = position
-            i += 1
-
+    total = indices.shape[0]
+    keys = np.empty(total, dtype=np.int64)
+    positions = np.empty(total, dtype=np.int64)
+    _sort_keys(indices, bag_of, num_rows, keys, positions)
     key_bits = 1
-    while (1 << key_bits) < num_rows:
+    while (1 << key_bits) <= num_rows:  # num_rows itself is the key of absent tokens
         key_bits += 1
-    buckets = 1 << RADIX_BITS
-    mask = buckets - 1
+    num_chunks = max(1, min(num_chunks, total // 4096))  # small inputs: one chunk
+    chunk_slots = np.empty((num_chunks, 1 << RADIX_BITS), dtype=np.int64)
     sorted_keys = np.empty_like(keys)
     sorted_positions = np.empty_like(positions)
-    bucket_start = np.empty(buckets + 1, dtype=np.int64)
     for shift in range(0, key_bits, RADIX_BITS):
-        bucket_start[:] = 0
-        for i in range(count):
-            bucket_start[((keys[i] >> shift) & mask) + 1] += 1
-        for digit in range(buckets):
-            bucket_start[digit + 1] += bucket_start[digit]
-        for i in range(count):  # in input order: equal keys keep their order (stable)
-            digit = (keys[i] >> shift) & mask
-            slot = bucket_start[digit]
-            bucket_start[digit] = slot + 1
-            sorted_keys[slot] = keys[i]
-            sorted_positions[slot] = positions[i]
+        _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positions)
         keys, sorted_keys = sorted_keys, keys
         positions, sorted_positions = sorted_positions, positions
 
+    count = np.searchsorted(keys, num_rows)  # tokens in a bag; the absent ones follow
     num_unique = 0
     for i in range(count):
         if i == 0 or keys[i] != keys[i - 1]:
@@ -147,7 +175,7 @@ def group_positions_by_row(indices, bag_of, num_rows):
             row_ptr[k] = i
             k += 1
     row_ptr[num_unique] = count
-    return rows, row_ptr, positions
+    return rows, row_ptr, positions[:count]
 
 
 @njit(parallel=True, cache=True)
