@@ -171,3 +171,35 @@ def test_to_scipy(benchmark, backward_cases, num_rows):
         impl="nbbag", format="csr", V=num_rows, dim=dim, nnz_rows=grad.nnz_rows
     )
     benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+
+
+@pytest.mark.parametrize(
+    "num_rows", [pytest.param(v, id=f"op=backward-V={v}") for v in SCIPY_ROWS]
+)
+def test_backward_does_not_grow_with_v(benchmark, forward_workloads, num_rows):
+    """The same batch's backward in a table of V = 1M and 10M rows: the RowSparseGrad
+    path costs O(batch), whatever V.  The 10M table is np.empty: only the rows the batch
+    looks up are ever paged in, and the mean backward never reads the table's values."""
+    workload = forward_workloads["zipf"]
+    dim = workload.table.shape[1]
+    table = (
+        workload.table
+        if num_rows == workload.table.shape[0]
+        else np.empty((num_rows, dim), dtype=np.float32)
+    )
+    grad_output = np.random.default_rng(SEED).standard_normal(
+        (workload.starts.shape[0], dim), dtype=np.float32
+    )
+    _, ctx = nbbag.embedding_bag_fwd(table, workload.ids, workload.starts, mode=MODE)
+    grad = nbbag.embedding_bag_bwd(grad_output, ctx)  # outside the timed region
+    assert grad.shape == (num_rows, dim)
+
+    benchmark.group = "backward-V"
+    benchmark.extra_info.update(impl="nbbag", V=num_rows, dim=dim, nnz_rows=grad.nnz_rows)
+    benchmark.pedantic(
+        nbbag.embedding_bag_bwd,
+        args=(grad_output, ctx),
+        rounds=ROUNDS,
+        iterations=1,
+        warmup_rounds=WARMUP_ROUNDS,
+    )
