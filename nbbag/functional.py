@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
@@ -244,15 +246,29 @@ def _forward(batch: BagBatch, record_argmax: bool = False):
     return out, None
 
 
-def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
-    """Sort the tokens by row, then sum each row's contributions on one thread."""
+NO_ARGMAX = np.empty((0, 0), dtype=np.int64)  # row_gradient's "not max"
+
+
+class TokenGroups(NamedTuple):
+    """The tokens of a batch grouped by row: what every row's gradient is made of."""
+
+    bag_of: np.ndarray  # (N,) the bag of each token, -1 for padding / no bag
+    coefficients: np.ndarray  # (N,) each token's coefficient (max: 1 for winners)
+    argmax: np.ndarray  # the forward's max winners (B, D), or NO_ARGMAX
+    rows: np.ndarray  # (U,) sorted rows with at least one token
+    row_ptr: np.ndarray  # (U + 1,) row k's tokens are positions[row_ptr[k]:row_ptr[k+1]]
+    positions: np.ndarray  # token positions grouped by row, increasing within a row
+    value_index: np.ndarray  # (U,) row k's slot among the contributing rows, or -1
+    num_contributing: int
+
+
+def group_tokens(ctx: BagContext) -> TokenGroups:
+    """Each token's bag and coefficient, and the tokens grouped by row (stable)."""
     batch = ctx.batch
-    num_rows, dim = batch.weight.shape
     num_tokens = batch.indices.shape[0]
     bag_of = np.full(num_tokens, -1, dtype=np.int64)  # tokens in no bag stay -1
-    coefficients = np.zeros(
-        num_tokens, dtype=batch.weight.dtype
-    )  # float32 math for float32
+    coefficients = np.zeros(num_tokens, dtype=batch.weight.dtype)  # float32 math for f32
+    weights = batch.per_sample_weights
     if batch.mode == Mode.MAX:
         backward.max_token_coefficients(
             batch.indices,
@@ -263,7 +279,6 @@ def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
             coefficients,
         )
     else:
-        weights = batch.per_sample_weights
         backward.token_coefficients(
             batch.indices,
             batch.offsets,
@@ -274,39 +289,47 @@ def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
             coefficients,
         )
     rows, row_ptr, positions = backward.group_positions_by_row(
-        batch.indices, bag_of, num_rows, numba.get_num_threads()
+        batch.indices, bag_of, batch.weight.shape[0], numba.get_num_threads()
     )
-    if batch.mode == Mode.MAX or batch.per_sample_weights is not None:
-        # A max loser, a weight of 0 or weights summing to 0 contribute nothing: list
-        # only the rows that got a non-zero coefficient.
+    if batch.mode == Mode.MAX or weights is not None:
+        # A max loser, a weight of 0 or weights summing to 0 contribute nothing: only
+        # rows with a non-zero coefficient get a gradient.
         contributes = np.empty(rows.shape[0], dtype=np.bool_)
         backward.contributing_rows(coefficients, positions, row_ptr, contributes)
         value_index = np.cumsum(contributes) - 1
         value_index[~contributes] = -1
-        rows = rows[contributes]
+        num_contributing = int(np.count_nonzero(contributes))
     else:  # every token in a bag has coefficient 1, 1/n or 1/sqrt(n)
         value_index = np.arange(rows.shape[0])
-    values = np.empty((rows.shape[0], dim), dtype=batch.weight.dtype)
-    if batch.mode == Mode.MAX:
-        backward.accumulate_max_rows(
-            grad_output,
-            bag_of,
-            ctx.argmax,
-            positions,
-            row_ptr,
-            value_index,
-            batch.scale_grad_by_freq,
-            values,
-        )
-    else:
-        backward.accumulate_rows(
-            grad_output,
-            bag_of,
-            coefficients,
-            positions,
-            row_ptr,
-            value_index,
-            batch.scale_grad_by_freq,
-            values,
-        )
+        num_contributing = rows.shape[0]
+    argmax = ctx.argmax if batch.mode == Mode.MAX else NO_ARGMAX
+    return TokenGroups(
+        bag_of,
+        coefficients,
+        argmax,
+        rows,
+        row_ptr,
+        positions,
+        value_index,
+        num_contributing,
+    )
+
+
+def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
+    """Group the tokens by row, then sum each row's contributions on one thread."""
+    groups = group_tokens(ctx)
+    num_rows, dim = ctx.weight_shape
+    values = np.empty((groups.num_contributing, dim), dtype=ctx.batch.weight.dtype)
+    backward.accumulate_rows(
+        grad_output,
+        groups.bag_of,
+        groups.coefficients,
+        groups.argmax,
+        groups.positions,
+        groups.row_ptr,
+        groups.value_index,
+        ctx.batch.scale_grad_by_freq,
+        values,
+    )
+    rows = groups.rows[groups.value_index >= 0]
     return RowSparseGrad._trusted(rows, values, (num_rows, dim))

@@ -11,7 +11,7 @@ gradient to the token that won it.  The pipeline, deterministic by construction:
    so the tokens of a row sit together, in increasing position.
 3. ``contributing_rows`` (parallel over rows): which rows got a non-zero coefficient
    (needed only where a token can have coefficient 0: max, and weights).
-4. ``accumulate_rows`` / ``accumulate_max_rows`` (parallel over rows): one thread owns a
+4. ``accumulate_rows`` (parallel over rows) with ``row_gradient``: one thread owns a
    row and sums its tokens in position order, so the result is bit-identical whatever
    the thread count.  Nothing is added into memory another thread may own.
 
@@ -193,30 +193,29 @@ def contributing_rows(coefficients, positions, row_ptr, contributes):
         contributes[k] = found
 
 
-@njit(parallel=True, cache=True)
-def accumulate_rows(
+@njit(cache=True)
+def row_gradient(
     grad_output,
     bag_of,
     coefficients,
+    argmax,
     positions,
-    row_ptr,
-    value_index,
+    start,
+    end,
     scale_grad_by_freq,
-    values,
+    out_row,
 ):
-    """``values[value_index[k]]`` = sum over row k's tokens p of
-    ``coefficients[p] * grad_output[bag_of[p]]``, in position order, divided by the
-    row's token count with ``scale_grad_by_freq``.  Rows with ``value_index[k] < 0``
-    are skipped.
+    """Write into ``out_row`` the gradient of the row whose tokens are
+    ``positions[start:end]``: the sum of ``coefficients[p] * grad_output[bag_of[p]]``
+    in position order or, for max (``argmax`` with columns), of ``grad_output[b, d]``
+    for each dimension d that token p won in its bag b; divided by the token count with
+    ``scale_grad_by_freq``.
 
-    Ownership: iteration k of the prange writes ``values[value_index[k]]`` only.
+    Ownership: the caller owns ``out_row``; nothing else is written.
     """
-    for k in prange(row_ptr.shape[0] - 1):
-        if value_index[k] < 0:
-            continue
-        out_row = values[value_index[k]]
-        out_row[:] = 0
-        for i in range(row_ptr[k], row_ptr[k + 1]):
+    out_row[:] = 0
+    if argmax.shape[1] == 0:
+        for i in range(start, end):
             position = positions[i]
             coefficient = coefficients[position]
             if coefficient == 0:
@@ -224,34 +223,48 @@ def accumulate_rows(
             bag_gradient = grad_output[bag_of[position]]
             for d in range(out_row.shape[0]):
                 out_row[d] += coefficient * bag_gradient[d]
-        if scale_grad_by_freq:
-            out_row *= 1.0 / (row_ptr[k + 1] - row_ptr[k])
-
-
-@njit(parallel=True, cache=True)
-def accumulate_max_rows(
-    grad_output, bag_of, argmax, positions, row_ptr, value_index, scale_grad_by_freq, values
-):
-    """``values[value_index[k], d]`` = sum over row k's tokens p of
-    ``grad_output[b, d]`` for each bag b = bag_of[p] whose dimension d token p won
-    (``argmax[b, d] == p``), in position order; divided by the row's token count with
-    ``scale_grad_by_freq``.  Rows with ``value_index[k] < 0`` are skipped.
-
-    Ownership: iteration k of the prange writes ``values[value_index[k]]`` only.
-    """
-    for k in prange(row_ptr.shape[0] - 1):
-        if value_index[k] < 0:
-            continue
-        out_row = values[value_index[k]]
-        out_row[:] = 0
-        for i in range(row_ptr[k], row_ptr[k + 1]):
+    else:
+        for i in range(start, end):
             position = positions[i]
             b = bag_of[position]
             for d in range(out_row.shape[0]):
                 if argmax[b, d] == position:
                     out_row[d] += grad_output[b, d]
-        if scale_grad_by_freq:
-            out_row *= 1.0 / (row_ptr[k + 1] - row_ptr[k])
+    if scale_grad_by_freq:
+        out_row *= 1.0 / (end - start)
+
+
+@njit(parallel=True, cache=True)
+def accumulate_rows(
+    grad_output,
+    bag_of,
+    coefficients,
+    argmax,
+    positions,
+    row_ptr,
+    value_index,
+    scale_grad_by_freq,
+    values,
+):
+    """``values[value_index[k]]`` = the gradient of row k (see ``row_gradient``;
+    ``argmax`` of shape (0, 0) except for max); rows with ``value_index[k] < 0`` are
+    skipped.
+
+    Ownership: iteration k of the prange writes ``values[value_index[k]]`` only.
+    """
+    for k in prange(row_ptr.shape[0] - 1):
+        if value_index[k] >= 0:
+            row_gradient(
+                grad_output,
+                bag_of,
+                coefficients,
+                argmax,
+                positions,
+                row_ptr[k],
+                row_ptr[k + 1],
+                scale_grad_by_freq,
+                values[value_index[k]],
+            )
 
 
 @njit(parallel=True, cache=True)

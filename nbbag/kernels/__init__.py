@@ -45,10 +45,10 @@ Backward kernels (see nbbag.cpu.backward for the pipeline; mode is nbbag.Mode's 
     rows, row_ptr, positions = group_positions_by_row(indices, bag_of, num_rows,
                                                      num_chunks)  # any >= 1
     contributing_rows(coefficients, positions, row_ptr, contributes)
-    accumulate_rows(grad_output, bag_of, coefficients, positions, row_ptr, value_index,
-                    scale_grad_by_freq, values)
-    accumulate_max_rows(grad_output, bag_of, argmax, positions, row_ptr, value_index,
-                        scale_grad_by_freq, values)
+    accumulate_rows(grad_output, bag_of, coefficients, argmax, positions, row_ptr,
+                    value_index, scale_grad_by_freq, values)  # argmax (0, 0) but for max
+    row_gradient(grad_output, bag_of, coefficients, argmax, positions, start, end,
+                 scale_grad_by_freq, out_row)                # one row's gradient
     per_sample_weights_grad(weight, indices, offsets, per_sample_weights, out,
                             grad_output, padding_idx, mode, weights_grad)
 
@@ -64,12 +64,12 @@ Example, from a user's own ``@njit`` function::
 """
 
 from nbbag.cpu.backward import (
-    accumulate_max_rows,
     accumulate_rows,
     contributing_rows,
     group_positions_by_row,
     max_token_coefficients,
     per_sample_weights_grad,
+    row_gradient,
     token_coefficients,
 )
 from nbbag.cpu.checks import index_range
@@ -93,7 +93,6 @@ from nbbag.cpu.forward import (
 
 __all__ = [
     "NO_PADDING",
-    "accumulate_max_rows",
     "accumulate_rows",
     "bag_max",
     "bag_max_argmax",
@@ -110,6 +109,7 @@ __all__ = [
     "max_rows",
     "per_sample_weights_grad",
     "renorm_rows",
+    "row_gradient",
     "row_norm",
     "scale_row",
     "sum_rows",
