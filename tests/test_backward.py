@@ -223,3 +223,21 @@ def test_per_sample_weights_grad_without_weights(forward):
     _, out, ctx = forward
     with pytest.raises(ValueError, match="per_sample_weights_grad"):
         nbbag.embedding_bag_bwd(out, ctx, per_sample_weights_grad=True)
+
+
+@pytest.mark.parametrize("mode", ["max", "weighted"])
+def test_the_highest_row_without_a_contribution_is_left_out(mode, rng):
+    """The last of the sorted rows gets nothing: the values must still line up."""
+    weight = np.abs(rng.standard_normal((10, 3)))
+    weight[9] = -1.0  # loses every dimension of max
+    options = {"mode": "max"}
+    if mode == "weighted":
+        options = {"mode": "sum", "per_sample_weights": np.array([1.0, 2.0, 0.0])}
+    _, ctx = nbbag.embedding_bag_fwd(weight, [2, 5, 9], [0], **options)
+    grad = nbbag.embedding_bag_bwd(np.ones((1, 3)), ctx)
+    expected, rows, _ = reference.embedding_bag_backward(
+        np.ones((1, 3)), weight, [2, 5, 9], [0], **options
+    )
+    assert 9 not in grad.rows
+    np.testing.assert_array_equal(grad.rows, rows)
+    np.testing.assert_allclose(grad.to_dense(), expected)
