@@ -5,6 +5,7 @@ sqrtn), with torch.nn.functional.embedding_bag's semantics, and get row-sparse
 gradients back.
 """
 
+from nbbag import optim
 from nbbag._validate import BagContext
 from nbbag.functional import embedding_bag, embedding_bag_bwd, embedding_bag_fwd
 from nbbag.layer import EmbeddingBag
@@ -19,5 +20,6 @@ __all__ = [
     "embedding_bag",
     "embedding_bag_bwd",
     "embedding_bag_fwd",
+    "optim",
 ]
 __version__ = "0.1.0"

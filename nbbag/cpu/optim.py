@@ -1,0 +1,215 @@
+"""CPU optimizer kernels: update only the rows a gradient touches, and their state.
+
+One per-row update, ``update_row``, serves every optimizer (``kind`` picks the rule,
+once per row) and both ways in: ``apply_row_gradients`` takes a row-sparse gradient,
+``apply_fused`` computes each row's gradient from the forward's tokens
+(``nbbag.cpu.backward.row_gradient``) into a per-chunk scratch row and applies it at
+once, so no (U, D) gradient is ever built.  Both give bit-identical results.
+
+State arrays an optimizer does not use are passed empty.  ``hyper`` holds the
+hyperparameters at the indices below.
+
+Exact catch-up (SGD with momentum and/or weight decay).  With no gradient, one step of
+torch's SGD is linear in a weight element w and its momentum buffer u::
+
+    u' = m u + wd w            w' = w - lr u' = (1 - lr wd) w - lr m u
+
+so k skipped steps are one 2x2 matrix power, the same for every element of the row.
+``last_step[r]`` is the step row r was last brought up to date at; a row is caught up
+before its gradient is applied, and on request before it is read.
+"""
+
+import math
+
+from numba import njit, prange
+
+from nbbag.cpu.backward import row_gradient
+
+SGD, ADAGRAD, ROW_WISE_ADAGRAD, ADAM = 0, 1, 2, 3
+LR, MOMENTUM, WEIGHT_DECAY, EPS, BETA1, BETA2 = 0, 1, 2, 3, 4, 5
+HYPER_SIZE = 6
+
+
+@njit(cache=True)
+def skipped_steps_matrix(lr, momentum, weight_decay, steps):
+    """The 2x2 matrix (a, b, c, d) of ``steps`` gradient-free SGD steps:
+    w_k = a w + b u, u_k = c w + d u.  Binary powering: O(log steps)."""
+    a, b, c, d = 1.0, 0.0, 0.0, 1.0
+    pa, pb, pc, pd = 1.0 - lr * weight_decay, -lr * momentum, weight_decay, momentum
+    while steps > 0:
+        if steps & 1:
+            a, b, c, d = a * pa + b * pc, a * pb + b * pd, c * pa + d * pc, c * pb + d * pd
+        pa, pb, pc, pd = (
+            pa * pa + pb * pc,
+            pa * pb + pb * pd,
+            pc * pa + pd * pc,
+            pc * pb + pd * pd,
+        )
+        steps >>= 1
+    return a, b, c, d
+
+
+@njit(cache=True)
+def catch_up_row(row, weight, momentum_buffer, last_step, hyper, target_step):
+    """Bring ``weight[row]`` and its momentum buffer from ``last_step[row]`` to
+    ``target_step`` as if SGD had run with zero gradients in between.
+
+    Ownership: the caller owns row ``row`` of weight, momentum_buffer and last_step.
+    """
+    steps = target_step - last_step[row]
+    if steps <= 0:
+        return
+    a, b, c, d = skipped_steps_matrix(
+        hyper[LR], hyper[MOMENTUM], hyper[WEIGHT_DECAY], steps
+    )
+    w = weight[row]
+    u = momentum_buffer[row]
+    for i in range(w.shape[0]):
+        w_i, u_i = w[i], u[i]
+        w[i] = a * w_i + b * u_i
+        u[i] = c * w_i + d * u_i
+    last_step[row] = target_step
+
+
+@njit(cache=True)
+def update_row(
+    kind, row, grad_row, weight, state, second_state, row_state, last_step, hyper, step
+):
+    """Apply step number ``step`` (counted from 1) of optimizer ``kind`` to
+    ``weight[row]`` with gradient ``grad_row``, reading and writing only that row of
+    the state.  Semantics are torch's (SGD, Adagrad, SparseAdam) and FBGEMM's (row-wise
+    Adagrad).
+
+    Ownership: the caller owns row ``row`` of weight and of every state array.
+    """
+    w = weight[row]
+    lr = hyper[LR]
+    if kind == SGD:
+        if last_step.shape[0] == 0:  # no momentum, no weight decay: plain SGD
+            for i in range(w.shape[0]):
+                w[i] -= lr * grad_row[i]
+            return
+        catch_up_row(row, weight, state, last_step, hyper, step - 1)
+        u = state[row]
+        momentum, weight_decay = hyper[MOMENTUM], hyper[WEIGHT_DECAY]
+        for i in range(w.shape[0]):
+            u[i] = momentum * u[i] + (grad_row[i] + weight_decay * w[i])
+            w[i] -= lr * u[i]
+        last_step[row] = step
+    elif kind == ADAGRAD:
+        squares = state[row]
+        eps = hyper[EPS]
+        for i in range(w.shape[0]):
+            squares[i] += grad_row[i] * grad_row[i]
+            w[i] -= lr * grad_row[i] / (math.sqrt(squares[i]) + eps)
+    elif kind == ROW_WISE_ADAGRAD:
+        mean_square = 0.0
+        for i in range(w.shape[0]):
+            mean_square += float(grad_row[i]) * grad_row[i]
+        if w.shape[0] > 0:
+            row_state[row] += mean_square / w.shape[0]
+        multiplier = lr / (math.sqrt(row_state[row]) + hyper[EPS])
+        for i in range(w.shape[0]):
+            w[i] -= multiplier * grad_row[i]
+    else:  # ADAM, lazy: torch.optim.SparseAdam
+        beta1, beta2 = hyper[BETA1], hyper[BETA2]
+        step_size = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+        exp_avg = state[row]
+        exp_avg_sq = second_state[row]
+        for i in range(w.shape[0]):
+            g = grad_row[i]
+            exp_avg[i] += (g - exp_avg[i]) * (1.0 - beta1)
+            exp_avg_sq[i] += (g * g - exp_avg_sq[i]) * (1.0 - beta2)
+            w[i] -= step_size * exp_avg[i] / (math.sqrt(exp_avg_sq[i]) + hyper[EPS])
+
+
+@njit(parallel=True, cache=True)
+def apply_row_gradients(
+    kind, weight, rows, values, state, second_state, row_state, last_step, hyper, step
+):
+    """Apply a row-sparse gradient (``rows`` unique) with ``update_row``.
+
+    Ownership: iteration k of the prange writes row ``rows[k]`` of weight and state.
+    """
+    for k in prange(rows.shape[0]):
+        update_row(
+            kind,
+            rows[k],
+            values[k],
+            weight,
+            state,
+            second_state,
+            row_state,
+            last_step,
+            hyper,
+            step,
+        )
+
+
+@njit(parallel=True, cache=True)
+def apply_fused(
+    kind,
+    weight,
+    grad_output,
+    bag_of,
+    coefficients,
+    argmax,
+    positions,
+    row_ptr,
+    rows,
+    value_index,
+    scale_grad_by_freq,
+    state,
+    second_state,
+    row_state,
+    last_step,
+    hyper,
+    step,
+    scratch,
+):
+    """Backward and update in one pass: for each row with ``value_index[k] >= 0``,
+    its gradient into ``scratch[chunk]`` (``row_gradient``), then ``update_row``.
+
+    Ownership: iteration c of the prange owns ``scratch[c]`` and a contiguous chunk of
+    the (unique) rows: their rows of weight and state.
+    """
+    num_chunks = scratch.shape[0]
+    num_rows = rows.shape[0]
+    for c in prange(num_chunks):
+        grad_row = scratch[c]
+        for k in range(c * num_rows // num_chunks, (c + 1) * num_rows // num_chunks):
+            if value_index[k] < 0:
+                continue
+            row_gradient(
+                grad_output,
+                bag_of,
+                coefficients,
+                argmax,
+                positions,
+                row_ptr[k],
+                row_ptr[k + 1],
+                scale_grad_by_freq,
+                grad_row,
+            )
+            update_row(
+                kind,
+                rows[k],
+                grad_row,
+                weight,
+                state,
+                second_state,
+                row_state,
+                last_step,
+                hyper,
+                step,
+            )
+
+
+@njit(parallel=True, cache=True)
+def catch_up_rows(weight, rows, momentum_buffer, last_step, hyper, target_step):
+    """``catch_up_row`` for each of ``rows`` (unique).
+
+    Ownership: iteration k of the prange writes row ``rows[k]`` of weight and state.
+    """
+    for k in prange(rows.shape[0]):
+        catch_up_row(rows[k], weight, momentum_buffer, last_step, hyper, target_step)
