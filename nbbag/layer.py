@@ -103,6 +103,22 @@ class EmbeddingBag:
             "scale_grad_by_freq": scale_grad_by_freq,
         }
         self._ctx: BagContext | None = None
+        self.optimizer = None
+
+    def attach(self, optimizer) -> None:
+        """Train with ``optimizer`` (one of :mod:`nbbag.optim`, built on this layer's
+        weight): each forward first brings the rows it reads up to date
+        (``optimizer.catch_up``), and :meth:`step` does backward and update in one pass.
+        With SGD's momentum or weight decay, training then equals dense torch SGD."""
+        if getattr(optimizer, "weight", None) is not self.weight:
+            raise ValueError("optimizer must be built on this layer's weight array")
+        self.optimizer = optimizer
+
+    def step(self, grad_output) -> None:
+        """Backward of the last forward and the attached optimizer's update, fused."""
+        if self.optimizer is None:
+            raise RuntimeError("step() needs an optimizer: call attach(optimizer) first")
+        self.optimizer.step_fused(grad_output, self._last_context())
 
     @property
     def mode(self) -> Mode:
@@ -110,6 +126,8 @@ class EmbeddingBag:
 
     def __call__(self, indices, offsets=None, per_sample_weights=None) -> np.ndarray:
         """The forward (see :func:`nbbag.embedding_bag`); keeps what backward needs."""
+        if self.optimizer is not None:
+            self.optimizer.catch_up(indices)
         out, self._ctx = embedding_bag_fwd(
             self.weight,
             indices,
@@ -123,16 +141,21 @@ class EmbeddingBag:
         self, grad_output, *, per_sample_weights_grad: bool = False
     ) -> RowSparseGrad | tuple[RowSparseGrad, np.ndarray]:
         """The gradient of the last forward (see :func:`nbbag.embedding_bag_bwd`)."""
+        return embedding_bag_bwd(
+            grad_output,
+            self._last_context(),
+            per_sample_weights_grad=per_sample_weights_grad,
+        )
+
+    def _last_context(self) -> BagContext:
         if self._ctx is None:
-            raise RuntimeError("backward() needs a forward first: call the layer")
+            raise RuntimeError("backward needs a forward first: call the layer")
         if self.weight.shape != self._ctx.weight_shape:
             raise ValueError(
                 f"weight's shape changed from {self._ctx.weight_shape} at the forward to "
                 f"{self.weight.shape}: run the forward again"
             )
-        return embedding_bag_bwd(
-            grad_output, self._ctx, per_sample_weights_grad=per_sample_weights_grad
-        )
+        return self._ctx
 
     def __repr__(self) -> str:
         num_rows, dim = self.weight.shape

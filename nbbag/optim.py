@@ -283,21 +283,15 @@ class SGD(_SparseOptimizer):
             return
         indices = check_indices(indices)
         check_index_range(indices, self.weight.shape[0])
-        self._catch_up_rows(np.unique(indices))
+        self._catch_up(np.ascontiguousarray(indices.reshape(-1)))
 
     def flush(self) -> None:
         if self._needs_catch_up:
-            self._catch_up_rows(np.arange(self.weight.shape[0]))
+            self._catch_up(np.arange(self.weight.shape[0]))
 
-    def _catch_up_rows(self, rows: np.ndarray) -> None:
-        kernels.catch_up_rows(
-            self.weight,
-            rows,
-            self.momentum_buffer,
-            self.last_step,
-            self._hyper,
-            self.step_count,
-        )
+    def _catch_up(self, indices: np.ndarray) -> None:
+        rows, behind = kernels.rows_behind(indices, self.last_step, self.step_count)
+        kernels.advance_rows(self.weight, rows, behind, self.momentum_buffer, self._hyper)
 
 
 class Adagrad(_SparseOptimizer):

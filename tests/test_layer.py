@@ -84,3 +84,42 @@ def test_bad_construction(kwargs, error, words):
 def test_bad_sizes():
     with pytest.raises(ValueError, match="num_embeddings.*-1"):
         nbbag.EmbeddingBag(-1, 4)
+
+
+def test_attached_sgd_with_momentum_trains_like_dense_torch(rng):
+    """attach(): each forward catches its rows up, step() is backward + update fused;
+    the forward outputs and the final table equal dense torch.optim.SGD's."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    bag = nbbag.EmbeddingBag(60, 5, mode="mean", dtype=np.float64, seed=3)
+    opt = nbbag.optim.SGD(bag.weight, lr=0.2, momentum=0.9, weight_decay=0.01)
+    bag.attach(opt)
+    torch_weight = torch.nn.Parameter(torch.from_numpy(bag.weight.copy()))
+    torch_opt = torch.optim.SGD([torch_weight], lr=0.2, momentum=0.9, weight_decay=0.01)
+    for _ in range(25):
+        indices = (rng.zipf(1.3, size=24) - 1) % 60
+        offsets = np.arange(0, 24, 6)
+        out = bag(indices, offsets)
+        torch_out = torch.nn.functional.embedding_bag(
+            torch.from_numpy(indices), torch_weight, torch.from_numpy(offsets), mode="mean"
+        )
+        np.testing.assert_allclose(out, torch_out.detach().numpy(), rtol=1e-9, atol=1e-12)
+        grad_output = rng.standard_normal(out.shape)
+        bag.step(grad_output)
+        torch_opt.zero_grad()
+        torch_out.backward(torch.from_numpy(grad_output))
+        torch_opt.step()
+    opt.flush()
+    np.testing.assert_allclose(
+        bag.weight, torch_weight.detach().numpy(), rtol=1e-9, atol=1e-12
+    )
+
+
+def test_attach_and_step_misuse(rng):
+    bag = nbbag.EmbeddingBag(10, 2, seed=0)
+    with pytest.raises(ValueError, match="optimizer"):
+        bag.attach(nbbag.optim.SGD(np.ones((10, 2), dtype=np.float32), lr=0.1))
+    with pytest.raises(RuntimeError, match="attach"):
+        bag.step(np.ones((1, 2), dtype=np.float32))
+    bag.attach(nbbag.optim.Adam(bag.weight))
+    with pytest.raises(RuntimeError, match="forward"):
+        bag.step(np.ones((1, 2), dtype=np.float32))

@@ -16,11 +16,13 @@ torch's SGD is linear in a weight element w and its momentum buffer u::
 
 so k skipped steps are one 2x2 matrix power, the same for every element of the row.
 ``last_step[r]`` is the step row r was last brought up to date at; a row is caught up
-before its gradient is applied, and on request before it is read.
+before its gradient is applied, and on request (``rows_behind`` + ``advance_rows``)
+before it is read.
 """
 
 import math
 
+import numpy as np
 from numba import njit, prange
 
 from nbbag.cpu.backward import row_gradient
@@ -50,13 +52,12 @@ def skipped_steps_matrix(lr, momentum, weight_decay, steps):
 
 
 @njit(cache=True)
-def catch_up_row(row, weight, momentum_buffer, last_step, hyper, target_step):
-    """Bring ``weight[row]`` and its momentum buffer from ``last_step[row]`` to
-    ``target_step`` as if SGD had run with zero gradients in between.
+def advance_row(row, steps, weight, momentum_buffer, hyper):
+    """Apply ``steps`` gradient-free SGD steps to ``weight[row]`` and its momentum
+    buffer, in closed form.
 
-    Ownership: the caller owns row ``row`` of weight, momentum_buffer and last_step.
+    Ownership: the caller owns row ``row`` of weight and momentum_buffer.
     """
-    steps = target_step - last_step[row]
     if steps <= 0:
         return
     a, b, c, d = skipped_steps_matrix(
@@ -68,7 +69,6 @@ def catch_up_row(row, weight, momentum_buffer, last_step, hyper, target_step):
         w_i, u_i = w[i], u[i]
         w[i] = a * w_i + b * u_i
         u[i] = c * w_i + d * u_i
-    last_step[row] = target_step
 
 
 @njit(cache=True)
@@ -89,7 +89,7 @@ def update_row(
             for i in range(w.shape[0]):
                 w[i] -= lr * grad_row[i]
             return
-        catch_up_row(row, weight, state, last_step, hyper, step - 1)
+        advance_row(row, step - 1 - last_step[row], weight, state, hyper)  # catch up
         u = state[row]
         momentum, weight_decay = hyper[MOMENTUM], hyper[WEIGHT_DECAY]
         for i in range(w.shape[0]):
@@ -205,11 +205,34 @@ def apply_fused(
             )
 
 
-@njit(parallel=True, cache=True)
-def catch_up_rows(weight, rows, momentum_buffer, last_step, hyper, target_step):
-    """``catch_up_row`` for each of ``rows`` (unique).
+@njit(cache=True)
+def rows_behind(indices, last_step, target_step):
+    """List the distinct rows of ``indices`` last brought up to date before
+    ``target_step``, with how many steps each is behind, and mark them as up to date.
 
-    Ownership: iteration k of the prange writes row ``rows[k]`` of weight and state.
+    A serial O(N) scan: ``last_step`` itself marks the rows already listed, so no sort
+    and no array of size V is needed.
+    Ownership: serial; writes ``last_step`` at the listed rows.
+    """
+    rows = np.empty(indices.shape[0], dtype=np.int64)
+    behind = np.empty(indices.shape[0], dtype=np.int64)
+    count = 0
+    for i in range(indices.shape[0]):
+        row = indices[i]
+        if last_step[row] < target_step:
+            rows[count] = row
+            behind[count] = target_step - last_step[row]
+            last_step[row] = target_step
+            count += 1
+    return rows[:count], behind[:count]
+
+
+@njit(parallel=True, cache=True)
+def advance_rows(weight, rows, behind, momentum_buffer, hyper):
+    """``advance_row`` for each of ``rows`` (unique) by ``behind`` steps.
+
+    Ownership: iteration k of the prange writes row ``rows[k]`` of weight and
+    momentum_buffer.
     """
     for k in prange(rows.shape[0]):
-        catch_up_row(rows[k], weight, momentum_buffer, last_step, hyper, target_step)
+        advance_row(rows[k], behind[k], weight, momentum_buffer, hyper)

@@ -52,6 +52,20 @@ Backward kernels (see nbbag.cpu.backward for the pipeline; mode is nbbag.Mode's 
     per_sample_weights_grad(weight, indices, offsets, per_sample_weights, out,
                             grad_output, padding_idx, mode, weights_grad)
 
+Optimizer kernels (see nbbag.cpu.optim; kind: SGD, ADAGRAD, ROW_WISE_ADAGRAD, ADAM;
+hyper: a float64 array indexed by LR, MOMENTUM, WEIGHT_DECAY, EPS, BETA1, BETA2; state
+arrays an optimizer does not use are passed empty)::
+
+    update_row(kind, row, grad_row, weight, state, second_state, row_state, last_step,
+               hyper, step)                          # one row, step counted from 1
+    apply_row_gradients(kind, weight, rows, values, state, second_state, row_state,
+                        last_step, hyper, step)
+    apply_fused(kind, weight, grad_output, bag_of, coefficients, argmax, positions,
+                row_ptr, rows, value_index, scale_grad_by_freq, state, second_state,
+                row_state, last_step, hyper, step, scratch)
+    rows, behind = rows_behind(indices, last_step, target_step)
+    advance_rows(weight, rows, behind, momentum_buffer, hyper)   # SGD's exact catch-up
+
 Example, from a user's own ``@njit`` function::
 
     from numba import njit
@@ -90,9 +104,39 @@ from nbbag.cpu.forward import (
     sum_rows,
     weighted_sum_rows,
 )
+from nbbag.cpu.optim import (
+    ADAGRAD,
+    ADAM,
+    BETA1,
+    BETA2,
+    EPS,
+    LR,
+    MOMENTUM,
+    ROW_WISE_ADAGRAD,
+    SGD,
+    WEIGHT_DECAY,
+    advance_rows,
+    apply_fused,
+    apply_row_gradients,
+    rows_behind,
+    update_row,
+)
 
 __all__ = [
+    "ADAGRAD",
+    "ADAM",
+    "BETA1",
+    "BETA2",
+    "EPS",
+    "LR",
+    "MOMENTUM",
     "NO_PADDING",
+    "ROW_WISE_ADAGRAD",
+    "SGD",
+    "WEIGHT_DECAY",
+    "advance_rows",
+    "apply_fused",
+    "apply_row_gradients",
     "accumulate_rows",
     "bag_max",
     "bag_max_argmax",
@@ -111,8 +155,10 @@ __all__ = [
     "renorm_rows",
     "row_gradient",
     "row_norm",
+    "rows_behind",
     "scale_row",
     "sum_rows",
     "token_coefficients",
+    "update_row",
     "weighted_sum_rows",
 ]
