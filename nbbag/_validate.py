@@ -8,6 +8,7 @@ argument and the offending value.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NamedTuple
 
@@ -117,7 +118,7 @@ def check_weight(weight) -> np.ndarray:
     return weight
 
 
-def _as_array(value, name: str) -> np.ndarray:
+def as_array(value, name: str) -> np.ndarray:
     try:
         return np.asarray(value)
     except (ValueError, TypeError) as error:
@@ -126,7 +127,7 @@ def _as_array(value, name: str) -> np.ndarray:
 
 def _as_index_array(value, name: str) -> np.ndarray:
     """``value`` as an int32/int64 array; an empty Python sequence (untyped) is int64."""
-    array = _as_array(value, name)
+    array = as_array(value, name)
     if array.size == 0 and not isinstance(value, np.ndarray):
         array = array.astype(np.int64)
     if array.dtype not in INDEX_DTYPES:
@@ -213,7 +214,7 @@ def check_per_sample_weights(
             "per_sample_weights is not supported with mode 'max' "
             "(use 'sum', 'mean' or 'sqrtn')"
         )
-    weights = _as_array(per_sample_weights, "per_sample_weights")
+    weights = as_array(per_sample_weights, "per_sample_weights")
     if not np.issubdtype(weights.dtype, np.floating):
         raise TypeError(
             f"per_sample_weights must be a floating-point array, got dtype {weights.dtype}"
@@ -226,12 +227,26 @@ def check_per_sample_weights(
     return np.ascontiguousarray(weights.reshape(-1), dtype=dtype)
 
 
-def _is_integer(value) -> bool:
+def is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def _is_real(value) -> bool:
+def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_real(
+    value, name: str, low: float = 0.0, high: float = math.inf, high_open: bool = False
+) -> float:
+    """``value`` as a float, after checking it is a finite real in [low, high] (or
+    [low, high) with ``high_open``)."""
+    if not is_real(value):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    inside = low <= value < high if high_open else low <= value <= high
+    if not (inside and math.isfinite(value)):
+        bracket = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value}")
+    return float(value)
 
 
 def check_padding_idx(padding_idx, num_rows: int) -> int:
@@ -239,7 +254,7 @@ def check_padding_idx(padding_idx, num_rows: int) -> int:
     or NO_PADDING for None."""
     if padding_idx is None:
         return NO_PADDING
-    if not _is_integer(padding_idx):
+    if not is_integer(padding_idx):
         raise TypeError(f"padding_idx must be an int or None, got {padding_idx!r}")
     if not -num_rows <= padding_idx < num_rows:
         raise ValueError(
@@ -251,13 +266,13 @@ def check_padding_idx(padding_idx, num_rows: int) -> int:
 
 def check_norm_options(max_norm, norm_type) -> tuple[float | None, float]:
     """Check ``max_norm`` (None or > 0) and ``norm_type`` (> 0, inf allowed)."""
-    if not _is_real(norm_type):
+    if not is_real(norm_type):
         raise TypeError(f"norm_type must be a real number, got {norm_type!r}")
     if not norm_type > 0:
         raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type}")
     if max_norm is None:
         return None, float(norm_type)
-    if not _is_real(max_norm):
+    if not is_real(max_norm):
         raise TypeError(f"max_norm must be a real number or None, got {max_norm!r}")
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")

@@ -20,31 +20,24 @@ their inputs before any kernel runs, so bad input leaves weight and state untouc
 from __future__ import annotations
 
 import math
-import numbers
 
 import numba
 import numpy as np
 import scipy.sparse
 
-from nbbag._validate import BagContext, check_grad_output, check_index_range, check_indices
-from nbbag._validate import check_weight as _check_table
+from nbbag._validate import (
+    BagContext,
+    check_grad_output,
+    check_index_range,
+    check_indices,
+    check_real,
+    check_weight,
+)
 from nbbag.cpu import optim as kernels
 from nbbag.functional import group_tokens
 from nbbag.sparse import RowSparseGrad
 
 __all__ = ["SGD", "Adagrad", "Adam", "RowWiseAdagrad"]
-
-
-def _check_number(
-    value, name: str, low: float = 0.0, high: float = math.inf, high_open: bool = False
-) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    inside = low <= value < high if high_open else low <= value <= high
-    if not (inside and math.isfinite(value)):
-        bracket = ")" if high_open else "]"
-        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value}")
-    return float(value)
 
 
 # name: (slot in the kernels' hyper array, low, high, high end open)
@@ -60,7 +53,7 @@ HYPERPARAMETERS = {
 
 def _check_hyper(name: str, value) -> float:
     _, low, high, high_open = HYPERPARAMETERS[name]
-    return _check_number(value, name, low, high, high_open)
+    return check_real(value, name, low, high, high_open)
 
 
 def _hyper_property(name: str) -> property:
@@ -87,7 +80,7 @@ class _SparseOptimizer:
     hyper_names: tuple[str, ...] = ("lr",)
 
     def __init__(self, weight, **hyper):
-        _check_table(weight)
+        check_weight(weight)
         if not weight.flags.writeable:
             raise ValueError("weight must be writeable: the optimizer updates it in place")
         self.weight = weight
@@ -306,7 +299,7 @@ class Adagrad(_SparseOptimizer):
 
     def __init__(self, weight, lr, eps=1e-10, initial_accumulator_value=0.0):
         super().__init__(weight, lr=lr, eps=eps)
-        initial = _check_number(initial_accumulator_value, "initial_accumulator_value")
+        initial = check_real(initial_accumulator_value, "initial_accumulator_value")
         self.state_sum = np.full_like(weight, initial)
 
     eps = _hyper_property("eps")
@@ -371,6 +364,6 @@ def _split_betas(betas) -> dict:
     if len(pair) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     return {
-        name: _check_number(beta, f"betas[{i}]", 0.0, 1.0, high_open=True)
+        name: check_real(beta, f"betas[{i}]", 0.0, 1.0, high_open=True)
         for i, (name, beta) in enumerate(zip(("beta1", "beta2"), pair, strict=True))
     }

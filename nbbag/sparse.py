@@ -9,10 +9,10 @@ matrix or array back.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import scipy.sparse
+
+from nbbag._validate import as_array, is_integer
 
 __all__ = ["RowSparseGrad"]
 
@@ -30,10 +30,6 @@ def _index_dtype(largest: int) -> np.dtype:
     return np.dtype(np.int32 if largest <= _INT32_MAX else np.int64)
 
 
-def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_shape(shape) -> tuple[int, int]:
     try:
         entries = tuple(shape)
@@ -43,24 +39,17 @@ def _check_shape(shape) -> tuple[int, int]:
         ) from None
     if len(entries) != 2:
         raise ValueError(f"shape must have 2 entries (num_embeddings, dim), got {shape!r}")
-    if not all(_is_integer(n) for n in entries):
+    if not all(is_integer(n) for n in entries):
         raise TypeError(f"shape must hold ints, got {shape!r}")
     if min(entries) < 0:
         raise ValueError(f"shape must not be negative, got {shape!r}")
     return int(entries[0]), int(entries[1])
 
 
-def _as_array(value, name: str) -> np.ndarray:
-    try:
-        return np.asarray(value)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{name} could not be made into an array: {error}") from None
-
-
 def _check_rows(rows, num_rows: int) -> np.ndarray:
     """``rows`` as int64, after checking they are 1-D, in [0, V) and strictly
     increasing."""
-    array = _as_array(rows, "rows")
+    array = as_array(rows, "rows")
     if array.size == 0 and not isinstance(rows, np.ndarray):
         array = array.astype(np.int64)  # an empty Python sequence is untyped
     rows = array
@@ -94,7 +83,7 @@ def _check_rows(rows, num_rows: int) -> np.ndarray:
 
 
 def _check_values(values, num_rows: int, dim: int) -> np.ndarray:
-    values = _as_array(values, "values")
+    values = as_array(values, "values")
     if values.dtype not in FLOAT_DTYPES:
         raise TypeError(f"values must be float32 or float64, got dtype {values.dtype}")
     if values.ndim != 2:
