@@ -6,9 +6,10 @@ import pytest
 
 import nbbag.functional
 import nbbag.layer
+import nbbag.optim
 
 
-@pytest.mark.parametrize("module", [nbbag.functional, nbbag.layer])
+@pytest.mark.parametrize("module", [nbbag.functional, nbbag.layer, nbbag.optim])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
