@@ -3,7 +3,9 @@
 Usage: ``python benchmarks/ratios.py results.json``.  A ratio peer/nbbag above 1 means
 nbbag is faster.  The peers are torch and, where a group has one, a dense NumPy
 baseline (its columns appear only when some group has it).  Groups with nbbag alone
-(such as ``to_scipy``) get a second table: one row per size V.
+(such as ``to_scipy``) get a second table: one row per size V.  Groups with peers at
+several sizes V (such as ``step-scaling``) get a third: one row per V, the impls side by
+side.
 """
 
 from __future__ import annotations
@@ -40,6 +42,28 @@ def _print_ratios(medians: dict[str, dict[str, float]]) -> None:
             theirs = by_impl.get(peer)
             cells += [_ms(theirs), f"{theirs / ours:.2f}" if ours and theirs else "-"]
         print("| " + " | ".join(cells) + " |")
+
+
+def _print_scaling(scaling: dict[str, list[dict]]) -> None:
+    present = {_impl(bench) for benches in scaling.values() for bench in benches}
+    peers = [p for p in PEERS if p in present]
+    peers += sorted(present - set(PEERS) - {"nbbag"}, key=str)
+    header = ["group", "V", "nbbag median (ms)"]
+    for peer in peers:
+        header += [f"{peer} median (ms)", f"{peer}/nbbag"]
+    print("| " + " | ".join(header) + " |")
+    print("|---" + "|---:" * (len(header) - 1) + "|")
+    for group, benches in scaling.items():
+        by_size: dict[int, dict[str, float]] = defaultdict(dict)
+        for bench in benches:
+            by_size[bench["extra_info"]["V"]][_impl(bench)] = bench["stats"]["median"]
+        for size, by_impl in sorted(by_size.items()):
+            ours = by_impl.get("nbbag")
+            cells = [group, f"{size:,}", _ms(ours)]
+            for peer in peers:
+                theirs = by_impl.get(peer)
+                cells += [_ms(theirs), f"{theirs / ours:.2f}" if ours and theirs else "-"]
+            print("| " + " | ".join(cells) + " |")
 
 
 def _print_sizes(alone: dict[str, list[dict]]) -> None:
@@ -80,11 +104,15 @@ def main(argv: list[str] | None = None) -> None:
     medians: dict[str, dict[str, float]] = {}
     # Groups without a peer that hold several sizes: one row per benchmark.
     alone: dict[str, list[dict]] = {}
+    # Groups with peers at several sizes: one row per size.
+    scaling: dict[str, list[dict]] = {}
     for group, benches in by_group.items():
         no_peer = all(_impl(bench) in ("nbbag", None) for bench in benches)
-        sized = any("V" in bench.get("extra_info", {}) for bench in benches)
-        if no_peer and (sized or len(benches) > 1):
+        sizes = {bench.get("extra_info", {}).get("V") for bench in benches} - {None}
+        if no_peer and (sizes or len(benches) > 1):
             alone[group] = benches
+        elif not no_peer and len(sizes) > 1:
+            scaling[group] = benches
         else:
             medians[group] = {_impl(bench): bench["stats"]["median"] for bench in benches}
 
@@ -94,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         if medians:
             print()
         _print_sizes(alone)
+    if scaling:
+        if medians or alone:
+            print()
+        _print_scaling(scaling)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from nbbag._validate import (
 )
 from nbbag.cpu import optim as kernels
 from nbbag.functional import group_tokens
+from nbbag.layer import ALIGNMENT, aligned_empty
 from nbbag.sparse import RowSparseGrad
 
 __all__ = ["SGD", "Adagrad", "Adam", "RowWiseAdagrad"]
@@ -131,9 +132,13 @@ class _SparseOptimizer:
                 "ctx's forward read another array than this optimizer's weight"
             )
         groups = group_tokens(ctx)
-        scratch = np.empty(
-            (numba.get_num_threads(), self.weight.shape[1]), dtype=self.weight.dtype
+        # One scratch row per thread, each padded to whole cache lines: threads never
+        # write the same line.
+        scratch = aligned_empty(
+            (numba.get_num_threads(), _padded(self.weight.shape[1], self.weight.itemsize)),
+            self.weight.dtype,
         )
+
         self.step_count += 1
         kernels.apply_fused(
             self.kind,
@@ -156,7 +161,19 @@ class _SparseOptimizer:
     def catch_up(self, indices) -> None:
         """Bring the rows in ``indices`` up to date before they are read.  Only SGD
         with momentum or weight decay has anything to do; the others are always up to
-        date (Adam by its lazy definition)."""
+        date (Adam by its lazy definition).
+
+        Raises
+        ------
+        IndexError
+            An index outside [0, V).
+        """
+        indices = check_indices(indices)
+        check_index_range(indices, self.weight.shape[0])
+        self._catch_up(np.ascontiguousarray(indices.reshape(-1)))
+
+    def _catch_up(self, indices: np.ndarray) -> None:
+        """Hook: bring these (valid, possibly repeated) rows up to date."""
 
     def flush(self) -> None:
         """Bring every row up to date (before evaluation or a checkpoint)."""
@@ -192,14 +209,27 @@ class _SparseOptimizer:
         """Restore a ``state_dict()`` (also one loaded back from ``np.savez``); the
         weight itself is not part of it.  Everything is checked before anything is
         changed."""
-        name = str(np.asarray(state.get("optimizer", "")))
-        if name != type(self).__name__:
-            raise ValueError(f"state is for optimizer {name!r}, not {type(self).__name__}")
+        saved_for = str(np.asarray(state.get("optimizer", "")))
+        if saved_for != type(self).__name__:
+            raise ValueError(
+                f"state is for optimizer {saved_for!r}, not {type(self).__name__}"
+            )
+        missing = [
+            key
+            for key in (*self.state_names, *self.hyper_names, "step_count")
+            if key not in state
+        ]
+        if missing:
+            raise ValueError(f"state lacks {missing} for {type(self).__name__}")
         for key in self.state_names:
             ours, theirs = getattr(self, key), np.asarray(state[key])
             if theirs.shape != ours.shape:
                 raise ValueError(
                     f"state[{key!r}] has shape {theirs.shape}, expected {ours.shape}"
+                )
+            if not np.can_cast(theirs.dtype, ours.dtype, casting="same_kind"):
+                raise ValueError(
+                    f"state[{key!r}] has dtype {theirs.dtype}, expected {ours.dtype}"
                 )
         hyper = {
             name: _check_hyper(name, np.asarray(state[name]).item())
@@ -255,34 +285,29 @@ class SGD(_SparseOptimizer):
     momentum = _hyper_property("momentum")
     weight_decay = _hyper_property("weight_decay")
 
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return ("momentum_buffer", "last_step") if self._needs_catch_up else ()
+    state_names = ("momentum_buffer", "last_step")
 
     @property
     def _needs_catch_up(self) -> bool:
         return self.momentum != 0 or self.weight_decay != 0
 
     def _before_hyper_change(self) -> None:
-        self.flush()
+        if self._needs_catch_up:
+            self.flush()  # the skipped steps were taken with the old values
+        else:  # plain SGD is exact as it goes: every row is up to date now
+            self.last_step[:] = self.step_count
 
     def _kernel_state(self):
         if not self._needs_catch_up:
             return super()._kernel_state()
         return (self.momentum_buffer, self._empty_table, self._empty_rows, self.last_step)
 
-    def catch_up(self, indices) -> None:
-        if not self._needs_catch_up:
-            return
-        indices = check_indices(indices)
-        check_index_range(indices, self.weight.shape[0])
-        self._catch_up(np.ascontiguousarray(indices.reshape(-1)))
-
     def flush(self) -> None:
-        if self._needs_catch_up:
-            self._catch_up(np.arange(self.weight.shape[0]))
+        self._catch_up(np.arange(self.weight.shape[0]))
 
     def _catch_up(self, indices: np.ndarray) -> None:
+        if not self._needs_catch_up:
+            return
         rows, behind = kernels.rows_behind(indices, self.last_step, self.step_count)
         kernels.advance_rows(self.weight, rows, behind, self.momentum_buffer, self._hyper)
 
@@ -367,3 +392,9 @@ def _split_betas(betas) -> dict:
         name: check_real(beta, f"betas[{i}]", 0.0, 1.0, high_open=True)
         for i, (name, beta) in enumerate(zip(("beta1", "beta2"), pair, strict=True))
     }
+
+
+def _padded(dim: int, itemsize: int) -> int:
+    """``dim`` rounded up to whole cache lines of ``itemsize``-byte elements."""
+    per_line = ALIGNMENT // itemsize
+    return -(-dim // per_line) * per_line

@@ -343,6 +343,15 @@ class RowSparseGrad:
         row = np.asarray(coo.row)
         col = np.asarray(coo.col).astype(np.int64, copy=False)
         data = np.asarray(coo.data)
+        # SciPy checks indices when a matrix is built, not when its arrays are edited
+        # later; the optimizers' kernels trust these rows, so check them here.
+        for axis, index, bound in (("row", row, num_rows), ("column", col, dim)):
+            outside = (index < 0) | (index >= bound)
+            if outside.any():
+                i = int(np.argmax(outside))
+                raise ValueError(
+                    f"m has {axis} index {index[i]} outside [0, {bound}) (shape {m.shape})"
+                )
         if row.size == 0:
             values = np.zeros((0, dim), dtype=dtype)
             return cls._trusted(np.zeros(0, dtype=np.int64), values, (num_rows, dim))

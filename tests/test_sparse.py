@@ -448,3 +448,13 @@ def test_to_scipy_rejects_other_formats(rng, fmt):
     grad = random_grad(rng, 5, 2, 2)
     with pytest.raises(ValueError, match=rf"format must be 'csr' or 'coo', got {fmt!r}"):
         grad.to_scipy(fmt)
+
+
+@pytest.mark.parametrize(("axis", "bad"), [("row", 12), ("row", -1), ("column", 2)])
+def test_from_scipy_rejects_indices_edited_past_the_shape(axis, bad):
+    """SciPy checks indices at construction only; an edited COO must not slip through
+    (the optimizers' kernels trust the rows)."""
+    m = sp.coo_array(([1.0, 2.0], ([1, 3], [0, 1])), shape=(10, 2))
+    (m.row if axis == "row" else m.col)[0] = bad
+    with pytest.raises(ValueError, match=rf"{axis} index {bad} outside"):
+        RowSparseGrad.from_scipy(m)
