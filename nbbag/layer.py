@@ -12,7 +12,7 @@ from nbbag.sparse import RowSparseGrad
 ALIGNMENT = 64  # bytes: a cache line, so 64-byte rows do not straddle two (MEASURED.md)
 
 
-def aligned_empty(shape: tuple[int, int], dtype) -> np.ndarray:
+def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts on a cache-line boundary.
 
     NumPy puts large arrays 16 bytes past a 64-byte boundary; rows of 64 bytes then

@@ -132,13 +132,16 @@ class _SparseOptimizer:
                 "ctx's forward read another array than this optimizer's weight"
             )
         groups = group_tokens(ctx)
-        # One scratch row per thread, each padded to whole cache lines: threads never
-        # write the same line.
+        # A block of scratch rows per thread, each row padded to whole cache lines:
+        # threads never write the same line.
         scratch = aligned_empty(
-            (numba.get_num_threads(), _padded(self.weight.shape[1], self.weight.itemsize)),
+            (
+                numba.get_num_threads(),
+                kernels.FUSED_BLOCK,
+                _padded(self.weight.shape[1], self.weight.itemsize),
+            ),
             self.weight.dtype,
         )
-
         self.step_count += 1
         kernels.apply_fused(
             self.kind,

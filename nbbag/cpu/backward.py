@@ -193,7 +193,7 @@ def contributing_rows(coefficients, positions, row_ptr, contributes):
         contributes[k] = found
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # in a parfor the arrays do not alias: vectorises
 def row_gradient(
     grad_output,
     bag_of,

@@ -30,10 +30,25 @@ from nbbag.cpu.backward import row_gradient
 
 SGD, ADAGRAD, ROW_WISE_ADAGRAD, ADAM = 0, 1, 2, 3
 LR, MOMENTUM, WEIGHT_DECAY, EPS, BETA1, BETA2 = 0, 1, 2, 3, 4, 5
-HYPER_SIZE = 6
+ADAM_STEP_SIZE = 6  # derived per step by step_hyper: lr sqrt(1 - beta2^t) / (1 - beta1^t)
+HYPER_SIZE = 7
+# Rows whose gradients the fused step computes before it applies their updates: two
+# short loops overlap more cache misses than one loop alternating the two (17% here).
+FUSED_BLOCK = 16
 # Rows ahead whose weight and state are prefetched: an update is a read-modify-write of
 # random rows of a table far larger than the cache, latency-bound like the forward.
 ROW_PREFETCH_DISTANCE = 8
+
+
+@njit(cache=True)
+def step_hyper(hyper, step):
+    """A copy of ``hyper`` with this step's derived constants (ADAM_STEP_SIZE), so that
+    ``update_row`` computes no power per row."""
+    local = hyper.copy()
+    local[ADAM_STEP_SIZE] = (
+        hyper[LR] * math.sqrt(1.0 - hyper[BETA2] ** step) / (1.0 - hyper[BETA1] ** step)
+    )
+    return local
 
 
 @njit(cache=True)
@@ -85,14 +100,17 @@ def advance_row(row, steps, weight, momentum_buffer, hyper):
         u[i] = c * w_i + d * u_i
 
 
-@njit(cache=True)
+# Inlined into the calling kernels (Numba IR): inside a parfor the arrays are known not
+# to alias, so LLVM vectorises the element loops; a separate function stayed scalar
+# (Adam's update 2x slower).
+@njit(cache=True, inline="always")
 def update_row(
     kind, row, grad_row, weight, state, second_state, row_state, last_step, hyper, step
 ):
     """Apply step number ``step`` (counted from 1) of optimizer ``kind`` to
     ``weight[row]`` with gradient ``grad_row``, reading and writing only that row of
-    the state.  Semantics are torch's (SGD, Adagrad, SparseAdam) and FBGEMM's (row-wise
-    Adagrad).
+    the state.  ``hyper`` must come from ``step_hyper(hyper, step)``.  Semantics are
+    torch's (SGD, Adagrad, SparseAdam) and FBGEMM's (row-wise Adagrad).
 
     Ownership: the caller owns row ``row`` of weight and of every state array.
     """
@@ -126,15 +144,17 @@ def update_row(
         for i in range(w.shape[0]):
             w[i] -= multiplier * grad_row[i]
     else:  # ADAM, lazy: torch.optim.SparseAdam
-        beta1, beta2 = hyper[BETA1], hyper[BETA2]
-        step_size = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+        # Locals, not hyper[...] in the loop: stores into w may alias hyper for all
+        # LLVM knows, which would reload it each element and block vectorising (2x).
+        keep1, keep2 = 1.0 - hyper[BETA1], 1.0 - hyper[BETA2]
+        step_size, eps = hyper[ADAM_STEP_SIZE], hyper[EPS]
         exp_avg = state[row]
         exp_avg_sq = second_state[row]
         for i in range(w.shape[0]):
             g = grad_row[i]
-            exp_avg[i] += (g - exp_avg[i]) * (1.0 - beta1)
-            exp_avg_sq[i] += (g * g - exp_avg_sq[i]) * (1.0 - beta2)
-            w[i] -= step_size * exp_avg[i] / (math.sqrt(exp_avg_sq[i]) + hyper[EPS])
+            exp_avg[i] += (g - exp_avg[i]) * keep1
+            exp_avg_sq[i] += (g * g - exp_avg_sq[i]) * keep2
+            w[i] -= step_size * exp_avg[i] / (math.sqrt(exp_avg_sq[i]) + eps)
 
 
 @njit(parallel=True, cache=True)
@@ -145,6 +165,7 @@ def apply_row_gradients(
 
     Ownership: iteration k of the prange writes row ``rows[k]`` of weight and state.
     """
+    hyper = step_hyper(hyper, step)
     for k in prange(rows.shape[0]):
         if k + ROW_PREFETCH_DISTANCE < rows.shape[0]:
             prefetch_update(rows[k + ROW_PREFETCH_DISTANCE], weight, state, second_state)
@@ -183,47 +204,49 @@ def apply_fused(
     step,
     scratch,
 ):
-    """Backward and update in one pass: for each row with ``value_index[k] >= 0``,
-    its gradient into ``scratch[chunk]`` (``row_gradient``), then ``update_row``.
+    """Backward and update in one pass over the rows with ``value_index[k] >= 0``:
+    the gradients of a block of rows into ``scratch[chunk]`` (``row_gradient``), then
+    their updates (``update_row``).  ``scratch`` is (chunks, FUSED_BLOCK, >= D).
 
     Ownership: iteration c of the prange owns ``scratch[c]`` and a contiguous chunk of
     the (unique) rows: their rows of weight and state.
     """
+    hyper = step_hyper(hyper, step)
     num_chunks = scratch.shape[0]
     num_rows = rows.shape[0]
+    dim = weight.shape[1]
     for c in prange(num_chunks):
-        grad_row = scratch[c]
         end = (c + 1) * num_rows // num_chunks
-        for k in range(c * num_rows // num_chunks, end):
-            if k + ROW_PREFETCH_DISTANCE < end:
-                prefetch_update(
-                    rows[k + ROW_PREFETCH_DISTANCE], weight, state, second_state
-                )
-            if value_index[k] < 0:
-                continue
-            row_gradient(
-                grad_output,
-                bag_of,
-                coefficients,
-                argmax,
-                positions,
-                row_ptr[k],
-                row_ptr[k + 1],
-                scale_grad_by_freq,
-                grad_row,
-            )
-            update_row(
-                kind,
-                rows[k],
-                grad_row,
-                weight,
-                state,
-                second_state,
-                row_state,
-                last_step,
-                hyper,
-                step,
-            )
+        for first in range(c * num_rows // num_chunks, end, FUSED_BLOCK):
+            last = min(first + FUSED_BLOCK, end)
+            for k in range(first, last):
+                prefetch_update(rows[k], weight, state, second_state)
+                if value_index[k] >= 0:
+                    row_gradient(
+                        grad_output,
+                        bag_of,
+                        coefficients,
+                        argmax,
+                        positions,
+                        row_ptr[k],
+                        row_ptr[k + 1],
+                        scale_grad_by_freq,
+                        scratch[c, k - first, :dim],
+                    )
+            for k in range(first, last):
+                if value_index[k] >= 0:
+                    update_row(
+                        kind,
+                        rows[k],
+                        scratch[c, k - first, :dim],
+                        weight,
+                        state,
+                        second_state,
+                        row_state,
+                        last_step,
+                        hyper,
+                        step,
+                    )
 
 
 @njit(cache=True)
