@@ -41,10 +41,12 @@ ROW_PREFETCH_DISTANCE = 8
 
 
 @njit(cache=True)
-def step_hyper(hyper, step):
-    """A copy of ``hyper`` with this step's derived constants (ADAM_STEP_SIZE), so that
-    ``update_row`` computes no power per row."""
-    local = hyper.copy()
+def step_hyper(hyper, step, weight):
+    """``hyper`` in the weight's dtype, with this step's derived constants
+    (ADAM_STEP_SIZE, computed in float64): ``update_row`` then computes no power per
+    row, and a float32 table is updated in float32 arithmetic, as torch does (2x the
+    SIMD width of float64)."""
+    local = hyper.astype(weight.dtype)
     local[ADAM_STEP_SIZE] = (
         hyper[LR] * math.sqrt(1.0 - hyper[BETA2] ** step) / (1.0 - hyper[BETA1] ** step)
     )
@@ -89,8 +91,8 @@ def advance_row(row, steps, weight, momentum_buffer, hyper):
     """
     if steps <= 0:
         return
-    a, b, c, d = skipped_steps_matrix(
-        hyper[LR], hyper[MOMENTUM], hyper[WEIGHT_DECAY], steps
+    a, b, c, d = skipped_steps_matrix(  # in float64 whatever hyper's dtype
+        float(hyper[LR]), float(hyper[MOMENTUM]), float(hyper[WEIGHT_DECAY]), steps
     )
     w = weight[row]
     u = momentum_buffer[row]
@@ -109,7 +111,7 @@ def update_row(
 ):
     """Apply step number ``step`` (counted from 1) of optimizer ``kind`` to
     ``weight[row]`` with gradient ``grad_row``, reading and writing only that row of
-    the state.  ``hyper`` must come from ``step_hyper(hyper, step)``.  Semantics are
+    the state.  ``hyper`` must come from ``step_hyper(hyper, step, weight)``.  Semantics are
     torch's (SGD, Adagrad, SparseAdam) and FBGEMM's (row-wise Adagrad).
 
     Ownership: the caller owns row ``row`` of weight and of every state array.
@@ -133,7 +135,7 @@ def update_row(
         eps = hyper[EPS]
         for i in range(w.shape[0]):
             squares[i] += grad_row[i] * grad_row[i]
-            w[i] -= lr * grad_row[i] / (math.sqrt(squares[i]) + eps)
+            w[i] -= lr * grad_row[i] / (np.sqrt(squares[i]) + eps)
     elif kind == ROW_WISE_ADAGRAD:
         mean_square = 0.0
         for i in range(w.shape[0]):
@@ -154,7 +156,7 @@ def update_row(
             g = grad_row[i]
             exp_avg[i] += (g - exp_avg[i]) * keep1
             exp_avg_sq[i] += (g * g - exp_avg_sq[i]) * keep2
-            w[i] -= step_size * exp_avg[i] / (math.sqrt(exp_avg_sq[i]) + eps)
+            w[i] -= step_size * exp_avg[i] / (np.sqrt(exp_avg_sq[i]) + eps)
 
 
 @njit(parallel=True, cache=True)
@@ -165,7 +167,7 @@ def apply_row_gradients(
 
     Ownership: iteration k of the prange writes row ``rows[k]`` of weight and state.
     """
-    hyper = step_hyper(hyper, step)
+    hyper = step_hyper(hyper, step, weight)
     for k in prange(rows.shape[0]):
         if k + ROW_PREFETCH_DISTANCE < rows.shape[0]:
             prefetch_update(rows[k + ROW_PREFETCH_DISTANCE], weight, state, second_state)
@@ -211,7 +213,7 @@ def apply_fused(
     Ownership: iteration c of the prange owns ``scratch[c]`` and a contiguous chunk of
     the (unique) rows: their rows of weight and state.
     """
-    hyper = step_hyper(hyper, step)
+    hyper = step_hyper(hyper, step, weight)
     num_chunks = scratch.shape[0]
     num_rows = rows.shape[0]
     dim = weight.shape[1]
@@ -220,7 +222,6 @@ def apply_fused(
         for first in range(c * num_rows // num_chunks, end, FUSED_BLOCK):
             last = min(first + FUSED_BLOCK, end)
             for k in range(first, last):
-                prefetch_update(rows[k], weight, state, second_state)
                 if value_index[k] >= 0:
                     row_gradient(
                         grad_output,
@@ -234,6 +235,10 @@ def apply_fused(
                         scratch[c, k - first, :dim],
                     )
             for k in range(first, last):
+                if k + ROW_PREFETCH_DISTANCE < end:
+                    prefetch_update(
+                        rows[k + ROW_PREFETCH_DISTANCE], weight, state, second_state
+                    )
                 if value_index[k] >= 0:
                     update_row(
                         kind,
