@@ -20,8 +20,9 @@ compiles nbbag's kernels): each impl's touched rows must match nbbag's, and no o
 may change.
 
 Group ``step-scaling``: the SGD step as the table grows, V = 10**4 ... 10**7, for the
-same batch (ids taken modulo V).  nbbag and torch touch only the batch's rows; the dense
-step allocates, reads and writes all V rows.
+same batch (ids modulo 10**4, spread evenly over the table: the same distinct and hot
+rows at every V).  nbbag and torch touch only the batch's rows; the dense step
+allocates, reads and writes all V rows.
 
 Run with ``pytest benchmarks/test_bench_step.py --benchmark-json=out.json`` and
 summarise with ``python benchmarks/ratios.py out.json``.
@@ -148,9 +149,11 @@ def step_case(forward_workloads) -> StepCase:
 
 
 class ScalingCases:
-    """One table at a time, with the batch's ids taken modulo its V.  The impls of one V
-    share the table (a step's values do not change its cost); asking for another V
-    drops the previous table first."""
+    """One table at a time, and the same batch in each: its ids taken modulo the
+    smallest V, then spread evenly over the table (id * (V // smallest V)), so every V
+    sees the same number of distinct rows and hot rows.  The impls of one V share the
+    table (a step's values do not change its cost); asking for another V drops the
+    previous table first."""
 
     def __init__(self, source: np.ndarray, batch: StepBatch):
         self.source = source
@@ -162,7 +165,10 @@ class ScalingCases:
         if num_rows != self.num_rows:
             self.clear()
             batch = self.batch
-            remapped = StepBatch(batch.ids % num_rows, batch.offsets, batch.grad_output)
+            spread = num_rows // min(SCALING_ROWS)
+            remapped = StepBatch(
+                (batch.ids % min(SCALING_ROWS)) * spread, batch.offsets, batch.grad_output
+            )
             self.case = (_tiled_table(self.source, num_rows), remapped)
             self.num_rows = num_rows
         return self.case
