@@ -37,14 +37,8 @@ def make_inputs(rng, layout, index_dtype, float_dtype, num_rows=23, dim=7):
     return weight, indices, bounds if layout == "include_last_offset" else bounds[:-1]
 
 
-@pytest.mark.parametrize("float_dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
-@pytest.mark.parametrize(
-    ("mode", "weighted", "padding_idx", "layout", "max_norm"), COMBINATIONS
-)
-def test_matches_torch(
-    mode, weighted, padding_idx, layout, max_norm, index_dtype, float_dtype, rng
-):
+def make_case(rng, mode, weighted, padding_idx, layout, max_norm, index_dtype, float_dtype):
+    """Inputs and options for one combination; some rows start under max_norm."""
     weight, indices, offsets = make_inputs(rng, layout, index_dtype, float_dtype)
     weight[indices.reshape(-1)[:3]] *= 0.1  # some rows under max_norm, most over
     per_sample_weights = (
@@ -56,6 +50,20 @@ def test_matches_torch(
         "include_last_offset": layout == "include_last_offset",
         "max_norm": max_norm,
     }
+    return weight, indices, offsets, per_sample_weights, options
+
+
+@pytest.mark.parametrize("float_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize(
+    ("mode", "weighted", "padding_idx", "layout", "max_norm"), COMBINATIONS
+)
+def test_matches_torch(
+    mode, weighted, padding_idx, layout, max_norm, index_dtype, float_dtype, rng
+):
+    weight, indices, offsets, per_sample_weights, options = make_case(
+        rng, mode, weighted, padding_idx, layout, max_norm, index_dtype, float_dtype
+    )
     torch_weight = torch.from_numpy(weight.copy())
     expected = F.embedding_bag(
         torch.from_numpy(indices),
@@ -121,17 +129,9 @@ def test_backward_matches_torch_autograd(
     """The sparse gradient equals torch's dense weight gradient (and the gradient of
     per_sample_weights, sum mode); scale_grad_by_freq is checked against the reference
     instead (torch 2.13's CPU path divides some rows by the wrong count)."""
-    weight, indices, offsets = make_inputs(rng, layout, np.int64, float_dtype)
-    weight[indices.reshape(-1)[:3]] *= 0.1
-    per_sample_weights = (
-        rng.uniform(-1, 2, size=indices.shape).astype(float_dtype) if weighted else None
+    weight, indices, offsets, per_sample_weights, options = make_case(
+        rng, mode, weighted, padding_idx, layout, max_norm, np.int64, float_dtype
     )
-    options = {
-        "mode": mode,
-        "padding_idx": padding_idx,
-        "include_last_offset": layout == "include_last_offset",
-        "max_norm": max_norm,
-    }
     torch_weight = torch.from_numpy(weight.copy()).requires_grad_()
     torch_weights = None
     if weighted:
