@@ -10,6 +10,8 @@ import numba
 import numpy as np
 import pytest
 
+from nbbag._memory import ALIGNMENT, aligned_empty
+
 V = 1_000_000
 D = 64
 NUM_BAGS = 4096
@@ -17,7 +19,6 @@ MAX_BAG_LEN = 100  # bag lengths uniform in [1, 100): mean ~50
 ZIPF_A = 1.05
 SEED = 20240601
 THREADS = 2
-ALIGNMENT = 64
 
 numba.set_num_threads(THREADS)
 
@@ -35,10 +36,7 @@ def aligned_table(num_rows: int, dim: int, seed: int = SEED) -> np.ndarray:
     NumPy puts large arrays 16 bytes past a cache line, so 64-byte rows would straddle
     two lines and slow both libraries down (see MEASURED.md, "Alignment").
     """
-    nbytes = num_rows * dim * np.dtype(np.float32).itemsize
-    buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    start = -buffer.ctypes.data % ALIGNMENT
-    table = buffer[start : start + nbytes].view(np.float32).reshape(num_rows, dim)
+    table = aligned_empty((num_rows, dim), np.float32)
     np.random.default_rng(seed).standard_normal(dtype=np.float32, out=table)
     assert table.ctypes.data % ALIGNMENT == 0 and table.flags.c_contiguous
     return table

@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 
 import nbbag
+from nbbag._memory import ALIGNMENT, aligned_empty
 
 MODE = "mean"
 DIST = "zipf"
@@ -54,7 +55,6 @@ BIG_DENSE_ROUNDS = 2
 BIG_DENSE_WARMUP_ROUNDS = 0  # the checked step has paged the table in already
 RTOL, ATOL = 1e-4, 1e-6  # float32 sums in different orders, scaled by the step size
 SEED = 20240602  # the backward benchmark's grad_output
-ALIGNMENT = 64
 
 # impl varies fastest, so each nbbag case runs right before its peers: the two OpenMP
 # runtimes and the machine's drift then hit both sides of a ratio alike.
@@ -72,10 +72,7 @@ SCALING_CASES = [
 def _aligned_empty(num_rows: int, dim: int) -> np.ndarray:
     """An uninitialised (num_rows, dim) float32 table, 64-byte aligned like conftest's
     (an unaligned table slows both libraries down; MEASURED.md, "Alignment")."""
-    nbytes = num_rows * dim * np.dtype(np.float32).itemsize
-    buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    start = -buffer.ctypes.data % ALIGNMENT
-    table = buffer[start : start + nbytes].view(np.float32).reshape(num_rows, dim)
+    table = aligned_empty((num_rows, dim), np.float32)
     assert table.ctypes.data % ALIGNMENT == 0 and table.flags.c_contiguous
     return table
 

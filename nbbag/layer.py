@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from nbbag._memory import aligned_empty
 from nbbag._validate import BagContext, check_weight
 from nbbag.functional import embedding_bag_bwd, embedding_bag_fwd
 from nbbag.modes import Mode
 from nbbag.sparse import RowSparseGrad
-
-ALIGNMENT = 64  # bytes: a cache line, so 64-byte rows do not straddle two (MEASURED.md)
-
-
-def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on a cache-line boundary.
-
-    NumPy puts large arrays 16 bytes past a 64-byte boundary; rows of 64 bytes then
-    straddle two cache lines, which cost the forward up to 37% here.
-    """
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    buffer = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    start = -buffer.ctypes.data % ALIGNMENT
-    return buffer[start : start + nbytes].view(dtype).reshape(shape)
 
 
 class EmbeddingBag:

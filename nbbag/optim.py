@@ -25,6 +25,7 @@ import numba
 import numpy as np
 import scipy.sparse
 
+from nbbag._memory import aligned_empty, padded_length
 from nbbag._validate import (
     BagContext,
     check_grad_output,
@@ -35,7 +36,6 @@ from nbbag._validate import (
 )
 from nbbag.cpu import optim as kernels
 from nbbag.functional import group_tokens
-from nbbag.layer import ALIGNMENT, aligned_empty
 from nbbag.sparse import RowSparseGrad
 
 __all__ = ["SGD", "Adagrad", "Adam", "RowWiseAdagrad"]
@@ -138,7 +138,7 @@ class _SparseOptimizer:
             (
                 numba.get_num_threads(),
                 kernels.FUSED_BLOCK,
-                _padded(self.weight.shape[1], self.weight.itemsize),
+                padded_length(self.weight.shape[1], self.weight.itemsize),
             ),
             self.weight.dtype,
         )
@@ -395,9 +395,3 @@ def _split_betas(betas) -> dict:
         name: check_real(beta, f"betas[{i}]", 0.0, 1.0, high_open=True)
         for i, (name, beta) in enumerate(zip(("beta1", "beta2"), pair, strict=True))
     }
-
-
-def _padded(dim: int, itemsize: int) -> int:
-    """``dim`` rounded up to whole cache lines of ``itemsize``-byte elements."""
-    per_line = ALIGNMENT // itemsize
-    return -(-dim // per_line) * per_line
