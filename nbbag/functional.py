@@ -156,6 +156,11 @@ def embedding_bag_fwd(
         norm_type=norm_type,
         scale_grad_by_freq=scale_grad_by_freq,
     )
+    return forward_with_context(batch)
+
+
+def forward_with_context(batch: BagBatch) -> tuple[np.ndarray, BagContext]:
+    """The forward on validated inputs, keeping what the backward needs."""
     out, argmax = _forward(batch, record_argmax=batch.mode == Mode.MAX)
     keep_out = batch.per_sample_weights is not None and batch.mode != Mode.SUM
     return out, BagContext(batch, out if keep_out else None, argmax)

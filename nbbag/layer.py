@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from nbbag._memory import aligned_empty
-from nbbag._validate import BagContext, check_weight
-from nbbag.functional import embedding_bag_bwd, embedding_bag_fwd
+from nbbag._validate import (
+    BagContext,
+    check_flag,
+    check_norm_options,
+    check_padding_idx,
+    check_weight,
+    validate_forward,
+)
+from nbbag.functional import embedding_bag_bwd, forward_with_context
 from nbbag.modes import Mode
 from nbbag.sparse import RowSparseGrad
 
@@ -65,12 +72,18 @@ class EmbeddingBag:
             if not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
         shape = (int(num_embeddings), int(embedding_dim))
+        # Options are checked now, not at the first forward.
+        mode = Mode.parse(mode)
+        check_padding_idx(padding_idx, shape[0])
+        check_flag(include_last_offset, "include_last_offset")
+        check_flag(scale_grad_by_freq, "scale_grad_by_freq")
+        check_norm_options(max_norm, norm_type)
         if weight is None:
             if np.dtype(dtype) not in (np.float32, np.float64):
                 raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
             weight = aligned_empty(shape, dtype)
             weight[...] = np.random.default_rng(seed).standard_normal(shape)
-            if padding_idx is not None and -shape[0] <= padding_idx < shape[0]:
+            if padding_idx is not None:
                 weight[padding_idx] = 0
         else:
             check_weight(weight)
@@ -81,7 +94,7 @@ class EmbeddingBag:
                 )
         self.weight = weight
         self.options = {
-            "mode": Mode.parse(mode),
+            "mode": mode,
             "padding_idx": padding_idx,
             "include_last_offset": include_last_offset,
             "max_norm": max_norm,
@@ -111,16 +124,20 @@ class EmbeddingBag:
         return self.options["mode"]
 
     def __call__(self, indices, offsets=None, per_sample_weights=None) -> np.ndarray:
-        """The forward (see :func:`nbbag.embedding_bag`); keeps what backward needs."""
-        if self.optimizer is not None:
-            self.optimizer.catch_up(indices)
-        out, self._ctx = embedding_bag_fwd(
+        """The forward (see :func:`nbbag.embedding_bag`); keeps what backward needs.
+
+        With an attached optimizer, the rows the batch reads are first brought up to
+        date, after the inputs are checked (bad input changes nothing)."""
+        batch = validate_forward(
             self.weight,
             indices,
             offsets,
             per_sample_weights=per_sample_weights,
             **self.options,
         )
+        if self.optimizer is not None:
+            self.optimizer._catch_up(batch.indices)
+        out, self._ctx = forward_with_context(batch)
         return out
 
     def backward(

@@ -125,7 +125,8 @@ class _SparseOptimizer:
 
     def step_fused(self, grad_output, ctx: BagContext) -> None:
         """``step(embedding_bag_bwd(grad_output, ctx))`` in one pass over the batch's
-        rows, without building the gradient: same result, less memory traffic."""
+        rows, bit for bit the same result, without allocating the (U, D) gradient
+        (each row's gradient goes through a small per-thread scratch block)."""
         grad_output = check_grad_output(grad_output, ctx)
         if ctx.batch.weight is not self.weight:
             raise ValueError(

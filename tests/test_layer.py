@@ -123,3 +123,28 @@ def test_attach_and_step_misuse(rng):
     bag.attach(nbbag.optim.Adam(bag.weight))
     with pytest.raises(RuntimeError, match="forward"):
         bag.step(np.ones((1, 2), dtype=np.float32))
+
+
+def test_bad_options_are_refused_at_construction():
+    with pytest.raises(ValueError, match="padding_idx.*12"):
+        nbbag.EmbeddingBag(10, 4, padding_idx=12)
+    with pytest.raises(ValueError, match="max_norm"):
+        nbbag.EmbeddingBag(10, 4, max_norm=-1.0)
+
+
+def test_bad_input_with_an_optimizer_attached_changes_nothing(rng):
+    """The inputs are checked before the attached optimizer catches any row up."""
+    bag = nbbag.EmbeddingBag(20, 3, mode="sum", dtype=np.float64, seed=0)
+    opt = nbbag.optim.SGD(bag.weight, lr=0.1, momentum=0.9, weight_decay=0.1)
+    bag.attach(opt)
+    bag([1, 2, 3], [0])
+    bag.step(rng.standard_normal((1, 3)))
+    bag([4, 5], [0])
+    bag.step(rng.standard_normal((1, 3)))  # rows 1-3 are now a step behind
+    before = bag.weight.copy(), opt.momentum_buffer.copy(), opt.last_step.copy()
+    with pytest.raises(ValueError, match="offsets"):
+        bag([1, 2, 3], [0, 5])  # offsets past the end
+    for old, new in zip(
+        before, (bag.weight, opt.momentum_buffer, opt.last_step), strict=True
+    ):
+        np.testing.assert_array_equal(old, new)
