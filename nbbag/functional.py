@@ -271,8 +271,12 @@ def group_tokens(ctx: BagContext) -> TokenGroups:
     """Each token's bag and coefficient, and the tokens grouped by row (stable)."""
     batch = ctx.batch
     num_tokens = batch.indices.shape[0]
-    bag_of = np.full(num_tokens, -1, dtype=np.int64)  # tokens in no bag stay -1
-    coefficients = np.zeros(num_tokens, dtype=batch.weight.dtype)  # float32 math for f32
+    # The kernels write every token in a bag; bags are contiguous from 0, so only the
+    # tokens past the last offset (include_last_offset) are in none.
+    bag_of = np.empty(num_tokens, dtype=np.int64)
+    coefficients = np.empty(num_tokens, dtype=batch.weight.dtype)  # f32 math for f32
+    bag_of[batch.offsets[-1] :] = -1
+    coefficients[batch.offsets[-1] :] = 0
     weights = batch.per_sample_weights
     if batch.mode == Mode.MAX:
         backward.max_token_coefficients(
@@ -336,5 +340,7 @@ def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
         ctx.batch.scale_grad_by_freq,
         values,
     )
-    rows = groups.rows[groups.value_index >= 0]
+    rows = groups.rows
+    if groups.num_contributing < rows.shape[0]:  # only max and weights leave rows out
+        rows = rows[groups.value_index >= 0]
     return RowSparseGrad._trusted(rows, values, (num_rows, dim))
