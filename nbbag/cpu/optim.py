@@ -3,8 +3,9 @@
 One per-row update, ``update_row``, serves every optimizer (``kind`` picks the rule,
 once per row) and both ways in: ``apply_row_gradients`` takes a row-sparse gradient,
 ``apply_fused`` computes each row's gradient from the forward's tokens
-(``nbbag.cpu.backward.row_gradient``) into a per-chunk scratch row and applies it at
-once, so no (U, D) gradient is ever built.  Both give bit-identical results.
+(``nbbag.cpu.backward.row_gradient``) into a per-thread scratch block of FUSED_BLOCK
+rows and applies them, so no (U, D) gradient is ever built.  Both give bit-identical
+results.
 
 State arrays an optimizer does not use are passed empty.  ``hyper`` holds the
 hyperparameters at the indices below.

@@ -56,8 +56,9 @@ Optimizer kernels (see nbbag.cpu.optim; kind: SGD, ADAGRAD, ROW_WISE_ADAGRAD, AD
 hyper: a float64 array indexed by LR, MOMENTUM, WEIGHT_DECAY, EPS, BETA1, BETA2; state
 arrays an optimizer does not use are passed empty)::
 
+    step_hyper(hyper, step, weight)  # hyper for update_row: weight's dtype + ADAM_STEP_SIZE
     update_row(kind, row, grad_row, weight, state, second_state, row_state, last_step,
-               hyper, step)                          # one row, step counted from 1
+               step_hyper(hyper, step, weight), step)   # one row, step counted from 1
     apply_row_gradients(kind, weight, rows, values, state, second_state, row_state,
                         last_step, hyper, step)
     apply_fused(kind, weight, grad_output, bag_of, coefficients, argmax, positions,
@@ -107,6 +108,7 @@ from nbbag.cpu.forward import (
 from nbbag.cpu.optim import (
     ADAGRAD,
     ADAM,
+    ADAM_STEP_SIZE,
     BETA1,
     BETA2,
     EPS,
@@ -119,12 +121,14 @@ from nbbag.cpu.optim import (
     apply_fused,
     apply_row_gradients,
     rows_behind,
+    step_hyper,
     update_row,
 )
 
 __all__ = [
     "ADAGRAD",
     "ADAM",
+    "ADAM_STEP_SIZE",
     "BETA1",
     "BETA2",
     "EPS",
@@ -157,6 +161,7 @@ __all__ = [
     "row_norm",
     "rows_behind",
     "scale_row",
+    "step_hyper",
     "sum_rows",
     "token_coefficients",
     "update_row",
