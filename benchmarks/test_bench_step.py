@@ -295,21 +295,7 @@ def test_step(benchmark, request, step_case, opt, impl):
         np.testing.assert_allclose(weight[batch.rows], expected, RTOL, ATOL)
     _check_only_rows_changed(step_case.table, weight, batch.rows)
 
-    rounds, warmup_rounds = ROUNDS, WARMUP_ROUNDS
-    if impl == "dense":
-        rounds, warmup_rounds = DENSE_ROUNDS, DENSE_WARMUP_ROUNDS
-    benchmark.group = f"step-{opt}-{DIST}"
-    benchmark.extra_info.update(
-        impl=impl,
-        opt=opt,
-        mode=MODE,
-        dist=DIST,
-        num_bags=batch.starts.shape[0],
-        num_ids=batch.ids.shape[0],
-        dim=weight.shape[1],
-        nnz_rows=batch.rows.shape[0],
-    )
-    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
+    _time_step(benchmark, step, f"step-{opt}-{DIST}", impl, opt, batch, weight)
 
 
 @pytest.mark.parametrize(("num_rows", "impl"), SCALING_CASES)
@@ -322,21 +308,27 @@ def test_step_scaling(benchmark, request, scaling_cases, num_rows, impl):
     step()  # checked, outside the timed region; also the warm-up
     np.testing.assert_allclose(weight[batch.rows], batch.sgd_rows(before), RTOL, ATOL)
 
+    _time_step(benchmark, step, "step-scaling", impl, "sgd", batch, weight, V=num_rows)
+
+
+def _time_step(benchmark, step, group, impl, opt, batch, weight, **extra_info):
+    """Time ``step`` in ``group``: fewer rounds for the slow dense step (fewest on the
+    largest tables), and the batch's sizes in extra_info."""
     rounds, warmup_rounds = ROUNDS, WARMUP_ROUNDS
     if impl == "dense":
         rounds, warmup_rounds = DENSE_ROUNDS, DENSE_WARMUP_ROUNDS
-        if num_rows >= BIG_ROWS:
+        if weight.shape[0] >= BIG_ROWS:
             rounds, warmup_rounds = BIG_DENSE_ROUNDS, BIG_DENSE_WARMUP_ROUNDS
-    benchmark.group = "step-scaling"
+    benchmark.group = group
     benchmark.extra_info.update(
         impl=impl,
-        opt="sgd",
-        V=num_rows,
+        opt=opt,
         mode=MODE,
         dist=DIST,
         num_bags=batch.starts.shape[0],
         num_ids=batch.ids.shape[0],
         dim=weight.shape[1],
         nnz_rows=batch.rows.shape[0],
+        **extra_info,
     )
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
