@@ -25,7 +25,7 @@ import numba
 import numpy as np
 import scipy.sparse
 
-from nbbag._memory import aligned_empty, padded_length
+from nbbag._memory import aligned_empty, aligned_full, padded_length
 from nbbag._validate import (
     BagContext,
     check_grad_output,
@@ -283,7 +283,7 @@ class SGD(_SparseOptimizer):
 
     def __init__(self, weight, lr, momentum=0.0, weight_decay=0.0):
         super().__init__(weight, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        self.momentum_buffer = np.zeros_like(weight)
+        self.momentum_buffer = _state_table(weight)
         self.last_step = np.zeros(weight.shape[0], dtype=np.int64)
 
     momentum = _hyper_property("momentum")
@@ -329,7 +329,7 @@ class Adagrad(_SparseOptimizer):
     def __init__(self, weight, lr, eps=1e-10, initial_accumulator_value=0.0):
         super().__init__(weight, lr=lr, eps=eps)
         initial = check_real(initial_accumulator_value, "initial_accumulator_value")
-        self.state_sum = np.full_like(weight, initial)
+        self.state_sum = _state_table(weight, initial)
 
     eps = _hyper_property("eps")
 
@@ -364,8 +364,8 @@ class Adam(_SparseOptimizer):
 
     def __init__(self, weight, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(weight, lr=lr, eps=eps, **_split_betas(betas))
-        self.exp_avg = np.zeros_like(weight)
-        self.exp_avg_sq = np.zeros_like(weight)
+        self.exp_avg = _state_table(weight)
+        self.exp_avg_sq = _state_table(weight)
 
     eps = _hyper_property("eps")
     beta1 = _hyper_property("beta1")
@@ -382,6 +382,12 @@ class Adam(_SparseOptimizer):
 
     def _kernel_state(self):
         return (self.exp_avg, self.exp_avg_sq, self._empty_rows, self._no_steps)
+
+
+def _state_table(weight: np.ndarray, fill_value=0.0) -> np.ndarray:
+    """Per-element state like ``weight``, 64-byte aligned: its rows are read and
+    written beside the weight's, so each should span as few cache lines."""
+    return aligned_full(weight.shape, fill_value, weight.dtype)
 
 
 def _split_betas(betas) -> dict:
