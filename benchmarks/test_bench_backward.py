@@ -24,15 +24,12 @@ import numpy as np
 import pytest
 
 import nbbag
+from benchmarks.common import time_case
 from nbbag import RowSparseGrad
 
 MODE = "mean"
 DISTS = ("zipf",)
 IMPLS = ("nbbag", "torch", "dense")
-ROUNDS = 50
-DENSE_ROUNDS = 5  # np.add.at over a 1M x 64 table takes ~0.2-0.3 s a call
-WARMUP_ROUNDS = 3
-DENSE_WARMUP_ROUNDS = 1
 SCIPY_ROWS = (1_000_000, 10_000_000)
 RTOL, ATOL = 1e-4, 1e-5  # float32 sums in different orders
 SEED = 20240602
@@ -125,7 +122,7 @@ def _check_dense(grad, dense):
 def test_backward(benchmark, request, backward_cases, dist, impl):
     case = backward_cases[dist]
     workload = case.workload
-    setup, rounds, warmup_rounds = None, ROUNDS, WARMUP_ROUNDS
+    setup, cost = None, "fast"
     # Each call's result is checked once, outside the timed region, which also warms up.
     if impl == "nbbag":
         call = _nbbag_call(case)
@@ -139,7 +136,7 @@ def test_backward(benchmark, request, backward_cases, dist, impl):
     else:
         call = _dense_call(case)
         _check_dense(case.grad, call())
-        rounds, warmup_rounds = DENSE_ROUNDS, DENSE_WARMUP_ROUNDS
+        cost = "slow"  # np.add.at over a 1M x 64 table takes ~0.2-0.3 s a call
 
     benchmark.group = f"backward-{dist}"
     benchmark.extra_info.update(
@@ -151,9 +148,7 @@ def test_backward(benchmark, request, backward_cases, dist, impl):
         dim=workload.table.shape[1],
         nnz_rows=case.grad.nnz_rows,
     )
-    benchmark.pedantic(
-        call, setup=setup, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds
-    )
+    time_case(benchmark, call, cost, setup=setup)
 
 
 @pytest.mark.parametrize("num_rows", SCIPY_CASES)
@@ -170,7 +165,7 @@ def test_to_scipy(benchmark, backward_cases, num_rows):
     benchmark.extra_info.update(
         impl="nbbag", format="csr", V=num_rows, dim=dim, nnz_rows=grad.nnz_rows
     )
-    benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+    time_case(benchmark, call)
 
 
 @pytest.mark.parametrize(
@@ -196,10 +191,4 @@ def test_backward_does_not_grow_with_v(benchmark, forward_workloads, num_rows):
 
     benchmark.group = "backward-V"
     benchmark.extra_info.update(impl="nbbag", V=num_rows, dim=dim, nnz_rows=grad.nnz_rows)
-    benchmark.pedantic(
-        nbbag.embedding_bag_bwd,
-        args=(grad_output, ctx),
-        rounds=ROUNDS,
-        iterations=1,
-        warmup_rounds=WARMUP_ROUNDS,
-    )
+    time_case(benchmark, lambda: nbbag.embedding_bag_bwd(grad_output, ctx))

@@ -1,30 +1,71 @@
-"""Forward benchmarks: nbbag against torch.nn.functional.embedding_bag.
+"""Forward benchmarks: nbbag against torch.nn.functional.embedding_bag and NumPy.
 
-V = 1M x D = 64 float32 (64-byte aligned), 4096 bags of ~50 ids, 2 threads each.
-Run with ``pytest benchmarks/test_bench_forward.py --benchmark-json=out.json`` and
-summarise with ``python benchmarks/ratios.py out.json``.
+V = 1M x D float32 (D = 16, 64, 256; 64-byte aligned), 4096 bags of ~50 uniform or
+Zipf(1.05) ids, the threads of ``benchmarks/common.py`` for each library.
+
+- nbbag: ``nbbag.embedding_bag`` (validation included).
+- torch: ``F.embedding_bag`` under ``inference_mode`` (no sqrtn mode: no case).
+- dense: the NumPy baseline, ``np.add.reduceat`` (``np.maximum.reduceat`` for max) over
+  ``weight[indices]``, scaled for mean and sqrtn.
+
+Groups are ``forward-{mode}-D{D}-{dist}``; ``extra_info`` holds the bytes of rows read
+and output written, from which the report computes GB/s.
 """
 
 from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 import nbbag
+from benchmarks.common import DIMS, DISTS, V, Workload, aligned_table, time_case
 
-MODES = ("sum", "mean", "max")
-DISTS = ("uniform", "zipf")
-IMPLS = ("nbbag", "torch")
-ROUNDS = 50
-WARMUP_ROUNDS = 3
+MODES = ("sum", "mean", "max", "sqrtn")
+IMPLS = ("nbbag", "torch", "dense")
+RTOL, ATOL = 1e-4, 1e-4  # float32 sums in different orders
 
-# impl varies fastest, so each nbbag case runs right before its torch peer: the two
-# OpenMP runtimes and the machine's drift then hit both sides of a ratio alike.
-CASES = [
-    pytest.param(mode, dist, impl, id=f"mode={mode}-dist={dist}-impl={impl}")
-    for mode, dist, impl in itertools.product(MODES, DISTS, IMPLS)
-]
+
+def _cases():
+    # D outermost (one table at a time); impl fastest, so each nbbag case runs right
+    # before its peers and the machine's drift hits both sides of a ratio alike.
+    for dim, mode, dist, impl in itertools.product(DIMS, MODES, DISTS, IMPLS):
+        if mode == "sqrtn" and impl == "torch":
+            continue
+        yield pytest.param(
+            dim, mode, dist, impl, id=f"D={dim}-mode={mode}-dist={dist}-impl={impl}"
+        )
+
+
+CASES = list(_cases())
+
+
+class TablesByDim:
+    """The forward workloads for one D at a time (the D = 256 table is 1 GB)."""
+
+    def __init__(self, workloads: dict[str, Workload]):
+        self.ids = {dist: w.ids for dist, w in workloads.items()}
+        self.offsets = next(iter(workloads.values())).offsets
+        self.dim: int | None = None
+        self.workloads: dict[str, Workload] = {}
+
+    def get(self, dim: int, dist: str) -> Workload:
+        if dim != self.dim:
+            self.workloads = {}
+            table = aligned_table(V, dim)
+            self.workloads = {
+                d: Workload(table, ids, self.offsets) for d, ids in self.ids.items()
+            }
+            self.dim = dim
+        return self.workloads[dist]
+
+
+@pytest.fixture(scope="module")
+def tables_by_dim(forward_workloads):
+    tables = TablesByDim(forward_workloads)
+    yield tables
+    tables.workloads = {}
 
 
 def _nbbag_call(workload, mode):
@@ -42,28 +83,58 @@ def _torch_call(torch, workload, mode):
 
     def call():
         with torch.inference_mode():
-            return embedding_bag(ids, table, starts, mode=mode)
+            return embedding_bag(ids, table, starts, mode=mode).numpy()
 
     return call
 
 
-@pytest.mark.parametrize(("mode", "dist", "impl"), CASES)
-def test_forward(benchmark, request, forward_workloads, mode, dist, impl):
-    workload = forward_workloads[dist]
-    if impl == "nbbag":
-        call = _nbbag_call(workload, mode)
-    else:
-        call = _torch_call(request.getfixturevalue("torch_module"), workload, mode)
-    call()  # compiles (or loads from the cache) outside the timed region
+def _dense_call(workload, mode):
+    table, ids, starts = workload.table, workload.ids, workload.starts
+    lengths = np.diff(workload.offsets).astype(np.float32)[:, None]
+    assert lengths.min() > 0  # reduceat gives the next row for an empty bag
+    reduce = np.maximum.reduceat if mode == "max" else np.add.reduceat
+    scale = {"mean": 1.0 / lengths, "sqrtn": 1.0 / np.sqrt(lengths)}.get(mode)
 
-    benchmark.group = f"forward-{mode}-{dist}"
+    def call():
+        out = reduce(table[ids], starts, axis=0)
+        if scale is not None:
+            out *= scale
+        return out
+
+    return call
+
+
+def _make_call(request, workload, mode, impl):
+    if impl == "nbbag":
+        return _nbbag_call(workload, mode)
+    if impl == "torch":
+        return _torch_call(request.getfixturevalue("torch_module"), workload, mode)
+    return _dense_call(workload, mode)
+
+
+@pytest.mark.parametrize(("dim", "mode", "dist", "impl"), CASES)
+def test_forward(benchmark, request, tables_by_dim, dim, mode, dist, impl):
+    workload = tables_by_dim.get(dim, dist)
+    call = _make_call(request, workload, mode, impl)
+    out = call()  # compiles (or loads from the cache) outside the timed region
+    if impl != "nbbag":
+        expected = nbbag.embedding_bag(
+            workload.table, workload.ids, workload.starts, mode=mode
+        )
+        np.testing.assert_allclose(out, expected, RTOL, ATOL)
+
+    num_bags, num_ids = workload.starts.shape[0], workload.ids.shape[0]
+    row_bytes = dim * workload.table.itemsize
+    benchmark.group = f"forward-{mode}-D{dim}-{dist}"
     benchmark.extra_info.update(
         impl=impl,
+        op="forward",
         mode=mode,
         dist=dist,
-        num_bags=workload.starts.shape[0],
-        num_ids=workload.ids.shape[0],
-        dim=workload.table.shape[1],
+        dim=dim,
+        V=workload.table.shape[0],
+        num_bags=num_bags,
+        num_ids=num_ids,
+        bytes_moved=(num_ids + num_bags) * row_bytes,  # rows read + output written
     )
-    out = benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
-    assert tuple(out.shape) == (workload.starts.shape[0], workload.table.shape[1])
+    time_case(benchmark, call, "slow" if impl == "dense" and dim == 256 else "fast")

@@ -1,0 +1,172 @@
+"""What every benchmark shares: sizes, threads, the rounds policy and the workloads.
+
+Two environment variables shape a run:
+
+- ``NBBAG_BENCH_THREADS`` (default 2): the thread count of Numba and torch alike.
+- ``NBBAG_BENCH_QUICK=1``: a smoke-sized run of the same suite, with few rounds, the
+  scaling sweep up to V = 10**6 and a smaller copy; its numbers are rough.
+
+The forward workload is V = 1,000,000 rows x D float32 (64-byte aligned), 4096 bags of
+~50 ids each, uniform or Zipf(1.05).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from nbbag._memory import ALIGNMENT, aligned_empty
+
+QUICK = os.environ.get("NBBAG_BENCH_QUICK", "") not in ("", "0")
+THREADS = int(os.environ.get("NBBAG_BENCH_THREADS", "2"))
+
+V = 1_000_000
+D = 64
+DIMS = (16, 64, 256)
+NUM_BAGS = 4096
+MAX_BAG_LEN = 100  # bag lengths uniform in [1, 100): mean ~50
+ZIPF_A = 1.05
+DISTS = ("uniform", "zipf")
+SEED = 20240601
+
+numba.set_num_threads(THREADS)
+
+try:
+    import torch
+except ImportError:  # torch is optional: its cases are skipped
+    torch = None
+else:
+    torch.set_num_threads(THREADS)
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """How often pytest-benchmark runs a case: timed rounds and untimed warm-ups."""
+
+    rounds: int
+    warmup_rounds: int
+
+
+# Cost classes of a case: "fast" (milliseconds), "slow" (a dense pass over a 1M-row
+# table, ~0.3-1 s) and "slowest" (a dense pass over 10**7 rows, seconds).
+_ROUNDS = {
+    False: {"fast": Rounds(50, 3), "slow": Rounds(3, 1), "slowest": Rounds(2, 0)},
+    True: {"fast": Rounds(5, 1), "slow": Rounds(1, 0), "slowest": Rounds(1, 0)},
+}
+
+
+def rounds(cost: str) -> Rounds:
+    """The rounds for a case of cost class ``cost`` ("fast", "slow" or "slowest")."""
+    return _ROUNDS[QUICK][cost]
+
+
+def time_case(benchmark, call, cost: str = "fast", setup=None):
+    """Time ``call`` with ``benchmark.pedantic`` under the rounds policy."""
+    policy = rounds(cost)
+    return benchmark.pedantic(
+        call,
+        setup=setup,
+        rounds=policy.rounds,
+        iterations=1,
+        warmup_rounds=policy.warmup_rounds,
+    )
+
+
+def aligned_table(num_rows: int, dim: int, seed: int = SEED) -> np.ndarray:
+    """A random (num_rows, dim) float32 table whose first byte is 64-byte aligned.
+
+    NumPy puts large arrays 16 bytes past a cache line, so 64-byte rows would straddle
+    two lines and slow both libraries down (see MEASURED.md, "Alignment").
+    """
+    table = aligned_empty((num_rows, dim), np.float32)
+    np.random.default_rng(seed).standard_normal(dtype=np.float32, out=table)
+    assert table.ctypes.data % ALIGNMENT == 0 and table.flags.c_contiguous
+    return table
+
+
+def aligned_copy(table: np.ndarray) -> np.ndarray:
+    """A 64-byte aligned copy of ``table``."""
+    copy = aligned_empty(table.shape, table.dtype)
+    np.copyto(copy, table)
+    return copy
+
+
+def tiled_table(source: np.ndarray, num_rows: int) -> np.ndarray:
+    """A (num_rows, D) aligned table filled with ``source``'s rows, repeated: cheap,
+    deterministic, and the same values as ``source`` where they overlap."""
+    table = aligned_empty((num_rows, source.shape[1]), source.dtype)
+    for start in range(0, num_rows, source.shape[0]):
+        stop = min(start + source.shape[0], num_rows)
+        table[start:stop] = source[: stop - start]
+    return table
+
+
+def bag_offsets(num_bags: int, seed: int = SEED) -> np.ndarray:
+    """int64 CSR offsets (num_bags + 1) of bags with lengths uniform in [1, MAX_BAG_LEN)."""
+    lengths = np.random.default_rng(seed).integers(1, MAX_BAG_LEN, size=num_bags)
+    offsets = np.zeros(num_bags + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def zipf_ranks(n: int, seed: int = SEED) -> np.ndarray:
+    """``n`` Zipf(1.05) ranks, starting at 0 (unbounded: callers fold them)."""
+    return np.random.default_rng(seed + 1).zipf(ZIPF_A, size=n) - 1
+
+
+def bag_ids(dist: str, n: int, num_rows: int, seed: int = SEED) -> np.ndarray:
+    """``n`` int64 row ids in [0, num_rows), uniform or Zipf(1.05).
+
+    Zipf ids are scattered by a fixed permutation so the hot rows are not all adjacent
+    (adjacent hot rows would share cache lines and pages, flattering both libraries).
+    """
+    if dist == "uniform":
+        rng = np.random.default_rng(seed + 1)
+        return rng.integers(0, num_rows, size=n, dtype=np.int64)
+    if dist == "zipf":
+        ranks = zipf_ranks(n, seed) % num_rows
+        scatter = np.random.default_rng(seed + 2).permutation(num_rows)
+        return scatter[ranks].astype(np.int64)
+    raise ValueError(f"unknown id distribution {dist!r}")
+
+
+def spread_ids(ranks: np.ndarray, num_distinct: int, num_rows: int, seed: int = SEED):
+    """Map ``ranks`` (folded to ``num_distinct`` ids) onto a fixed random sorted set of
+    ``num_distinct`` distinct rows of a ``num_rows`` table.
+
+    Not ``id * (num_rows // num_distinct)``: at 10**7 rows that puts the rows 256,000
+    bytes apart (a multiple of 2048), in 1/8 of the cache sets, which thrash and double
+    the time for reasons that have nothing to do with V.
+    """
+    rng = np.random.default_rng(seed + 3)
+    rows = np.sort(rng.choice(num_rows, num_distinct, replace=False)).astype(np.int64)
+    return rows[ranks % num_distinct]
+
+
+class Workload:
+    """One forward workload: the table, the ids and the offsets (B starts, B + 1 total)."""
+
+    def __init__(self, table: np.ndarray, ids: np.ndarray, offsets: np.ndarray):
+        self.table = table
+        self.ids = ids
+        self.offsets = offsets  # CSR form; the APIs get offsets[:-1]
+
+    @property
+    def starts(self) -> np.ndarray:
+        """The B bag starts, as ``embedding_bag`` takes them."""
+        return self.offsets[:-1]
+
+
+def machine_info() -> dict:
+    """Versions and thread counts: what the ratios depend on beside the CPU."""
+    return {
+        "numba_version": numba.__version__,
+        "numpy_version": np.__version__,
+        "torch_version": torch.__version__ if torch is not None else None,
+        "numba_threads": numba.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "quick": QUICK,
+    }
