@@ -138,7 +138,8 @@ def torch_step(torch, batch: StepBatch, weight: np.ndarray, opt: str):
 
 
 def _dense_sgd(weight, grad, state, step):
-    weight -= LR["sgd"] * grad
+    grad *= LR["sgd"]  # in place: no third (V, D) array at V = 10**7
+    weight -= grad
 
 
 def _dense_momentum(weight, grad, state, step):
