@@ -13,6 +13,7 @@ The forward workload is V = 1,000,000 rows x D float32 (64-byte aligned), 4096 b
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 
 import numba
@@ -160,9 +161,23 @@ class Workload:
         return self.offsets[:-1]
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine_info() -> dict:
-    """Versions and thread counts: what the ratios depend on beside the CPU."""
+    """The CPU, versions and thread counts: what the ratios depend on."""
     return {
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count(),
         "numba_version": numba.__version__,
         "numpy_version": np.__version__,
         "torch_version": torch.__version__ if torch is not None else None,

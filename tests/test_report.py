@@ -1,0 +1,170 @@
+"""The benchmark report's machinery on a small synthetic run: no benchmark runs here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+from benchmarks import report  # noqa: E402
+from benchmarks.acceptance import acceptance_checks  # noqa: E402
+from benchmarks.results import Results  # noqa: E402
+from benchmarks.tables import ratio_lines, scaling_lines  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+GB = 1e9
+
+
+def _bench(group: str, impl: str, median: float, **extra) -> dict:
+    name = f"test[{group}-{impl}-{extra.get('V', '')}]"
+    return {
+        "name": name,
+        "group": group,
+        "stats": {"median": median},
+        "extra_info": {"impl": impl, **extra},
+    }
+
+
+def _forward(mode, dim, dist, nbbag_s, torch_ratio):
+    extra = dict(op="forward", mode=mode, dim=dim, dist=dist, bytes_moved=8 * GB)
+    group = f"forward-{mode}-D{dim}-{dist}"
+    return [
+        _bench(group, "nbbag", nbbag_s, **extra),
+        _bench(group, "torch", nbbag_s * torch_ratio, **extra),
+        _bench(group, "dense", nbbag_s * 20, **extra),
+    ]
+
+
+def _scaling(impl, times):
+    sizes = (10**4, 10**5, 10**6)
+    return [
+        _bench("step-scaling", impl, t, op="step-scaling", V=v)
+        for v, t in zip(sizes, times, strict=True)
+    ]
+
+
+@pytest.fixture
+def run_data() -> dict:
+    benches = _forward("sum", 64, "uniform", 0.002, 1.5)  # passes >= 1.2
+    benches += _forward("sum", 64, "zipf", 0.002, 1.1)  # fails >= 1.2
+    benches += _forward("sum", 256, "uniform", 1.0, 1.0)  # 8 GB/s: 80% of the copy
+    benches += [
+        _bench("copy", "numba", 0.2, op="copy", nbytes=GB, bytes_moved=2 * GB),
+        _bench("copy", "numpy", 0.4, op="copy", nbytes=GB, bytes_moved=2 * GB),
+        _bench("step-sgd-zipf", "nbbag", 0.010, op="step", opt="sgd"),
+        _bench("step-sgd-zipf", "torch", 0.050, op="step", opt="sgd"),
+        _bench("step-sgd-zipf", "dense", 0.200, op="step", opt="sgd"),
+    ]
+    benches += _scaling("nbbag", (0.010, 0.011, 0.0115))  # flat
+    benches += _scaling("nbbag-grad", (0.010, 0.012, 0.020))  # not flat
+    benches += _scaling("dense", (0.1, 0.3, 2.0))
+    benches += _scaling("torch", (0.03, 0.03, 0.04))
+    machine = {"cpu_model": "Test CPU", "logical_cores": 2, "numba_threads": 2}
+    return {"machine_info": machine, "datetime": "2026-01-01", "benchmarks": benches}
+
+
+@pytest.fixture
+def json_path(tmp_path, run_data):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(run_data))
+    return path
+
+
+def _checks(run_data) -> dict[str, object]:
+    return {check.what: check for check in acceptance_checks(Results(run_data))}
+
+
+def test_forward_and_step_checks(run_data):
+    checks = _checks(run_data)
+    assert checks["forward sum, D=64, uniform: torch/nbbag"].verdict == "pass"
+    zipf = checks["forward sum, D=64, zipf: torch/nbbag"]
+    assert zipf.verdict == "FAIL" and zipf.value == pytest.approx(1.1)
+    assert checks["forward mean, D=64, uniform: torch/nbbag"].verdict == "not measured"
+    assert checks["forward sum, D=256, uniform: torch/nbbag"].verdict == "pass"  # on par
+    assert checks["step sgd (fwd+bwd+update): torch SGD/nbbag"].verdict == "pass"  # 5x
+    dense = checks["step sgd (fwd+bwd+update): dense scatter-add/nbbag"]
+    assert dense.verdict == "FAIL" and dense.value == pytest.approx(20)
+
+
+def test_scaling_and_bandwidth_checks(run_data):
+    checks = _checks(run_data)
+    flat = checks["scaling: nbbag step time max/min over V"]
+    assert flat.verdict == "pass" and flat.value == pytest.approx(1.15)
+    assert flat.note == "V = 1e+04..1e+06"
+    assert checks["scaling: nbbag-grad step time max/min over V"].verdict == "FAIL"
+    grows = checks["scaling: dense step time, largest V / smallest V (grows)"]
+    assert grows.value == pytest.approx(20)
+    bandwidth = checks["forward sum, D=256, uniform: GB/s / large-copy GB/s"]
+    assert bandwidth.value == pytest.approx(0.8) and bandwidth.verdict == "pass"
+    assert checks["forward sum, D=256, zipf: GB/s / large-copy GB/s"].passed is None
+
+
+def test_tables(run_data):
+    results = Results(run_data)
+    assert results.copy_bandwidth() == pytest.approx(10.0)  # 2 GB in 0.2 s
+    ratios = "\n".join(ratio_lines(results))
+    assert "| step-sgd-zipf | - | 10.000 | 50.000 | 5.00 | 200.000 | 20.00 |" in ratios
+    assert "step-scaling" not in ratios and "copy" not in ratios
+    scaling = "\n".join(scaling_lines(results))
+    assert (
+        "| 1,000,000 | 11.500 | 20.000 | - | 40.000 | 2000.000 | 3.48 | 173.91 |" in scaling
+    )
+
+
+def test_replace_block_keeps_text_outside_the_markers():
+    text = f"# Title\nbefore\n{report.BEGIN}\nold\n{report.END}\nafter\n"
+    new = report.replace_block(text, "new block")
+    assert new == f"# Title\nbefore\n{report.BEGIN}\nnew block\n{report.END}\nafter\n"
+    assert report.replace_block(new, "new block") == new
+    appended = report.replace_block("# Title\n", "block")
+    assert appended == f"# Title\n\n{report.BEGIN}\nblock\n{report.END}\n"
+
+
+def test_write_report(tmp_path, json_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "RESULTS.md").write_text(f"hand-written\n{report.BEGIN}\n{report.END}\ntail\n")
+    assert report.main(["--from-json", str(json_path), "--out", str(out)]) == 0
+    text = (out / "RESULTS.md").read_text()
+    assert text.startswith("hand-written\n") and text.endswith(f"{report.END}\ntail\n")
+    assert "machine: Test CPU, 2 logical cores" in text
+    assert "| 1 | forward sum, D=64, zipf: torch/nbbag | 1.10 | >= 1.2 | FAIL |" in text
+    assert "![scaling.png](scaling.png)" in text
+    for name in ("scaling.png", "bandwidth.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
+
+
+class _Bar:
+    total = None
+    n = 0
+
+    def refresh(self):
+        pass
+
+    def set_postfix_str(self, text, refresh=True):
+        self.postfix = text
+
+    def update(self, n):
+        self.n += n
+
+
+def test_progress_counts_finished_benchmarks():
+    bar = _Bar()
+    for line in [
+        "platform linux -- Python 3.11",
+        "collected 3 items",
+        "benchmarks/test_bench_copy.py::test_copy[op=copy-impl=numba] PASSED   [ 33%]",
+        "benchmarks/test_bench_copy.py::test_copy[op=copy-impl=numpy] SKIPPED  [ 66%]",
+        "----- benchmark 'copy': 2 tests -----",
+    ]:
+        report._advance(bar, line)
+    assert bar.total == 3 and bar.n == 2 and bar.postfix.endswith("impl=numpy]")
+
+
+def test_parse_args_splits_pytest_arguments():
+    args, pytest_args = report.parse_args(["--quick", "--", "-k", "forward"])
+    assert args.quick and args.from_json is None and pytest_args == ["-k", "forward"]
