@@ -80,7 +80,8 @@ def _advance(bar, line: str) -> None:
         bar.refresh()
     outcome = _OUTCOME.match(line)
     if outcome:
-        bar.set_postfix_str(outcome.group(1).split("::")[-1][-48:], refresh=False)
+        case = outcome.group(1).split("[", 1)[-1].rstrip("]")  # the case's id
+        bar.set_postfix_str(case, refresh=False)
         bar.update(1)
 
 

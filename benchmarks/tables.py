@@ -18,8 +18,11 @@ def _ratio(theirs: float | None, ours: float | None) -> str:
     return f"{theirs / ours:.2f}" if theirs and ours else "-"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
+    """A Markdown table: the first ``text_columns`` columns left-aligned, the numbers
+    right-aligned."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
@@ -64,7 +67,8 @@ def acceptance_lines(checks: list[Check]) -> list[str]:
         f"{passed} of {measured} measured checks pass ({len(checks)} checks in all).",
         "",
     ]
-    return lines + _table(["item", "check", "value", "target", "result", "note"], rows)
+    header = ["item", "check", "value", "target", "result", "note"]
+    return lines + _table(header, rows, text_columns=2)
 
 
 def _ratio_rows(group: str, entries: list[Entry]) -> list[list[str]]:
@@ -165,7 +169,7 @@ def bandwidth_lines(results: Results) -> list[str]:
 
 def render(results: Results, checks: list[Check], figures: dict[str, bool]) -> str:
     """The whole report block, in Markdown."""
-    lines = ["## Generated report", ""] + machine_lines(results)
+    lines = machine_lines(results)
     lines += ["", "### Acceptance", ""] + acceptance_lines(checks)
     lines += [
         "",

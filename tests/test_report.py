@@ -162,7 +162,7 @@ def test_progress_counts_finished_benchmarks():
         "----- benchmark 'copy': 2 tests -----",
     ]:
         report._advance(bar, line)
-    assert bar.total == 3 and bar.n == 2 and bar.postfix.endswith("impl=numpy]")
+    assert bar.total == 3 and bar.n == 2 and bar.postfix == "op=copy-impl=numpy"
 
 
 def test_parse_args_splits_pytest_arguments():
