@@ -32,7 +32,7 @@ from benchmarks.tables import render
 BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-_COLLECTED = re.compile(r"collected (\d+) items?")
+_COLLECTED = re.compile(r"collected (\d+) items?(?:.* (\d+) selected)?")
 _OUTCOME = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
 
 
@@ -76,7 +76,7 @@ def _advance(bar, line: str) -> None:
     """One tick per finished benchmark; the total once pytest has collected."""
     collected = _COLLECTED.search(line)
     if collected and bar.total is None:
-        bar.total = int(collected.group(1))
+        bar.total = int(collected.group(2) or collected.group(1))
         bar.refresh()
     outcome = _OUTCOME.match(line)
     if outcome:

@@ -164,6 +164,10 @@ def test_progress_counts_finished_benchmarks():
         report._advance(bar, line)
     assert bar.total == 3 and bar.n == 2 and bar.postfix == "op=copy-impl=numpy"
 
+    selected = _Bar()
+    report._advance(selected, "collected 104 items / 95 deselected / 9 selected")
+    assert selected.total == 9
+
 
 def test_parse_args_splits_pytest_arguments():
     args, pytest_args = report.parse_args(["--quick", "--", "-k", "forward"])
