@@ -7,6 +7,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from nbbag._device import cuda_backend, is_device_array
 from nbbag._validate import BagBatch, BagContext, check_grad_output, validate_forward
 from nbbag.cpu import backward, forward
 from nbbag.modes import Mode
@@ -93,10 +94,7 @@ def embedding_bag(
     array([[24., 28.],
            [36., 40.]], dtype=float32)
     """
-    batch = validate_forward(
-        weight,
-        indices,
-        offsets,
+    options = dict(
         mode=mode,
         per_sample_weights=per_sample_weights,
         padding_idx=padding_idx,
@@ -105,6 +103,9 @@ def embedding_bag(
         norm_type=norm_type,
         scale_grad_by_freq=scale_grad_by_freq,
     )
+    if is_device_array(weight):
+        return cuda_backend().embedding_bag(weight, indices, offsets, **options)
+    batch = validate_forward(weight, indices, offsets, **options)
     return _forward(batch)[0]
 
 
@@ -144,10 +145,7 @@ def embedding_bag_fwd(
     >>> grad.rows, grad.values[:, 0]
     (array([1, 2]), array([1., 2.], dtype=float32))
     """
-    batch = validate_forward(
-        weight,
-        indices,
-        offsets,
+    options = dict(
         mode=mode,
         per_sample_weights=per_sample_weights,
         padding_idx=padding_idx,
@@ -156,6 +154,9 @@ def embedding_bag_fwd(
         norm_type=norm_type,
         scale_grad_by_freq=scale_grad_by_freq,
     )
+    if is_device_array(weight):
+        return cuda_backend().embedding_bag_fwd(weight, indices, offsets, **options)
+    batch = validate_forward(weight, indices, offsets, **options)
     return forward_with_context(batch)
 
 
