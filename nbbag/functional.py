@@ -167,7 +167,9 @@ def forward_with_context(batch: BagBatch) -> tuple[np.ndarray, BagContext]:
     return out, BagContext(batch, out if keep_out else None, argmax)
 
 
-def embedding_bag_bwd(grad_output, ctx: BagContext, *, per_sample_weights_grad=False):
+def embedding_bag_bwd(
+    grad_output, ctx: BagContext, *, per_sample_weights_grad=False, deterministic=True
+):
     """The gradient of the bag reduction, as sorted unique rows and their values.
 
     Parameters
@@ -179,6 +181,10 @@ def embedding_bag_bwd(grad_output, ctx: BagContext, *, per_sample_weights_grad=F
     per_sample_weights_grad : bool, default False
         Also return the gradient with respect to the forward's ``per_sample_weights``
         (same shape; 0 for padding).  Needs weights in the forward.
+    deterministic : bool, default True
+        On the GPU, ``False`` scatter-adds each token into its row with atomics instead
+        of summing each row in a fixed order: the last bits may then differ from run
+        to run.  The CPU backward is always deterministic and ignores it.
 
     Returns
     -------
@@ -187,7 +193,8 @@ def embedding_bag_bwd(grad_output, ctx: BagContext, *, per_sample_weights_grad=F
         ``values`` (U, D): their summed gradients; ``shape`` (V, D).  With
         ``scale_grad_by_freq`` each row is divided by its count in the batch.  Padding
         and empty bags give no gradient.  Deterministic: bit-identical for any number
-        of threads.
+        of threads (CPU) or launch order (GPU).  On the GPU (a device weight in the
+        forward) ``rows`` and ``values`` are Numba device arrays.
     ndarray, optional
         The gradient with respect to ``per_sample_weights``, when asked for.
 
@@ -197,6 +204,13 @@ def embedding_bag_bwd(grad_output, ctx: BagContext, *, per_sample_weights_grad=F
         ``grad_output`` of the wrong shape or dtype; a weight whose shape changed since
         the forward; ``per_sample_weights_grad`` without weights in the forward.
     """
+    if isinstance(ctx, BagContext) and is_device_array(ctx.batch.weight):
+        return cuda_backend().embedding_bag_bwd(
+            grad_output,
+            ctx,
+            per_sample_weights_grad=per_sample_weights_grad,
+            deterministic=deterministic,
+        )
     grad_output = check_grad_output(grad_output, ctx)
     batch = ctx.batch
     if per_sample_weights_grad and batch.per_sample_weights is None:

@@ -57,3 +57,97 @@ def test_forward_matches_cpu(mode, index_dtype, rng):
         assert cuda.devicearray.is_cuda_ndarray(out)
         assert out.dtype == weight.dtype
         assert_matches(out, expected)
+
+
+def grad_cases(rng):
+    """(weight, indices, offsets, kwargs) for the backward: every mode, with and
+    without weights, padding and scale_grad_by_freq, 1-D and 2-D indices."""
+    weight, indices, offsets, weights = make_case(rng)
+    for mode in MODES:
+        yield weight, indices, offsets, {"mode": mode}
+        yield weight, indices, offsets, {"mode": mode, "padding_idx": 2}
+        if mode != "max":
+            yield weight, indices, offsets, {"mode": mode, "per_sample_weights": weights}
+    yield weight, indices, offsets, {"mode": "mean", "scale_grad_by_freq": True}
+    yield weight, indices[:10].reshape(2, 5), None, {"mode": "sum"}
+    yield weight, indices, offsets[:3], {"mode": "sum", "include_last_offset": True}
+
+
+def assert_same_grad(gpu, cpu, dtype=np.float32):
+    assert gpu.shape == cpu.shape
+    np.testing.assert_array_equal(host(gpu.rows), cpu.rows)
+    assert_matches(gpu.values, cpu.values, dtype)
+
+
+def test_backward_matches_cpu(rng):
+    for weight, indices, offsets, kwargs in grad_cases(rng):
+        out, ctx = nbbag.embedding_bag_fwd(weight, indices, offsets, **kwargs)
+        grad_output = rng.standard_normal(out.shape).astype(weight.dtype)
+        expected = nbbag.embedding_bag_bwd(grad_output, ctx)
+        device_out, device_ctx = nbbag.embedding_bag_fwd(
+            cuda.to_device(weight), indices, offsets, **kwargs
+        )
+        assert_matches(device_out, out)
+        grad = nbbag.embedding_bag_bwd(cuda.to_device(grad_output), device_ctx)
+        assert cuda.devicearray.is_cuda_ndarray(grad.values)
+        assert_same_grad(grad, expected)
+        np.testing.assert_allclose(grad.to_dense(), expected.to_dense(), atol=1e-5)
+        assert (grad.to_scipy() != expected.to_scipy()).nnz <= grad.values.size
+        atomic = nbbag.embedding_bag_bwd(grad_output, device_ctx, deterministic=False)
+        assert_same_grad(atomic, expected)
+        if "per_sample_weights" in kwargs:
+            _, expected_weights = nbbag.embedding_bag_bwd(
+                grad_output, ctx, per_sample_weights_grad=True
+            )
+            _, weights_grad = nbbag.embedding_bag_bwd(
+                grad_output, device_ctx, per_sample_weights_grad=True
+            )
+            assert_matches(weights_grad, expected_weights)
+
+
+def test_backward_is_bit_identical_from_run_to_run(rng):
+    weight = rng.standard_normal((6, 4)).astype(np.float32)
+    indices = rng.integers(0, 6, 40)  # every row repeated: long sums in a fixed order
+    offsets = np.arange(0, 40, 5)
+    _, ctx = nbbag.embedding_bag_fwd(cuda.to_device(weight), indices, offsets, mode="sum")
+    grad_output = cuda.to_device(rng.standard_normal((8, 4)).astype(np.float32))
+    first = nbbag.embedding_bag_bwd(grad_output, ctx)
+    launch.GROUP_SIZE, launch.BLOCK_SIZE = 2, 5  # another launch configuration
+    second = nbbag.embedding_bag_bwd(grad_output, ctx)
+    np.testing.assert_array_equal(host(first.rows), host(second.rows))
+    assert host(first.values).tobytes() == host(second.values).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_options_match_cpu(dtype, rng):
+    weight, indices, offsets, weights = make_case(rng, dtype=dtype, index_dtype=np.int32)
+    calls = [
+        (indices, offsets, {"mode": mode, "per_sample_weights": weights})
+        for mode in ("sum", "mean", "sqrtn")
+    ] + [
+        (indices, offsets[:4], {"mode": "mean", "include_last_offset": True}),
+        (indices[:9].reshape(3, 3), None, {"mode": "max"}),
+        (
+            indices[:9].reshape(3, 3),
+            None,
+            {"mode": "sum", "per_sample_weights": weights[:9].reshape(3, 3)},
+        ),
+        (indices[:0], offsets[:0], {"mode": "sum"}),  # no bags at all
+        (indices, offsets, {"mode": "sum", "max_norm": 1.0}),
+        (indices, offsets, {"mode": "max", "max_norm": 0.5, "norm_type": np.inf}),
+    ]
+    for call_indices, call_offsets, kwargs in calls:
+        cpu_weight = weight.copy()
+        expected = nbbag.embedding_bag(cpu_weight, call_indices, call_offsets, **kwargs)
+        device_weight = cuda.to_device(weight)
+        device_kwargs = dict(kwargs)
+        if "per_sample_weights" in kwargs:
+            device_kwargs["per_sample_weights"] = cuda.to_device(
+                kwargs["per_sample_weights"]
+            )
+        device_offsets = None if call_offsets is None else cuda.to_device(call_offsets)
+        out = nbbag.embedding_bag(
+            device_weight, cuda.to_device(call_indices), device_offsets, **device_kwargs
+        )
+        assert_matches(out, expected, dtype)
+        assert_matches(device_weight, cpu_weight, dtype)  # max_norm renormed in place

@@ -91,3 +91,17 @@ def cast(array, dtype):
         grid, block = launch.linear(array.shape[0])
         _cast_kernel[grid, block](array, out)
     return out
+
+
+@cuda.jit
+def _arange_kernel(out):
+    """Ownership: thread i writes out[i] (grid-stride)."""
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] = i
+
+
+def arange(out) -> None:
+    """out[i] = i for a 1-D device array."""
+    if out.shape[0]:
+        grid, block = launch.linear(out.shape[0])
+        _arange_kernel[grid, block](out)
