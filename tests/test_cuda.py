@@ -151,3 +151,54 @@ def test_forward_options_match_cpu(dtype, rng):
         )
         assert_matches(out, expected, dtype)
         assert_matches(device_weight, cpu_weight, dtype)  # max_norm renormed in place
+
+
+OPTIMIZERS = [
+    (nbbag.optim.SGD, {"lr": 0.1}),
+    (nbbag.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+    (nbbag.optim.Adagrad, {"lr": 0.1, "initial_accumulator_value": 0.1}),
+    (nbbag.optim.RowWiseAdagrad, {"lr": 0.1}),
+    (nbbag.optim.Adam, {"lr": 0.01}),
+]
+
+
+@pytest.mark.parametrize("make, hyper", OPTIMIZERS)
+def test_optimizer_steps_match_cpu(make, hyper, rng):
+    """Two steps (plain, then fused) on different rows, then catch-up and flush: the
+    weight and every state array equal the CPU optimizer's."""
+    weight, indices, offsets, weights = make_case(rng)
+    cpu_weight = weight.copy()
+    device_weight = cuda.to_device(weight)
+    cpu_opt, gpu_opt = make(cpu_weight, **hyper), make(device_weight, **hyper)
+    batches = [
+        (indices, offsets, {"mode": "mean", "padding_idx": 2}),
+        (indices[3:], np.array([0, 2, 5]), {"mode": "max"}),
+        (indices, offsets, {"mode": "sqrtn", "per_sample_weights": weights}),
+    ]
+    for step, (batch_indices, batch_offsets, kwargs) in enumerate(batches):
+        out, ctx = nbbag.embedding_bag_fwd(
+            cpu_weight, batch_indices, batch_offsets, **kwargs
+        )
+        grad_output = rng.standard_normal(out.shape).astype(np.float32)
+        _, device_ctx = nbbag.embedding_bag_fwd(
+            device_weight, batch_indices, batch_offsets, **kwargs
+        )
+        if step == 1:
+            cpu_opt.step_fused(grad_output, ctx)
+            gpu_opt.step_fused(cuda.to_device(grad_output), device_ctx)
+        else:
+            cpu_opt.step(nbbag.embedding_bag_bwd(grad_output, ctx))
+            gpu_opt.step(nbbag.embedding_bag_bwd(grad_output, device_ctx))
+        assert_matches(device_weight, cpu_weight)
+    cpu_opt.catch_up([0, 5, 5])
+    gpu_opt.catch_up(cuda.to_device(np.array([0, 5, 5])))
+    assert_matches(device_weight, cpu_weight)
+    cpu_opt.flush()
+    gpu_opt.flush()
+    assert_matches(device_weight, cpu_weight)
+    cpu_state, gpu_state = cpu_opt.state_dict(), gpu_opt.state_dict()
+    for name in cpu_opt.state_names:
+        assert isinstance(gpu_state[name], np.ndarray)
+        np.testing.assert_allclose(gpu_state[name], cpu_state[name], rtol=1e-5, atol=1e-5)
+    gpu_opt.load_state_dict(cpu_state)
+    assert gpu_opt.state_dict()["step_count"] == cpu_state["step_count"]

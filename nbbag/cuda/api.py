@@ -8,8 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nbbag._validate import BagBatch, BagContext
-from nbbag.cuda import arrays, backward, checks, forward, launch
+from nbbag._validate import BagBatch, BagContext, check_index_range, check_indices
+from nbbag.cuda import arrays, backward, checks, forward, launch, optim
 from nbbag.modes import Mode
 from nbbag.sparse import RowSparseGrad
 
@@ -240,3 +240,134 @@ def embedding_bag_bwd(
             weights_grad,
         )
     return grad, weights_grad.reshape(ctx.indices_shape)
+
+
+# -- optimizers ------------------------------------------------------------------------
+def check_optimizer_weight(weight):
+    return checks.check_weight(weight)
+
+
+def state_full(shape, value, dtype):
+    return arrays.full(shape, value, dtype)
+
+
+def state_to_host(array) -> np.ndarray:
+    return array.copy_to_host()
+
+
+def state_from_host(target, source: np.ndarray) -> None:
+    target.copy_to_device(np.ascontiguousarray(source, dtype=target.dtype))
+
+
+def fill(array, value) -> None:
+    arrays.fill(array, value)
+
+
+def _device_hyper(optimizer):
+    return arrays.to_device(
+        optim.step_hyper(optimizer._hyper, optimizer.step_count, optimizer.weight.dtype)
+    )
+
+
+def as_device_grad(grad: RowSparseGrad) -> RowSparseGrad:
+    """A RowSparseGrad with device arrays (copied over from the host if need be)."""
+    if arrays.is_device(grad.values):
+        return grad
+    return RowSparseGrad._trusted(
+        arrays.to_device(grad.rows), arrays.to_device(grad.values), grad.shape
+    )
+
+
+def optimizer_step(optimizer, grad: RowSparseGrad) -> None:
+    """One step of ``optimizer`` (holding device state) with a row-sparse gradient."""
+    grad = as_device_grad(grad)
+    if grad.values.dtype != optimizer.weight.dtype:
+        raise ValueError(
+            f"grad must have the weight's dtype {optimizer.weight.dtype}, "
+            f"got {grad.values.dtype}"
+        )
+    optimizer.step_count += 1
+    num_rows, dim = grad.values.shape
+    if num_rows == 0 or dim == 0:
+        return
+    grid, block = launch.grouped(num_rows, dim)
+    optim.apply_row_gradients[grid, block](
+        optimizer.kind,
+        optimizer.weight,
+        grad.rows,
+        grad.values,
+        *optimizer._kernel_state(),
+        _device_hyper(optimizer),
+        optimizer.step_count,
+    )
+
+
+def optimizer_step_fused(optimizer, grad_output, ctx: BagContext) -> None:
+    """``optimizer_step(embedding_bag_bwd(grad_output, ctx))`` in one kernel over the
+    batch's rows, each group's gradient row in a scratch row of its own."""
+    grad_output = check_grad_output(grad_output, ctx)
+    if ctx.batch.weight is not optimizer.weight:
+        raise ValueError("ctx's forward read another array than this optimizer's weight")
+    groups = group_tokens(ctx)
+    optimizer.step_count += 1
+    num_rows, dim = groups.rows.shape[0], optimizer.weight.shape[1]
+    if num_rows == 0 or dim == 0:
+        return
+    grid, block = launch.grouped_resident(num_rows, dim)
+    scratch = arrays.empty((grid * block[1], dim), optimizer.weight.dtype)
+    optim.apply_fused[grid, block](
+        optimizer.kind,
+        optimizer.weight,
+        grad_output,
+        groups.bag_of,
+        groups.coefficients,
+        groups.argmax,
+        groups.positions,
+        groups.row_ptr,
+        groups.rows,
+        groups.value_index,
+        ctx.batch.scale_grad_by_freq,
+        *optimizer._kernel_state(),
+        _device_hyper(optimizer),
+        optimizer.step_count,
+        scratch,
+    )
+
+
+def check_catch_up_indices(indices, num_rows: int):
+    """1-D device indices in [0, num_rows), from device or host ``indices``."""
+    if arrays.is_device(indices):
+        indices = checks.check_device_indices(indices, num_rows)
+        return indices.reshape(indices.size)
+    indices = check_indices(indices)
+    check_index_range(indices, num_rows)
+    return arrays.to_device(indices.reshape(-1))
+
+
+def sgd_catch_up(optimizer, indices) -> None:
+    """SGD's exact catch-up of the rows in (checked, device) ``indices``."""
+    if indices.shape[0] == 0:
+        return
+    grid, block = launch.linear(indices.shape[0])
+    optim.advance_rows[grid, block](
+        optimizer.weight,
+        indices,
+        optimizer.momentum_buffer,
+        optimizer.last_step,
+        optimizer.step_count,
+        arrays.to_device(optimizer._hyper),  # float64, as the CPU's catch-up
+    )
+
+
+def sgd_flush(optimizer) -> None:
+    """SGD's exact catch-up of every row."""
+    if optimizer.weight.shape[0] == 0:
+        return
+    grid, block = launch.linear(optimizer.weight.shape[0])
+    optim.advance_all_rows[grid, block](
+        optimizer.weight,
+        optimizer.momentum_buffer,
+        optimizer.last_step,
+        optimizer.step_count,
+        arrays.to_device(optimizer._hyper),  # float64, as the CPU's catch-up
+    )

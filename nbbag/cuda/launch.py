@@ -65,3 +65,12 @@ def chunks(count: int) -> int:
     enough to fill the device a few times over."""
     _, sms = _device_properties()
     return max(1, min(-(-count // 64), sms * 2048))
+
+
+def grouped_resident(count: int, dim: int) -> tuple[int, tuple[int, int]]:
+    """``grouped``, with the grid capped at what the device keeps resident (32 blocks
+    per multiprocessor); the kernels' block-stride loops cover the rest.  Used where
+    each group needs its own scratch row."""
+    grid, block = grouped(count, dim)
+    _, sms = _device_properties()
+    return min(grid, sms * 32), block
