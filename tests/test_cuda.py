@@ -202,3 +202,103 @@ def test_optimizer_steps_match_cpu(make, hyper, rng):
         np.testing.assert_allclose(gpu_state[name], cpu_state[name], rtol=1e-5, atol=1e-5)
     gpu_opt.load_state_dict(cpu_state)
     assert gpu_opt.state_dict()["step_count"] == cpu_state["step_count"]
+
+
+class StubCudaArray:
+    """A foreign GPU array (as CuPy or torch would hand over): nothing but
+    ``__cuda_array_interface__``.  Under the simulator device memory is host memory,
+    so it points at a NumPy buffer we can watch."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    @property
+    def __cuda_array_interface__(self):
+        return {
+            "shape": self.array.shape,
+            "typestr": self.array.dtype.str,
+            "data": (self.array.ctypes.data, False),
+            "strides": None,
+            "version": 3,
+        }
+
+
+def test_foreign_arrays_are_used_in_place(rng):
+    weight, indices, offsets, _ = make_case(rng)
+    table = weight.copy()
+    stub = StubCudaArray(table)
+    out = nbbag.embedding_bag(stub, StubCudaArray(indices), offsets, mode="sum")
+    assert_matches(out, nbbag.embedding_bag(weight, indices, offsets, mode="sum"))
+    # No host copy of the table: the optimizer's update lands in the stub's memory.
+    out, ctx = nbbag.embedding_bag_fwd(stub, indices, offsets, mode="sum")
+    optimizer = nbbag.optim.SGD(stub, lr=1.0)
+    optimizer.step_fused(np.ones(out.shape, dtype=np.float32), ctx)
+    expected = weight.copy()
+    cpu_out, cpu_ctx = nbbag.embedding_bag_fwd(expected, indices, offsets, mode="sum")
+    nbbag.optim.SGD(expected, lr=1.0).step_fused(np.ones_like(cpu_out), cpu_ctx)
+    assert not np.array_equal(table, weight)
+    assert_matches(table, expected)
+
+
+def test_missing_numba_cuda_names_the_extra(monkeypatch, rng):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "numba_cuda", None)  # as if not installed
+    weight = cuda.to_device(rng.standard_normal((4, 2)).astype(np.float32))
+    with pytest.raises(ImportError, match=r"'cuda' extra: pip install nbbag\[cuda\]"):
+        nbbag.embedding_bag(weight, [0, 1], [0])
+    with pytest.raises(ImportError, match="'cuda' extra"):
+        nbbag.optim.Adam(weight)
+
+
+BAD_INPUTS = [
+    (
+        {"indices": [0, 9], "offsets": [0, 1]},
+        IndexError,
+        r"indices\[1\] = 9 is outside \[0, 9\)",
+    ),
+    ({"indices": [0, -1], "offsets": [0, 1]}, IndexError, r"indices\[1\] = -1 is outside"),
+    ({"offsets": [1, 2]}, ValueError, r"offsets\[0\] must be 0, got 1"),
+    ({"offsets": [0, 2, 1]}, ValueError, r"offsets\[1\] = 2 > offsets\[2\] = 1"),
+    ({"offsets": [0, 12]}, ValueError, r"offsets\[1\] = 12 is past the end"),
+    (
+        {"indices": np.array([0.0, 1.0]), "offsets": [0]},
+        TypeError,
+        "indices must be int32 or int64",
+    ),
+    ({"mode": "max", "per_sample_weights": np.ones(11, np.float32)}, ValueError, "max"),
+]
+
+
+@pytest.mark.parametrize("device_inputs", [False, True])
+@pytest.mark.parametrize("change, error, message", BAD_INPUTS)
+def test_bad_input_same_errors_as_cpu_nothing_written(
+    change, error, message, device_inputs, rng
+):
+    weight, indices, offsets, _ = make_case(rng)
+    kwargs = {"indices": indices, "offsets": offsets, "mode": "sum", "max_norm": 0.1}
+    kwargs.update(change)
+    with pytest.raises(error, match=message):
+        nbbag.embedding_bag(weight.copy(), **kwargs)  # the CPU's message, for reference
+    if device_inputs:
+        kwargs = {
+            k: cuda.to_device(np.asarray(v)) if k != "mode" and v is not None else v
+            for k, v in kwargs.items()
+        }
+        kwargs["max_norm"] = 0.1
+    device_weight = cuda.to_device(weight)
+    with pytest.raises(error, match=message):
+        nbbag.embedding_bag(device_weight, **kwargs)
+    np.testing.assert_array_equal(host(device_weight), weight)  # max_norm never ran
+
+
+def test_bad_grad_output_and_kernels_namespace(rng):
+    weight, indices, offsets, _ = make_case(rng)
+    _, ctx = nbbag.embedding_bag_fwd(cuda.to_device(weight), indices, offsets)
+    with pytest.raises(ValueError, match="forward output's shape"):
+        nbbag.embedding_bag_bwd(cuda.to_device(np.ones((3, 5), np.float32)), ctx)
+    with pytest.raises(ValueError, match="weight's dtype"):
+        nbbag.embedding_bag_bwd(np.ones((5, 5)), ctx)
+    from nbbag.kernels import cuda as gpu_kernels
+
+    assert gpu_kernels.bag_sum is cuda_api.forward.bag_sum

@@ -306,7 +306,7 @@ def optimizer_step_fused(optimizer, grad_output, ctx: BagContext) -> None:
     """``optimizer_step(embedding_bag_bwd(grad_output, ctx))`` in one kernel over the
     batch's rows, each group's gradient row in a scratch row of its own."""
     grad_output = check_grad_output(grad_output, ctx)
-    if ctx.batch.weight is not optimizer.weight:
+    if not arrays.same_array(ctx.batch.weight, optimizer.weight):
         raise ValueError("ctx's forward read another array than this optimizer's weight")
     groups = group_tokens(ctx)
     optimizer.step_count += 1

@@ -46,6 +46,24 @@ def _simulated_view(interface: dict):
     return FakeCUDAArray(array)
 
 
+def data_pointer(array) -> int:
+    """The device address of a Numba device array's first element."""
+    if config.ENABLE_CUDASIM:
+        return array.ctypes.data  # a simulated array wraps a host one
+    return array.__cuda_array_interface__["data"][0]
+
+
+def same_array(a, b) -> bool:
+    """Whether two device arrays (wrappers of the same foreign array, say) are one."""
+    if a is b:
+        return True
+    return (
+        tuple(a.shape) == tuple(b.shape)
+        and a.dtype == b.dtype
+        and data_pointer(a) == data_pointer(b)
+    )
+
+
 def empty(shape, dtype):
     return cuda.device_array(shape, dtype=dtype)
 
