@@ -240,17 +240,6 @@ def test_foreign_arrays_are_used_in_place(rng):
     assert_matches(table, expected)
 
 
-def test_missing_numba_cuda_names_the_extra(monkeypatch, rng):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "numba_cuda", None)  # as if not installed
-    weight = cuda.to_device(rng.standard_normal((4, 2)).astype(np.float32))
-    with pytest.raises(ImportError, match=r"'cuda' extra: pip install nbbag\[cuda\]"):
-        nbbag.embedding_bag(weight, [0, 1], [0])
-    with pytest.raises(ImportError, match="'cuda' extra"):
-        nbbag.optim.Adam(weight)
-
-
 BAD_INPUTS = [
     (
         {"indices": [0, 9], "offsets": [0, 1]},

@@ -28,7 +28,11 @@ Backward (see :mod:`nbbag.cuda.backward`) and optimizer kernels (see
 kernels' names and arguments.
 """
 
-from nbbag.cuda.backward import (
+from nbbag._device import cuda_backend
+
+cuda_backend()  # ImportError naming the 'cuda' extra without numba-cuda
+
+from nbbag.cuda.backward import (  # noqa: E402
     accumulate_rows,
     accumulate_rows_atomic,
     contributing_rows,
@@ -38,7 +42,7 @@ from nbbag.cuda.backward import (
     row_gradient_dim_dev,
     token_coefficients,
 )
-from nbbag.cuda.forward import (
+from nbbag.cuda.forward import (  # noqa: E402
     bag_max,
     bag_max_argmax,
     bag_mean,
@@ -53,7 +57,7 @@ from nbbag.cuda.forward import (
     sum_dim_dev,
     weighted_sum_dim_dev,
 )
-from nbbag.cuda.optim import (
+from nbbag.cuda.optim import (  # noqa: E402
     ADAGRAD,
     ADAM,
     HYPER_SIZE,
