@@ -45,9 +45,14 @@ def embedding_bag(
     The semantics are those of ``torch.nn.functional.embedding_bag`` (note the argument
     order: the table comes first), plus the ``sqrtn`` mode and weighted ``mean``/``sqrtn``.
 
+    On a GPU: when ``weight`` is a device array (Numba, CuPy, a torch CUDA tensor:
+    anything with ``__cuda_array_interface__``; needs the ``cuda`` extra) the CUDA
+    kernels run, on the table in place, and the result is a Numba device array.
+    ``indices``, ``offsets`` and ``per_sample_weights`` may then be on either side.
+
     Parameters
     ----------
-    weight : ndarray, shape (V, D), float32 or float64, C-contiguous
+    weight : ndarray or device array, shape (V, D), float32 or float64, C-contiguous
         The embedding table.  Only modified with ``max_norm``.
     indices : array_like of int32 or int64, shape (N,) or (B, L)
         Row ids in [0, V).  A 2-D array is B bags of length L (``offsets`` must be None).
@@ -76,7 +81,7 @@ def embedding_bag(
 
     Returns
     -------
-    ndarray, shape (B, D), weight's dtype
+    ndarray (a Numba device array on the GPU), shape (B, D), weight's dtype
         One row per bag; a bag with nothing in it (or only padding) gives zeros.
 
     Raises
@@ -175,7 +180,8 @@ def embedding_bag_bwd(
     Parameters
     ----------
     grad_output : ndarray, shape (B, D), the weight's dtype
-        The gradient of the loss with respect to the forward's output.
+        The gradient of the loss with respect to the forward's output (a device array,
+        or a NumPy one that is copied over, when the forward ran on the GPU).
     ctx : BagContext
         From :func:`embedding_bag_fwd`.
     per_sample_weights_grad : bool, default False

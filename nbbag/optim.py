@@ -13,7 +13,9 @@ for you) and ``flush()`` before reading the whole table; training then equals de
 ``torch.optim.SGD``.  :class:`Adam` is lazy, like ``torch.optim.SparseAdam``: a row's
 moments only change when the row has a gradient.
 
-The kernels live in :mod:`nbbag.cpu.optim`; these classes hold the state and check
+On a GPU (a device ``weight``: Numba, CuPy, torch CUDA) the state lives on the device
+and the kernels of :mod:`nbbag.cuda.optim` run; ``state_dict`` returns host copies.
+The CPU kernels live in :mod:`nbbag.cpu.optim`; these classes hold the state and check
 their inputs before any kernel runs, so bad input leaves weight and state untouched.
 """
 
