@@ -60,11 +60,12 @@ def linear(count: int) -> tuple[int, int]:
 
 
 def chunks(count: int) -> int:
-    """How many chunks the radix sort cuts ``count`` tokens into: each chunk is
-    counted and scattered serially by one thread, ~64 tokens a chunk, at most
-    enough to fill the device a few times over."""
+    """How many chunks the radix sort and the scans cut ``count`` items into: each
+    chunk is counted and scattered serially by one thread, ~64 items a chunk, at most
+    64 chunks per multiprocessor (8448 on an H200), so that the serial scan over the
+    chunks and the per-digit pass over them stay short."""
     _, sms = _device_properties()
-    return max(1, min(-(-count // 64), sms * 2048))
+    return max(1, min(-(-count // 64), sms * 64))
 
 
 def grouped_resident(count: int, dim: int) -> tuple[int, tuple[int, int]]:
