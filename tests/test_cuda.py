@@ -291,3 +291,21 @@ def test_bad_grad_output_and_kernels_namespace(rng):
     from nbbag.kernels import cuda as gpu_kernels
 
     assert gpu_kernels.bag_sum is cuda_api.forward.bag_sum
+
+
+def test_backward_sort_over_several_chunks_and_passes(rng):
+    """300 rows (two radix passes) and 260 tokens (five sort chunks of ~64)."""
+    weight = rng.standard_normal((300, 2)).astype(np.float32)
+    indices = rng.integers(0, 300, 260)
+    indices[::7] = 17  # a hot row spread over every chunk
+    offsets = np.arange(0, 260, 13)
+    kwargs = {"mode": "mean", "padding_idx": 5, "scale_grad_by_freq": True}
+    _, ctx = nbbag.embedding_bag_fwd(weight, indices, offsets, **kwargs)
+    _, device_ctx = nbbag.embedding_bag_fwd(
+        cuda.to_device(weight), indices, offsets, **kwargs
+    )
+    grad_output = rng.standard_normal((20, 2)).astype(np.float32)
+    assert_same_grad(
+        nbbag.embedding_bag_bwd(grad_output, device_ctx),
+        nbbag.embedding_bag_bwd(grad_output, ctx),
+    )
