@@ -100,8 +100,9 @@ def check_weight(weight) -> np.ndarray:
     if not isinstance(weight, np.ndarray):
         if hasattr(weight, "__cuda_array_interface__"):
             raise TypeError(
-                f"weight is a GPU array ({type(weight).__name__}); this version of nbbag "
-                "runs on the CPU only: pass a NumPy array"
+                f"weight is a GPU array ({type(weight).__name__}); this entry point runs "
+                "on the CPU only: pass a NumPy array (nbbag.embedding_bag, "
+                "embedding_bag_fwd/_bwd and nbbag.optim take GPU arrays)"
             )
         raise TypeError(f"weight must be a NumPy array, got {type(weight).__name__}")
     if weight.dtype not in FLOAT_DTYPES:

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from nbbag._device import cuda_backend, is_device_array
 from nbbag._validate import BagBatch, BagContext, check_grad_output, validate_forward
 from nbbag.cpu import backward, forward
 from nbbag.modes import Mode
@@ -44,9 +45,14 @@ def embedding_bag(
     The semantics are those of ``torch.nn.functional.embedding_bag`` (note the argument
     order: the table comes first), plus the ``sqrtn`` mode and weighted ``mean``/``sqrtn``.
 
+    On a GPU: when ``weight`` is a device array (Numba, CuPy, a torch CUDA tensor:
+    anything with ``__cuda_array_interface__``; needs the ``cuda`` extra) the CUDA
+    kernels run, on the table in place, and the result is a Numba device array.
+    ``indices``, ``offsets`` and ``per_sample_weights`` may then be on either side.
+
     Parameters
     ----------
-    weight : ndarray, shape (V, D), float32 or float64, C-contiguous
+    weight : ndarray or device array, shape (V, D), float32 or float64, C-contiguous
         The embedding table.  Only modified with ``max_norm``.
     indices : array_like of int32 or int64, shape (N,) or (B, L)
         Row ids in [0, V).  A 2-D array is B bags of length L (``offsets`` must be None).
@@ -75,7 +81,7 @@ def embedding_bag(
 
     Returns
     -------
-    ndarray, shape (B, D), weight's dtype
+    ndarray (a Numba device array on the GPU), shape (B, D), weight's dtype
         One row per bag; a bag with nothing in it (or only padding) gives zeros.
 
     Raises
@@ -93,10 +99,7 @@ def embedding_bag(
     array([[24., 28.],
            [36., 40.]], dtype=float32)
     """
-    batch = validate_forward(
-        weight,
-        indices,
-        offsets,
+    options = dict(
         mode=mode,
         per_sample_weights=per_sample_weights,
         padding_idx=padding_idx,
@@ -105,6 +108,9 @@ def embedding_bag(
         norm_type=norm_type,
         scale_grad_by_freq=scale_grad_by_freq,
     )
+    if is_device_array(weight):
+        return cuda_backend().embedding_bag(weight, indices, offsets, **options)
+    batch = validate_forward(weight, indices, offsets, **options)
     return _forward(batch)[0]
 
 
@@ -144,10 +150,7 @@ def embedding_bag_fwd(
     >>> grad.rows, grad.values[:, 0]
     (array([1, 2]), array([1., 2.], dtype=float32))
     """
-    batch = validate_forward(
-        weight,
-        indices,
-        offsets,
+    options = dict(
         mode=mode,
         per_sample_weights=per_sample_weights,
         padding_idx=padding_idx,
@@ -156,6 +159,9 @@ def embedding_bag_fwd(
         norm_type=norm_type,
         scale_grad_by_freq=scale_grad_by_freq,
     )
+    if is_device_array(weight):
+        return cuda_backend().embedding_bag_fwd(weight, indices, offsets, **options)
+    batch = validate_forward(weight, indices, offsets, **options)
     return forward_with_context(batch)
 
 
@@ -166,18 +172,25 @@ def forward_with_context(batch: BagBatch) -> tuple[np.ndarray, BagContext]:
     return out, BagContext(batch, out if keep_out else None, argmax)
 
 
-def embedding_bag_bwd(grad_output, ctx: BagContext, *, per_sample_weights_grad=False):
+def embedding_bag_bwd(
+    grad_output, ctx: BagContext, *, per_sample_weights_grad=False, deterministic=True
+):
     """The gradient of the bag reduction, as sorted unique rows and their values.
 
     Parameters
     ----------
     grad_output : ndarray, shape (B, D), the weight's dtype
-        The gradient of the loss with respect to the forward's output.
+        The gradient of the loss with respect to the forward's output (a device array,
+        or a NumPy one that is copied over, when the forward ran on the GPU).
     ctx : BagContext
         From :func:`embedding_bag_fwd`.
     per_sample_weights_grad : bool, default False
         Also return the gradient with respect to the forward's ``per_sample_weights``
         (same shape; 0 for padding).  Needs weights in the forward.
+    deterministic : bool, default True
+        On the GPU, ``False`` scatter-adds each token into its row with atomics instead
+        of summing each row in a fixed order: the last bits may then differ from run
+        to run.  The CPU backward is always deterministic and ignores it.
 
     Returns
     -------
@@ -186,7 +199,8 @@ def embedding_bag_bwd(grad_output, ctx: BagContext, *, per_sample_weights_grad=F
         ``values`` (U, D): their summed gradients; ``shape`` (V, D).  With
         ``scale_grad_by_freq`` each row is divided by its count in the batch.  Padding
         and empty bags give no gradient.  Deterministic: bit-identical for any number
-        of threads.
+        of threads (CPU) or launch order (GPU).  On the GPU (a device weight in the
+        forward) ``rows`` and ``values`` are Numba device arrays.
     ndarray, optional
         The gradient with respect to ``per_sample_weights``, when asked for.
 
@@ -196,6 +210,13 @@ def embedding_bag_bwd(grad_output, ctx: BagContext, *, per_sample_weights_grad=F
         ``grad_output`` of the wrong shape or dtype; a weight whose shape changed since
         the forward; ``per_sample_weights_grad`` without weights in the forward.
     """
+    if isinstance(ctx, BagContext) and is_device_array(ctx.batch.weight):
+        return cuda_backend().embedding_bag_bwd(
+            grad_output,
+            ctx,
+            per_sample_weights_grad=per_sample_weights_grad,
+            deterministic=deterministic,
+        )
     grad_output = check_grad_output(grad_output, ctx)
     batch = ctx.batch
     if per_sample_weights_grad and batch.per_sample_weights is None:

@@ -13,7 +13,9 @@ for you) and ``flush()`` before reading the whole table; training then equals de
 ``torch.optim.SGD``.  :class:`Adam` is lazy, like ``torch.optim.SparseAdam``: a row's
 moments only change when the row has a gradient.
 
-The kernels live in :mod:`nbbag.cpu.optim`; these classes hold the state and check
+On a GPU (a device ``weight``: Numba, CuPy, torch CUDA) the state lives on the device
+and the kernels of :mod:`nbbag.cuda.optim` run; ``state_dict`` returns host copies.
+The CPU kernels live in :mod:`nbbag.cpu.optim`; these classes hold the state and check
 their inputs before any kernel runs, so bad input leaves weight and state untouched.
 """
 
@@ -25,6 +27,7 @@ import numba
 import numpy as np
 import scipy.sparse
 
+from nbbag._device import cuda_backend, is_device_array
 from nbbag._memory import aligned_empty, aligned_full, padded_length
 from nbbag._validate import (
     BagContext,
@@ -81,20 +84,36 @@ class _SparseOptimizer:
     hyper_names: tuple[str, ...] = ("lr",)
 
     def __init__(self, weight, **hyper):
-        check_weight(weight)
-        if not weight.flags.writeable:
-            raise ValueError("weight must be writeable: the optimizer updates it in place")
+        # On a GPU (a device weight) the state lives on the device too and the
+        # kernels of nbbag.cuda.optim run; _gpu is that backend's front, else None.
+        self._gpu = cuda_backend() if is_device_array(weight) else None
+        if self._gpu is not None:
+            weight = self._gpu.check_optimizer_weight(weight)
+        else:
+            check_weight(weight)
+            if not weight.flags.writeable:
+                raise ValueError(
+                    "weight must be writeable: the optimizer updates it in place"
+                )
         self.weight = weight
         self.step_count = 0
         self._hyper = np.zeros(kernels.HYPER_SIZE)
-        self._empty_table = np.empty((0, 0), dtype=weight.dtype)
-        self._empty_rows = np.empty(0, dtype=weight.dtype)
-        self._no_steps = np.empty(0, dtype=np.int64)
+        self._empty_table = self._full((0, 0), 0, weight.dtype)
+        self._empty_rows = self._full(0, 0, weight.dtype)
+        self._no_steps = self._full(0, 0, np.int64)
         checked = {name: _check_hyper(name, value) for name, value in hyper.items()}
         for name, value in checked.items():
             self._hyper[HYPERPARAMETERS[name][0]] = value
 
     lr = _hyper_property("lr")
+
+    def _full(self, shape, value, dtype):
+        """A state array on the weight's device (64-byte aligned on the CPU)."""
+        if self._gpu is not None:
+            return self._gpu.state_full(shape, value, dtype)
+        if isinstance(shape, tuple) and len(shape) == 2 and shape[0]:
+            return aligned_full(shape, value, dtype)
+        return np.full(shape, value, dtype=dtype)
 
     def _before_hyper_change(self) -> None:
         """Hook: SGD's catch-up must finish with the old hyperparameters."""
@@ -112,6 +131,9 @@ class _SparseOptimizer:
             Duplicate entries of a SciPy gradient are summed.
         """
         grad = self._as_row_sparse(grad)
+        if self._gpu is not None:
+            self._gpu.optimizer_step(self, grad)
+            return
         self.step_count += 1
         kernels.apply_row_gradients(
             self.kind,
@@ -127,6 +149,9 @@ class _SparseOptimizer:
         """``step(embedding_bag_bwd(grad_output, ctx))`` in one pass over the batch's
         rows, bit for bit the same result, without allocating the (U, D) gradient
         (each row's gradient goes through a small per-thread scratch block)."""
+        if self._gpu is not None:
+            self._gpu.optimizer_step_fused(self, grad_output, ctx)
+            return
         grad_output = check_grad_output(grad_output, ctx)
         if ctx.batch.weight is not self.weight:
             raise ValueError(
@@ -172,6 +197,9 @@ class _SparseOptimizer:
         IndexError
             An index outside [0, V).
         """
+        if self._gpu is not None:
+            self._catch_up(self._gpu.check_catch_up_indices(indices, self.weight.shape[0]))
+            return
         indices = check_indices(indices)
         check_index_range(indices, self.weight.shape[0])
         self._catch_up(np.ascontiguousarray(indices.reshape(-1)))
@@ -194,7 +222,7 @@ class _SparseOptimizer:
             raise ValueError(
                 f"grad must have the weight's shape {self.weight.shape}, got {grad.shape}"
             )
-        if grad.values.dtype != self.weight.dtype:
+        if grad.values.dtype != self.weight.dtype and isinstance(grad.values, np.ndarray):
             grad = RowSparseGrad._trusted(
                 grad.rows, grad.values.astype(self.weight.dtype), grad.shape
             )
@@ -206,8 +234,12 @@ class _SparseOptimizer:
         the step count, the hyperparameters and copies of the per-row state."""
         state = {"optimizer": type(self).__name__, "step_count": self.step_count}
         state.update({name: getattr(self, name) for name in self.hyper_names})
-        state.update({name: getattr(self, name).copy() for name in self.state_names})
+        state.update({name: self._state_copy(name) for name in self.state_names})
         return state
+
+    def _state_copy(self, name: str) -> np.ndarray:
+        array = getattr(self, name)
+        return array.copy() if self._gpu is None else self._gpu.state_to_host(array)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict()`` (also one loaded back from ``np.savez``); the
@@ -241,7 +273,10 @@ class _SparseOptimizer:
         }
         step_count = int(np.asarray(state["step_count"]))
         for key in self.state_names:
-            np.copyto(getattr(self, key), np.asarray(state[key]), casting="same_kind")
+            if self._gpu is not None:
+                self._gpu.state_from_host(getattr(self, key), np.asarray(state[key]))
+            else:
+                np.copyto(getattr(self, key), np.asarray(state[key]), casting="same_kind")
         for name, value in hyper.items():  # no flush: the state was replaced whole
             self._hyper[HYPERPARAMETERS[name][0]] = value
         self.step_count = step_count
@@ -283,8 +318,8 @@ class SGD(_SparseOptimizer):
 
     def __init__(self, weight, lr, momentum=0.0, weight_decay=0.0):
         super().__init__(weight, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        self.momentum_buffer = _state_table(weight)
-        self.last_step = np.zeros(weight.shape[0], dtype=np.int64)
+        self.momentum_buffer = self._full(self.weight.shape, 0, self.weight.dtype)
+        self.last_step = self._full(self.weight.shape[0], 0, np.int64)
 
     momentum = _hyper_property("momentum")
     weight_decay = _hyper_property("weight_decay")
@@ -298,7 +333,9 @@ class SGD(_SparseOptimizer):
     def _before_hyper_change(self) -> None:
         if self._needs_catch_up:
             self.flush()  # the skipped steps were taken with the old values
-        else:  # plain SGD is exact as it goes: every row is up to date now
+        elif self._gpu is not None:  # plain SGD is exact: every row is up to date now
+            self._gpu.fill(self.last_step, self.step_count)
+        else:
             self.last_step[:] = self.step_count
 
     def _kernel_state(self):
@@ -307,10 +344,17 @@ class SGD(_SparseOptimizer):
         return (self.momentum_buffer, self._empty_table, self._empty_rows, self.last_step)
 
     def flush(self) -> None:
+        if self._gpu is not None:
+            if self._needs_catch_up:
+                self._gpu.sgd_flush(self)
+            return
         self._catch_up(np.arange(self.weight.shape[0]))
 
     def _catch_up(self, indices: np.ndarray) -> None:
         if not self._needs_catch_up:
+            return
+        if self._gpu is not None:
+            self._gpu.sgd_catch_up(self, indices)
             return
         rows, behind = kernels.rows_behind(indices, self.last_step, self.step_count)
         kernels.advance_rows(self.weight, rows, behind, self.momentum_buffer, self._hyper)
@@ -329,7 +373,7 @@ class Adagrad(_SparseOptimizer):
     def __init__(self, weight, lr, eps=1e-10, initial_accumulator_value=0.0):
         super().__init__(weight, lr=lr, eps=eps)
         initial = check_real(initial_accumulator_value, "initial_accumulator_value")
-        self.state_sum = _state_table(weight, initial)
+        self.state_sum = self._full(self.weight.shape, initial, self.weight.dtype)
 
     eps = _hyper_property("eps")
 
@@ -348,7 +392,7 @@ class RowWiseAdagrad(Adagrad):
 
     def __init__(self, weight, lr, eps=1e-10):
         _SparseOptimizer.__init__(self, weight, lr=lr, eps=eps)
-        self.state_sum = np.zeros(weight.shape[0], dtype=np.float64)
+        self.state_sum = self._full(self.weight.shape[0], 0, np.float64)
 
     def _kernel_state(self):
         return (self._empty_table, self._empty_table, self.state_sum, self._no_steps)
@@ -364,8 +408,8 @@ class Adam(_SparseOptimizer):
 
     def __init__(self, weight, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(weight, lr=lr, eps=eps, **_split_betas(betas))
-        self.exp_avg = _state_table(weight)
-        self.exp_avg_sq = _state_table(weight)
+        self.exp_avg = self._full(self.weight.shape, 0, self.weight.dtype)
+        self.exp_avg_sq = self._full(self.weight.shape, 0, self.weight.dtype)
 
     eps = _hyper_property("eps")
     beta1 = _hyper_property("beta1")
@@ -382,12 +426,6 @@ class Adam(_SparseOptimizer):
 
     def _kernel_state(self):
         return (self.exp_avg, self.exp_avg_sq, self._empty_rows, self._no_steps)
-
-
-def _state_table(weight: np.ndarray, fill_value=0.0) -> np.ndarray:
-    """Per-element state like ``weight``, 64-byte aligned: its rows are read and
-    written beside the weight's, so each should span as few cache lines."""
-    return aligned_full(weight.shape, fill_value, weight.dtype)
 
 
 def _split_betas(betas) -> dict:

@@ -125,6 +125,9 @@ class RowSparseGrad:
     shape : tuple of int
         (V, D).
 
+    A gradient computed on a GPU holds Numba device arrays as ``rows`` and ``values``;
+    ``to_scipy`` and ``to_dense`` copy them to the host.
+
     Raises
     ------
     TypeError
@@ -203,9 +206,16 @@ class RowSparseGrad:
         array([[5.],
                [0.]])
         """
-        dense = np.zeros(self.shape, dtype=self.values.dtype)
-        dense[self.rows] = self.values
+        rows, values = self._host_arrays()
+        dense = np.zeros(self.shape, dtype=values.dtype)
+        dense[rows] = values
         return dense
+
+    def _host_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, values) as NumPy arrays: copied to the host when on a GPU."""
+        if isinstance(self.values, np.ndarray):
+            return self.rows, self.values
+        return self.rows.copy_to_host(), self.values.copy_to_host()
 
     def to_scipy(
         self, format: str = "csr"
@@ -215,7 +225,8 @@ class RowSparseGrad:
         Every entry of ``values`` is stored, zeros included, so the structure is
         predictable: U x D stored entries, the columns of each row ``0 .. D-1`` in order
         (canonical form: sorted, no duplicates).  The sparse array's ``data`` is
-        ``values.reshape(-1)``, not a copy: writing to one writes to the other.
+        ``values.reshape(-1)``, not a copy: writing to one writes to the other (but a
+        gradient on a GPU is copied to the host).
 
         A CSR's index pointer has V + 1 entries, so building it costs O(V) time and
         memory, whatever U; the COO costs O(U x D) only.  Index arrays are int32 when
@@ -247,6 +258,11 @@ class RowSparseGrad:
         >>> np.shares_memory(csr.data, grad.values)
         True
         """
+        if format not in ("csr", "coo"):
+            raise ValueError(f"format must be 'csr' or 'coo', got {format!r}")
+        if not isinstance(self.values, np.ndarray):  # on a GPU: SciPy is host-only
+            host = RowSparseGrad._trusted(*self._host_arrays(), self.shape)
+            return host.to_scipy(format)
         if format == "csr":
             return self._to_csr()
         if format == "coo":

@@ -1,6 +1,11 @@
 import os
 import zlib
 
+# The GPU tests run the CUDA kernels under Numba's simulator where there is no GPU.  It
+# must be chosen before numba.cuda is first imported; NUMBA_ENABLE_CUDASIM=0 in the
+# environment runs them on a real GPU instead.  The CPU tests do not touch numba.cuda.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings

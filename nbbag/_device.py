@@ -1,0 +1,33 @@
+"""Which backend an array belongs to, and loading the GPU backend on demand.
+
+nbbag imports without numba-cuda: nothing here imports ``numba.cuda``.  The GPU
+backend (:mod:`nbbag.cuda`) is loaded the first time a device array arrives.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+CUDA_EXTRA_HINT = "GPU arrays need the 'cuda' extra: pip install nbbag[cuda] (numba-cuda)"
+
+
+def is_device_array(value) -> bool:
+    """Whether ``value`` lives on a GPU: a Numba device array (real or simulated) or
+    anything exposing ``__cuda_array_interface__`` (CuPy, torch CUDA tensors)."""
+    if value is None or isinstance(value, np.ndarray):
+        return False
+    return bool(getattr(value, "__cuda_ndarray__", False)) or hasattr(
+        value, "__cuda_array_interface__"
+    )
+
+
+def cuda_backend():
+    """The GPU front (:mod:`nbbag.cuda.api`); ImportError naming the ``cuda`` extra
+    when numba-cuda is not installed."""
+    try:
+        importlib.import_module("numba_cuda")
+    except ImportError as error:
+        raise ImportError(CUDA_EXTRA_HINT) from error
+    return importlib.import_module("nbbag.cuda.api")

@@ -1,0 +1,125 @@
+"""Device arrays: accepting foreign ones without a copy, allocating, filling."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+from numba import config, cuda
+
+from nbbag.cuda import launch
+
+
+def is_device(value) -> bool:
+    """A Numba device array (real or simulated) or a foreign CUDA array."""
+    return bool(getattr(value, "__cuda_ndarray__", False)) or hasattr(
+        value, "__cuda_array_interface__"
+    )
+
+
+def as_device(value):
+    """``value`` as a Numba device array sharing its memory (no copy): CuPy arrays,
+    torch CUDA tensors and anything else with ``__cuda_array_interface__``."""
+    if getattr(value, "__cuda_ndarray__", False):
+        return value
+    if config.ENABLE_CUDASIM:  # the simulator has no as_cuda_array: its memory is host's
+        return _simulated_view(value.__cuda_array_interface__)
+    return cuda.as_cuda_array(value)
+
+
+def _simulated_view(interface: dict):
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    dtype = np.dtype(interface["typestr"])
+    shape = tuple(interface["shape"])
+    pointer = interface["data"][0]
+    strides = interface.get("strides")
+    if strides is None:
+        strides, step = [], dtype.itemsize
+        for n in reversed(shape):
+            strides.insert(0, step)
+            step *= max(n, 1)
+    extent = sum((n - 1) * s for n, s in zip(shape, strides, strict=True)) + dtype.itemsize
+    size = extent if all(shape) else 0
+    buffer = (ctypes.c_char * max(size, 1)).from_address(pointer) if pointer else b"\0"
+    array = np.ndarray(shape, dtype, buffer=buffer, strides=tuple(strides))
+    return FakeCUDAArray(array)
+
+
+def data_pointer(array) -> int:
+    """The device address of a Numba device array's first element."""
+    if config.ENABLE_CUDASIM:
+        return array.ctypes.data  # a simulated array wraps a host one
+    return array.__cuda_array_interface__["data"][0]
+
+
+def same_array(a, b) -> bool:
+    """Whether two device arrays (wrappers of the same foreign array, say) are one."""
+    if a is b:
+        return True
+    return (
+        tuple(a.shape) == tuple(b.shape)
+        and a.dtype == b.dtype
+        and data_pointer(a) == data_pointer(b)
+    )
+
+
+def empty(shape, dtype):
+    return cuda.device_array(shape, dtype=dtype)
+
+
+def full(shape, value, dtype):
+    array = cuda.device_array(shape, dtype=dtype)
+    fill(array, value)
+    return array
+
+
+def to_device(array: np.ndarray):
+    return cuda.to_device(np.ascontiguousarray(array))
+
+
+@cuda.jit
+def _fill_kernel(flat, value):
+    """Ownership: thread i writes flat[i] (grid-stride)."""
+    for i in range(cuda.grid(1), flat.shape[0], cuda.gridsize(1)):
+        flat[i] = value
+
+
+def fill(array, value) -> None:
+    """Set every element of a C-contiguous device array to ``value``."""
+    flat = array.reshape(array.size) if array.ndim != 1 else array
+    if flat.shape[0]:
+        grid, block = launch.linear(flat.shape[0])
+        _fill_kernel[grid, block](flat, value)
+
+
+@cuda.jit
+def _cast_kernel(source, target):
+    """Ownership: thread i writes target[i] (grid-stride)."""
+    for i in range(cuda.grid(1), source.shape[0], cuda.gridsize(1)):
+        target[i] = source[i]
+
+
+def cast(array, dtype):
+    """A 1-D device array in ``dtype``: itself if it already is, else a converted copy."""
+    if array.dtype == dtype:
+        return array
+    out = cuda.device_array(array.shape, dtype=dtype)
+    if array.shape[0]:
+        grid, block = launch.linear(array.shape[0])
+        _cast_kernel[grid, block](array, out)
+    return out
+
+
+@cuda.jit
+def _arange_kernel(out):
+    """Ownership: thread i writes out[i] (grid-stride)."""
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] = i
+
+
+def arange(out) -> None:
+    """out[i] = i for a 1-D device array."""
+    if out.shape[0]:
+        grid, block = launch.linear(out.shape[0])
+        _arange_kernel[grid, block](out)

@@ -1,0 +1,286 @@
+"""CUDA optimizer kernels: update only the rows a gradient touches, and their state.
+
+The CPU kernels (:mod:`nbbag.cpu.optim`) with the same arguments in the same order,
+the same rules (``kind``: SGD with exact catch-up, Adagrad, RowWiseAdagrad, lazy Adam)
+and the same ``hyper`` layout; ``hyper`` must already come from ``step_hyper`` (on the
+host: seven numbers, copied to the device with no round trip back).
+
+One thread group per row, lanes along D; the group's blocks stride over the rows so
+that every thread of a block runs the same iterations and can meet at
+``cuda.syncthreads()``: a row's scalar state (``last_step``, RowWiseAdagrad's
+accumulator) is read by every lane, then written by lane 0 only after the barrier.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from nbbag.cpu.optim import (
+    ADAGRAD,
+    ADAM,
+    ADAM_STEP_SIZE,
+    BETA1,
+    BETA2,
+    EPS,
+    HYPER_SIZE,
+    LR,
+    MOMENTUM,
+    ROW_WISE_ADAGRAD,
+    SGD,
+    WEIGHT_DECAY,
+)
+from nbbag.cuda.backward import row_gradient_dim_dev
+
+__all__ = [
+    "ADAGRAD",
+    "ADAM",
+    "HYPER_SIZE",
+    "ROW_WISE_ADAGRAD",
+    "SGD",
+    "advance_all_rows",
+    "advance_rows",
+    "apply_fused",
+    "apply_row_gradients",
+    "step_hyper",
+]
+
+
+def step_hyper(hyper: np.ndarray, step: int, dtype) -> np.ndarray:
+    """``hyper`` in the weight's dtype with ADAM_STEP_SIZE filled in, as the CPU's
+    ``step_hyper`` computes it (in float64)."""
+    local = hyper.astype(dtype)
+    local[ADAM_STEP_SIZE] = (
+        hyper[LR] * math.sqrt(1.0 - hyper[BETA2] ** step) / (1.0 - hyper[BETA1] ** step)
+    )
+    return local
+
+
+@cuda.jit(device=True)
+def skipped_steps_matrix_dev(lr, momentum, weight_decay, steps):
+    """The 2x2 matrix (a, b, c, d) of ``steps`` gradient-free SGD steps:
+    w_k = a w + b u, u_k = c w + d u.  Binary powering: O(log steps)."""
+    a, b, c, d = 1.0, 0.0, 0.0, 1.0
+    pa, pb, pc, pd = 1.0 - lr * weight_decay, -lr * momentum, weight_decay, momentum
+    while steps > 0:
+        if steps & 1:
+            a, b, c, d = a * pa + b * pc, a * pb + b * pd, c * pa + d * pc, c * pb + d * pd
+        pa, pb, pc, pd = (
+            pa * pa + pb * pc,
+            pa * pb + pb * pd,
+            pc * pa + pd * pc,
+            pc * pb + pd * pd,
+        )
+        steps >>= 1
+    return a, b, c, d
+
+
+@cuda.jit(device=True)
+def advance_dims_dev(row, steps, weight, momentum_buffer, hyper, first, stride):
+    """Apply ``steps`` gradient-free SGD steps to dimensions first, first + stride, ...
+    of weight[row] and its momentum buffer.  Ownership: the caller owns them."""
+    if steps <= 0:
+        return
+    a, b, c, d = skipped_steps_matrix_dev(
+        float(hyper[LR]), float(hyper[MOMENTUM]), float(hyper[WEIGHT_DECAY]), steps
+    )
+    for i in range(first, weight.shape[1], stride):
+        w_i, u_i = weight[row, i], momentum_buffer[row, i]
+        weight[row, i] = a * w_i + b * u_i
+        momentum_buffer[row, i] = c * w_i + d * u_i
+
+
+@cuda.jit(device=True)
+def row_prologue_dev(kind, row, grad_row, weight, row_state, last_step, hyper, step):
+    """What every lane must read before lane 0 changes the row's scalar state:
+    (steps SGD skipped, RowWiseAdagrad's new accumulator).  Writes nothing."""
+    behind = 0
+    accumulator = 0.0
+    if kind == SGD and last_step.shape[0] > 0:
+        behind = step - 1 - last_step[row]
+    elif kind == ROW_WISE_ADAGRAD:
+        mean_square = 0.0
+        for i in range(grad_row.shape[0]):
+            mean_square += float(grad_row[i]) * grad_row[i]
+        accumulator = row_state[row]
+        if grad_row.shape[0] > 0:
+            accumulator += mean_square / grad_row.shape[0]
+    return behind, accumulator
+
+
+@cuda.jit(device=True)
+def update_dims_dev(
+    kind, row, grad_row, weight, state, second_state, last_step, hyper, behind,
+    accumulator, first, stride,
+):  # fmt: skip
+    """Step ``kind`` on dimensions first, first + stride, ... of weight[row] (and of
+    its per-element state), the CPU ``update_row``'s rules.  Ownership: the caller
+    owns those elements."""
+    lr = hyper[LR]
+    dim = weight.shape[1]
+    if kind == SGD:
+        if last_step.shape[0] == 0:
+            for i in range(first, dim, stride):
+                weight[row, i] -= lr * grad_row[i]
+            return
+        advance_dims_dev(row, behind, weight, state, hyper, first, stride)
+        momentum, weight_decay = hyper[MOMENTUM], hyper[WEIGHT_DECAY]
+        for i in range(first, dim, stride):
+            u = momentum * state[row, i] + (grad_row[i] + weight_decay * weight[row, i])
+            state[row, i] = u
+            weight[row, i] -= lr * u
+    elif kind == ADAGRAD:
+        eps = hyper[EPS]
+        for i in range(first, dim, stride):
+            g = grad_row[i]
+            square = state[row, i] + g * g
+            state[row, i] = square
+            weight[row, i] -= lr * g / (math.sqrt(square) + eps)
+    elif kind == ROW_WISE_ADAGRAD:
+        multiplier = lr / (math.sqrt(accumulator) + hyper[EPS])
+        for i in range(first, dim, stride):
+            weight[row, i] -= multiplier * grad_row[i]
+    else:  # ADAM, lazy: torch.optim.SparseAdam
+        keep1, keep2 = 1.0 - hyper[BETA1], 1.0 - hyper[BETA2]
+        step_size, eps = hyper[ADAM_STEP_SIZE], hyper[EPS]
+        for i in range(first, dim, stride):
+            g = grad_row[i]
+            m = state[row, i] + (g - state[row, i]) * keep1
+            v = second_state[row, i] + (g * g - second_state[row, i]) * keep2
+            state[row, i] = m
+            second_state[row, i] = v
+            weight[row, i] -= step_size * m / (math.sqrt(v) + eps)
+
+
+@cuda.jit(device=True)
+def row_epilogue_dev(kind, row, row_state, last_step, step, accumulator):
+    """Lane 0, after the barrier: the row's scalar state."""
+    if kind == SGD and last_step.shape[0] > 0:
+        last_step[row] = step
+    elif kind == ROW_WISE_ADAGRAD:
+        row_state[row] = accumulator
+
+
+@cuda.jit
+def apply_row_gradients(
+    kind, weight, rows, values, state, second_state, row_state, last_step, hyper, step
+):
+    """Apply a row-sparse gradient (``rows`` unique); ``hyper`` from step_hyper.
+    Launch with ``launch.grouped(U, D)``.
+
+    Ownership: the group of row k writes row rows[k] of weight and state (lane l,
+    dimensions l, l + group, ...; lane 0 the row's scalar state).
+    """
+    per_block = cuda.blockDim.y
+    for base in range(
+        cuda.blockIdx.x * per_block, rows.shape[0], cuda.gridDim.x * per_block
+    ):
+        k = base + cuda.threadIdx.y
+        active = k < rows.shape[0]
+        behind = 0
+        accumulator = 0.0
+        if active:
+            behind, accumulator = row_prologue_dev(
+                kind, rows[k], values[k], weight, row_state, last_step, hyper, step
+            )
+        cuda.syncthreads()
+        if active:
+            update_dims_dev(
+                kind, rows[k], values[k], weight, state, second_state, last_step, hyper,
+                behind, accumulator, cuda.threadIdx.x, cuda.blockDim.x,
+            )  # fmt: skip
+            if cuda.threadIdx.x == 0:
+                row_epilogue_dev(kind, rows[k], row_state, last_step, step, accumulator)
+        cuda.syncthreads()
+
+
+@cuda.jit
+def apply_fused(
+    kind,
+    weight,
+    grad_output,
+    bag_of,
+    coefficients,
+    argmax,
+    positions,
+    row_ptr,
+    rows,
+    value_index,
+    scale_grad_by_freq,
+    state,
+    second_state,
+    row_state,
+    last_step,
+    hyper,
+    step,
+    scratch,
+):
+    """Backward and update in one pass over the rows with value_index[k] >= 0: the
+    group computes row k's gradient into its own row of ``scratch`` (one per group of
+    the grid, (gridDim.x * blockDim.y, >= D)), then applies it.  No (U, D) gradient.
+
+    Ownership: the group of row k writes its scratch row and row rows[k] of weight and
+    state (lane l, dimensions l, l + group, ...; lane 0 the row's scalar state).
+    """
+    per_block = cuda.blockDim.y
+    slot = cuda.blockIdx.x * per_block + cuda.threadIdx.y
+    dim = weight.shape[1]
+    grad_row = scratch[slot, :dim]
+    for base in range(
+        cuda.blockIdx.x * per_block, rows.shape[0], cuda.gridDim.x * per_block
+    ):
+        k = base + cuda.threadIdx.y
+        active = k < rows.shape[0] and value_index[k] >= 0
+        if active:
+            for d in range(cuda.threadIdx.x, dim, cuda.blockDim.x):
+                grad_row[d] = row_gradient_dim_dev(
+                    grad_output, bag_of, coefficients, argmax, positions, row_ptr[k],
+                    row_ptr[k + 1], scale_grad_by_freq, d,
+                )  # fmt: skip
+        cuda.syncthreads()
+        behind = 0
+        accumulator = 0.0
+        if active:
+            behind, accumulator = row_prologue_dev(
+                kind, rows[k], grad_row, weight, row_state, last_step, hyper, step
+            )
+        cuda.syncthreads()
+        if active:
+            update_dims_dev(
+                kind, rows[k], grad_row, weight, state, second_state, last_step, hyper,
+                behind, accumulator, cuda.threadIdx.x, cuda.blockDim.x,
+            )  # fmt: skip
+            if cuda.threadIdx.x == 0:
+                row_epilogue_dev(kind, rows[k], row_state, last_step, step, accumulator)
+        cuda.syncthreads()
+
+
+@cuda.jit
+def advance_rows(weight, indices, momentum_buffer, last_step, target_step, hyper):
+    """Catch up the rows of ``indices`` (repeats allowed) to ``target_step``: the
+    thread that raises last_step[row] (``atomic.max``) advances the row by the steps
+    it was behind; the others find it up to date.  ``hyper`` from step_hyper.
+
+    Ownership: the thread whose atomic.max saw the old step owns the row (grid-stride).
+    """
+    for p in range(cuda.grid(1), indices.shape[0], cuda.gridsize(1)):
+        row = indices[p]
+        old = cuda.atomic.max(last_step, row, target_step)
+        if old < target_step:
+            advance_dims_dev(row, target_step - old, weight, momentum_buffer, hyper, 0, 1)
+
+
+@cuda.jit
+def advance_all_rows(weight, momentum_buffer, last_step, target_step, hyper):
+    """Catch up every row to ``target_step`` (flush).
+
+    Ownership: thread r writes row r of weight, momentum_buffer, last_step
+    (grid-stride).
+    """
+    for row in range(cuda.grid(1), weight.shape[0], cuda.gridsize(1)):
+        advance_dims_dev(
+            row, target_step - last_step[row], weight, momentum_buffer, hyper, 0, 1
+        )
+        last_step[row] = target_step

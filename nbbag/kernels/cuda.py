@@ -1,0 +1,105 @@
+"""nbbag's ``@cuda.jit`` kernels and device functions, for people composing their own.
+
+The GPU twins of :mod:`nbbag.kernels`: the same argument order as the CPU kernels,
+outputs allocated by the caller, inputs trusted (validate first, or use the front
+door).  Needs numba-cuda (``pip install nbbag[cuda]``); importing this module without
+it raises an ImportError that says so.  Launch configurations come from
+:mod:`nbbag.cuda.launch`::
+
+    from nbbag.cuda import launch
+    from nbbag.kernels import cuda as k
+
+    grid, block = launch.grouped(num_bags, D)          # one thread group per bag
+    k.bag_sum[grid, block](weight, indices, offsets, out, padding_idx)  # -1: none
+
+Device functions (call them from your own ``@cuda.jit`` kernels; each reduces one
+dimension ``d`` of the tokens ``start:end`` and writes nothing)::
+
+    total, count = sum_dim_dev(weight, indices, start, end, padding_idx, d)
+    total, weight_sum, weight_square_sum = weighted_sum_dim_dev(
+        weight, indices, per_sample_weights, start, end, padding_idx, d)
+    best, winner = max_dim_dev(weight, indices, start, end, padding_idx, d)
+    value = scale_dev(total, denominator)       # 0 where denominator == 0
+    value = row_gradient_dim_dev(grad_output, bag_of, coefficients, argmax, positions,
+                                 start, end, scale_grad_by_freq, d)
+
+Backward (see :mod:`nbbag.cuda.backward`) and optimizer kernels (see
+:mod:`nbbag.cuda.optim`; ``hyper`` from ``step_hyper`` as a device array) keep the CPU
+kernels' names and arguments.
+"""
+
+from nbbag._device import cuda_backend
+
+cuda_backend()  # ImportError naming the 'cuda' extra without numba-cuda
+
+from nbbag.cuda.backward import (  # noqa: E402
+    accumulate_rows,
+    accumulate_rows_atomic,
+    contributing_rows,
+    group_positions_by_row,
+    max_token_coefficients,
+    per_sample_weights_grad,
+    row_gradient_dim_dev,
+    token_coefficients,
+)
+from nbbag.cuda.forward import (  # noqa: E402
+    bag_max,
+    bag_max_argmax,
+    bag_mean,
+    bag_sqrtn,
+    bag_sum,
+    bag_weighted_mean,
+    bag_weighted_sqrtn,
+    bag_weighted_sum,
+    max_dim_dev,
+    renorm_rows,
+    scale_dev,
+    sum_dim_dev,
+    weighted_sum_dim_dev,
+)
+from nbbag.cuda.optim import (  # noqa: E402
+    ADAGRAD,
+    ADAM,
+    HYPER_SIZE,
+    ROW_WISE_ADAGRAD,
+    SGD,
+    advance_all_rows,
+    advance_rows,
+    apply_fused,
+    apply_row_gradients,
+    step_hyper,
+)
+
+__all__ = [
+    "ADAGRAD",
+    "ADAM",
+    "HYPER_SIZE",
+    "ROW_WISE_ADAGRAD",
+    "SGD",
+    "accumulate_rows",
+    "accumulate_rows_atomic",
+    "advance_all_rows",
+    "advance_rows",
+    "apply_fused",
+    "apply_row_gradients",
+    "bag_max",
+    "bag_max_argmax",
+    "bag_mean",
+    "bag_sqrtn",
+    "bag_sum",
+    "bag_weighted_mean",
+    "bag_weighted_sqrtn",
+    "bag_weighted_sum",
+    "contributing_rows",
+    "group_positions_by_row",
+    "max_dim_dev",
+    "max_token_coefficients",
+    "per_sample_weights_grad",
+    "renorm_rows",
+    "row_gradient_dim_dev",
+    "scale_dev",
+    "step_hyper",
+    "sum_dim_dev",
+    "token_coefficients",
+    "weighted_sum_dim_dev",
+]
