@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args)
     except DataError as error:
-        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
         return 1
     print(
         f"test RMSE {result['test_rmse']:.4f} vs mean-rating baseline "

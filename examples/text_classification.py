@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args)
     except DataError as error:
-        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(result))
     return 0
