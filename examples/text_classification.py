@@ -197,22 +197,18 @@ def train(model: Classifier, data: Bags, args: argparse.Namespace) -> float:
             desc=f"epoch {epoch}/{args.epochs}",
             unit="doc",
             disable=args.quiet,
-            leave=False,
+            leave=True,
             file=sys.stderr,
         )
-        epoch_start, loss_sum = time.perf_counter(), 0.0
+        loss_sum = 0.0
         for number, docs in enumerate(batches(len(data), args.batch_size, rng), 1):
             lr = args.lr * (1 - step / total_steps)
             indices, offsets = data.batch(docs)
             loss_sum += model.train_step(indices, offsets, data.labels[docs], lr)
             step += 1
+            # tqdm's rate is the examples (documents) per second
+            progress.set_postfix(loss=f"{loss_sum / number:.4f}", refresh=False)
             progress.update(len(docs))
-            seconds = time.perf_counter() - epoch_start
-            progress.set_postfix(
-                loss=f"{loss_sum / number:.4f}",
-                docs_per_s=f"{progress.n / max(seconds, 1e-9):.0f}",
-                refresh=False,
-            )
         progress.close()
     model.bag.optimizer.flush()
     return time.perf_counter() - start
