@@ -8,6 +8,7 @@ Nothing here downloads anything: the default corpora ship inside PyPI wheels
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 from dataclasses import dataclass
@@ -140,6 +141,7 @@ def stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def fnv1a_32(word: str) -> int:
     """fastText's word hash (FNV-1a, 32 bits, over the UTF-8 bytes)."""
     value = 2166136261
