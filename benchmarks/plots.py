@@ -41,7 +41,8 @@ def plot_scaling(results: Results, path) -> bool:
     ax.set_title("One training step (fwd + bwd + SGD), 4096 bags x ~50 ids, vs V")
     ax.grid(True, which="both", alpha=0.3)
     if drawn:
-        ax.legend(title="path")
+        # outside the axes: inside, it hides the dense line
+        ax.legend(title="path", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
