@@ -18,7 +18,6 @@ _UNWEIGHTED_KERNELS = {
     Mode.SUM: forward.bag_sum,
     Mode.MEAN: forward.bag_mean,
     Mode.SQRTN: forward.bag_sqrtn,
-    Mode.MAX: forward.bag_max,
 }
 _WEIGHTED_KERNELS = {
     Mode.SUM: forward.bag_weighted_sum,
@@ -256,9 +255,13 @@ def _forward(batch: BagBatch, record_argmax: bool = False):
             weight, batch.indices, batch.offsets, out, argmax, batch.padding_idx
         )
         return out, argmax
-    if batch.per_sample_weights is None:
+    # the sum family gets D as a compile-time constant (max reads rows in place)
+    lanes = forward.lanes_for(weight.shape[1])
+    if batch.mode == Mode.MAX:
+        forward.bag_max(weight, batch.indices, batch.offsets, out, batch.padding_idx)
+    elif batch.per_sample_weights is None:
         kernel = _UNWEIGHTED_KERNELS[batch.mode]
-        kernel(weight, batch.indices, batch.offsets, out, batch.padding_idx)
+        kernel(weight, batch.indices, batch.offsets, out, batch.padding_idx, lanes)
     else:
         kernel = _WEIGHTED_KERNELS[batch.mode]
         kernel(
@@ -268,6 +271,7 @@ def _forward(batch: BagBatch, record_argmax: bool = False):
             batch.per_sample_weights,
             out,
             batch.padding_idx,
+            lanes,
         )
     return out, None
 

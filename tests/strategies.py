@@ -49,7 +49,7 @@ def cases(draw, modes=MODES, allow_weights=True, allow_max_norm=True):
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     num_rows = draw(st.integers(1, 40))
-    dim = draw(st.sampled_from([1, 2, 3, 5, 8, 17, 33]))
+    dim = draw(st.sampled_from([1, 2, 3, 5, 8, 16, 17, 33, 48]))
     float_dtype = draw(st.sampled_from([np.float32, np.float64]))
     index_dtype = draw(st.sampled_from([np.int32, np.int64]))
     mode = draw(st.sampled_from(modes))

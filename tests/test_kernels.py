@@ -85,6 +85,41 @@ def test_every_bag_kernel_from_python_writes_every_element(
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("kernel", "weighted"),
+    [
+        (kernels.bag_sum, False),
+        (kernels.bag_mean, False),
+        (kernels.bag_sqrtn, False),
+        (kernels.bag_weighted_sum, True),
+        (kernels.bag_weighted_mean, True),
+        (kernels.bag_weighted_sqrtn, True),
+    ],
+)
+def test_sum_kernels_specialised_for_width_equal_the_generic_ones(
+    kernel, weighted, dtype, rng
+):
+    """With ``lanes`` (D known at compile time, the sum in a stack row) the result is
+    bit for bit the generic kernel's: same tokens, same order, same dtype."""
+    width = 3 * kernels.LANE
+    weight = rng.standard_normal((50, width)).astype(dtype)
+    indices = rng.integers(0, 50, size=400)
+    offsets = np.array([0, 0, 1, 7, 7, 300, 400])  # empty, single, hot bags
+    indices[7:300] = 11  # one hot row repeated
+    padding_idx = int(indices[2])
+    lanes = kernels.lanes_for(width)
+    assert lanes is not None and kernels.lanes_for(width + 1) is None
+    args = (weight, indices, offsets)
+    if weighted:
+        args += (rng.uniform(-1.5, 1.5, size=400).astype(dtype),)
+    generic = np.full((6, width), np.nan, dtype=dtype)
+    specialised = np.full((6, width), np.nan, dtype=dtype)
+    kernel(*args, generic, padding_idx)
+    kernel(*args, specialised, padding_idx, lanes)
+    np.testing.assert_array_equal(specialised, generic)
+
+
 def test_renorm_rows_and_index_range(rng):
     weight = 5 * rng.standard_normal((8, 3))
     expected = weight.copy()

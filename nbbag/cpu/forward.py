@@ -22,24 +22,37 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from nbbag.cpu._intrinsics import prefetch_row
+from nbbag.cpu._intrinsics import LANE, prefetch_row, stack_row
 
-# Tokens ahead whose rows are prefetched: ~16 covers the ~200 ns miss latency at the
-# rate one row of D = 64 is summed (MEASURED.md).  Baked in at compile time: the
-# on-disk cache is keyed on this file, so change it here and nowhere else.
-PREFETCH_DISTANCE = 16
+# Tokens ahead whose rows are prefetched: enough to cover the ~200 ns miss latency
+# (MEASURED.md).  With the sum in registers (stack_row), 32 beat 16 by 1.3x at D = 64
+# and tied at D = 16 and 256 (measured).  Baked in at compile time: the on-disk cache is
+# keyed on this file, so change it here and nowhere else.
+PREFETCH_DISTANCE = 32
 
 NO_PADDING = -1
 
+# Widths the sum kernels are specialised for: multiples of LANE up to LANE * MAX_LANES
+# (a stack row of at most 4 KB).  Each width used compiles its own kernel once (cached
+# on disk); other widths run the generic kernels.
+MAX_LANES = 32
+_LANES = {count * LANE: (0,) * count for count in range(1, MAX_LANES + 1)}
 
-@njit(cache=True)
-def sum_rows(weight, indices, start, end, padding_idx, out_row):
-    """Write the sum of rows ``indices[start:end]`` (padding left out) into ``out_row``
-    and return how many tokens were summed.
 
-    Ownership: the caller owns ``out_row``; nothing else is written.
-    """
-    out_row[:] = 0
+def lanes_for(width: int):
+    """The ``lanes`` argument of the sum-family kernels for rows of ``width`` elements:
+    a tuple of ``width // LANE`` zeros (the kernel then knows D at compile time), or
+    None where ``width`` is not a multiple of ``LANE`` up to ``LANE * MAX_LANES``."""
+    return _LANES.get(width)
+
+
+@njit(cache=True, inline="always")
+def _add_rows(weight, indices, start, end, padding_idx, total, width):
+    """Set ``total[:width]`` to the sum of rows ``indices[start:end]`` (padding left
+    out); return how many tokens were summed.  Inlined, so a constant ``width`` (from
+    ``lanes``) reaches LLVM as one."""
+    for d in range(width):
+        total[d] = 0
     count = 0
     # Prefetch past the bag's end too: with prange's contiguous chunks the next bag
     # belongs to the same thread.
@@ -51,21 +64,19 @@ def sum_rows(weight, indices, start, end, padding_idx, out_row):
         if row == padding_idx:
             continue
         count += 1
-        for d in range(out_row.shape[0]):
-            out_row[d] += weight[row, d]
+        for d in range(width):
+            total[d] += weight[row, d]
     return count
 
 
-@njit(cache=True)
-def weighted_sum_rows(
-    weight, indices, per_sample_weights, start, end, padding_idx, out_row
+@njit(cache=True, inline="always")
+def _add_weighted_rows(
+    weight, indices, per_sample_weights, start, end, padding_idx, total, width
 ):
-    """Write sum_i w_i * weight[indices[i]] over ``start:end`` (padding left out) into
-    ``out_row``; return (sum_i w_i, sum_i w_i**2) over the same tokens.
-
-    Ownership: the caller owns ``out_row``; nothing else is written.
-    """
-    out_row[:] = 0
+    """Set ``total[:width]`` to sum_i w_i * weight[indices[i]] over ``start:end``
+    (padding left out); return (sum_i w_i, sum_i w_i**2) over the same tokens."""
+    for d in range(width):
+        total[d] = 0
     weight_sum = 0.0
     weight_square_sum = 0.0
     prefetch_end = indices.shape[0]
@@ -78,9 +89,71 @@ def weighted_sum_rows(
         w = per_sample_weights[position]
         weight_sum += w
         weight_square_sum += w * w
-        for d in range(out_row.shape[0]):
-            out_row[d] += w * weight[row, d]
+        for d in range(width):
+            total[d] += w * weight[row, d]
     return weight_sum, weight_square_sum
+
+
+@njit(cache=True, inline="always")
+def _copy_row(source, out_row):
+    for d in range(out_row.shape[0]):
+        out_row[d] = source[d]
+
+
+@njit(cache=True)
+def sum_rows(weight, indices, start, end, padding_idx, out_row, lanes=None):
+    """Write the sum of rows ``indices[start:end]`` (padding left out) into ``out_row``
+    and return how many tokens were summed.
+
+    ``lanes``: None, or a tuple of ``D // LANE`` entries (any values; see
+    :func:`lanes_for`) when ``LANE`` divides D: then the sum runs in a row on the
+    stack, of D known at compile time, and is copied to ``out_row`` at the end.
+    Ownership: the caller owns ``out_row``; nothing else is written.
+    """
+    if lanes is None:
+        return _add_rows(
+            weight, indices, start, end, padding_idx, out_row, out_row.shape[0]
+        )
+    total = stack_row(weight, lanes)
+    count = _add_rows(weight, indices, start, end, padding_idx, total, len(lanes) * LANE)
+    _copy_row(total, out_row)
+    return count
+
+
+@njit(cache=True)
+def weighted_sum_rows(
+    weight, indices, per_sample_weights, start, end, padding_idx, out_row, lanes=None
+):
+    """Write sum_i w_i * weight[indices[i]] over ``start:end`` (padding left out) into
+    ``out_row``; return (sum_i w_i, sum_i w_i**2) over the same tokens.  ``lanes`` as
+    in :func:`sum_rows`.
+
+    Ownership: the caller owns ``out_row``; nothing else is written.
+    """
+    if lanes is None:
+        return _add_weighted_rows(
+            weight,
+            indices,
+            per_sample_weights,
+            start,
+            end,
+            padding_idx,
+            out_row,
+            out_row.shape[0],
+        )
+    total = stack_row(weight, lanes)
+    sums = _add_weighted_rows(
+        weight,
+        indices,
+        per_sample_weights,
+        start,
+        end,
+        padding_idx,
+        total,
+        len(lanes) * LANE,
+    )
+    _copy_row(total, out_row)
+    return sums
 
 
 @njit(cache=True)
@@ -132,34 +205,38 @@ def scale_row(out_row, denominator):
 
 
 @njit(parallel=True, cache=True)
-def bag_sum(weight, indices, offsets, out, padding_idx=NO_PADDING):
+def bag_sum(weight, indices, offsets, out, padding_idx=NO_PADDING, lanes=None):
     """out[b] = sum of the rows of bag b.
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
     for b in prange(out.shape[0]):
-        sum_rows(weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b])
+        sum_rows(weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b], lanes)
 
 
 @njit(parallel=True, cache=True)
-def bag_mean(weight, indices, offsets, out, padding_idx=NO_PADDING):
+def bag_mean(weight, indices, offsets, out, padding_idx=NO_PADDING, lanes=None):
     """out[b] = mean of the rows of bag b (padding not counted).
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
     for b in prange(out.shape[0]):
-        count = sum_rows(weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b])
+        count = sum_rows(
+            weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b], lanes
+        )
         scale_row(out[b], count)
 
 
 @njit(parallel=True, cache=True)
-def bag_sqrtn(weight, indices, offsets, out, padding_idx=NO_PADDING):
+def bag_sqrtn(weight, indices, offsets, out, padding_idx=NO_PADDING, lanes=None):
     """out[b] = sum of the rows of bag b / sqrt(number of rows).
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
     for b in prange(out.shape[0]):
-        count = sum_rows(weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b])
+        count = sum_rows(
+            weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b], lanes
+        )
         scale_row(out[b], math.sqrt(count))
 
 
@@ -191,7 +268,7 @@ def bag_max_argmax(weight, indices, offsets, out, argmax, padding_idx=NO_PADDING
 
 @njit(parallel=True, cache=True)
 def bag_weighted_sum(
-    weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING
+    weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING, lanes=None
 ):
     """out[b] = sum_i w_i x_i over bag b.
 
@@ -206,12 +283,13 @@ def bag_weighted_sum(
             offsets[b + 1],
             padding_idx,
             out[b],
+            lanes,
         )
 
 
 @njit(parallel=True, cache=True)
 def bag_weighted_mean(
-    weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING
+    weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING, lanes=None
 ):
     """out[b] = sum_i w_i x_i / sum_i w_i over bag b (zeros where sum_i w_i is 0).
 
@@ -226,13 +304,14 @@ def bag_weighted_mean(
             offsets[b + 1],
             padding_idx,
             out[b],
+            lanes,
         )
         scale_row(out[b], weight_sum)
 
 
 @njit(parallel=True, cache=True)
 def bag_weighted_sqrtn(
-    weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING
+    weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING, lanes=None
 ):
     """out[b] = sum_i w_i x_i / sqrt(sum_i w_i**2) over bag b (zeros where all w_i are 0).
 
@@ -247,6 +326,7 @@ def bag_weighted_sqrtn(
             offsets[b + 1],
             padding_idx,
             out[b],
+            lanes,
         )
         scale_row(out[b], math.sqrt(weight_square_sum))
 

@@ -17,22 +17,27 @@ Conventions (argument order is the same in every kernel)::
 
 Bag kernels (one bag per parallel iteration)::
 
-    bag_sum(weight, indices, offsets, out, padding_idx=-1)
-    bag_mean(weight, indices, offsets, out, padding_idx=-1)
-    bag_sqrtn(weight, indices, offsets, out, padding_idx=-1)
+    bag_sum(weight, indices, offsets, out, padding_idx=-1, lanes=None)
+    bag_mean(weight, indices, offsets, out, padding_idx=-1, lanes=None)
+    bag_sqrtn(weight, indices, offsets, out, padding_idx=-1, lanes=None)
     bag_max(weight, indices, offsets, out, padding_idx=-1)
     bag_max_argmax(weight, indices, offsets, out, argmax, padding_idx=-1)
         # argmax (B, D) int64: position of each dimension's winner, -1 for empty bags
-    bag_weighted_sum(weight, indices, offsets, per_sample_weights, out, padding_idx=-1)
-    bag_weighted_mean(weight, indices, offsets, per_sample_weights, out, padding_idx=-1)
-    bag_weighted_sqrtn(weight, indices, offsets, per_sample_weights, out, padding_idx=-1)
+    bag_weighted_sum(weight, indices, offsets, per_sample_weights, out, padding_idx=-1,
+                     lanes=None)   # and bag_weighted_mean, bag_weighted_sqrtn
     renorm_rows(weight, rows, max_norm, norm_type)   # rows unique; in place
+
+    lanes = lanes_for(D)   # optional, for the sum family: a tuple of D // LANE entries
+        # when LANE divides D (up to LANE * MAX_LANES), else None.  With it the kernel
+        # is compiled for that D (once per D, cached) and keeps each bag's sum in
+        # registers: 1.1-1.6x faster; the result is bit for bit the generic kernel's.
 
 Per-bag functions (serial; reduce tokens start:end into one row, for your own loops)::
 
-    count = sum_rows(weight, indices, start, end, padding_idx, out_row)
+    count = sum_rows(weight, indices, start, end, padding_idx, out_row, lanes=None)
     weight_sum, weight_square_sum = weighted_sum_rows(weight, indices, per_sample_weights,
-                                                      start, end, padding_idx, out_row)
+                                                      start, end, padding_idx, out_row,
+                                                      lanes=None)
     count = max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row)
         # argmax_row: (D,) int64 to record the winners, or an empty array not to
     scale_row(out_row, denominator)            # divide, or zero when denominator == 0
@@ -89,6 +94,8 @@ from nbbag.cpu.backward import (
 )
 from nbbag.cpu.checks import index_range
 from nbbag.cpu.forward import (
+    LANE,
+    MAX_LANES,
     NO_PADDING,
     bag_max,
     bag_max_argmax,
@@ -98,6 +105,7 @@ from nbbag.cpu.forward import (
     bag_weighted_mean,
     bag_weighted_sqrtn,
     bag_weighted_sum,
+    lanes_for,
     max_rows,
     renorm_rows,
     row_norm,
@@ -132,7 +140,9 @@ __all__ = [
     "BETA1",
     "BETA2",
     "EPS",
+    "LANE",
     "LR",
+    "MAX_LANES",
     "MOMENTUM",
     "NO_PADDING",
     "ROW_WISE_ADAGRAD",
@@ -153,6 +163,7 @@ __all__ = [
     "contributing_rows",
     "group_positions_by_row",
     "index_range",
+    "lanes_for",
     "max_token_coefficients",
     "max_rows",
     "per_sample_weights_grad",
