@@ -11,59 +11,90 @@ from numba.extending import intrinsic
 
 LINE_BYTES = 64
 LINES_PER_BLOCK = 4  # one 256-byte block: a whole row of 64 float32s
+LANE = 16  # elements per lane of a stack_row: one cache line of float32
+
+
+def _emit_prefetches(context, builder, row_start, offsets):
+    """Prefetch (read, keep in all cache levels) ``row_start + offset`` for each of
+    ``offsets`` (LLVM values of type intp)."""
+    i8p = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+    prefetch = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    for offset in offsets:
+        address = builder.inttoptr(builder.add(row_start, offset), i8p)
+        # read access (0), high temporal locality (3), data cache (1)
+        builder.call(prefetch, [address, i32(0), i32(3), i32(1)])
+
+
+def _row_start(context, builder, table_type, table, row, row_type):
+    """The address of ``table[row, 0]`` as an intp."""
+    array = context.make_array(table_type)(context, builder, table)
+    intp = context.get_value_type(types.intp)
+    row_index = context.cast(builder, row, row_type, types.intp)
+    base = builder.ptrtoint(array.data, intp)
+    return array, builder.add(
+        base, builder.mul(row_index, builder.extract_value(array.strides, 0))
+    )
 
 
 @intrinsic
-def prefetch_row(typingctx, table, row):
+def prefetch_row(typingctx, table, row, lanes):
     """Hint the CPU to start loading ``table[row, :]`` into cache.
 
     The forward is latency-bound: each bag reads rows at random places in a table far
     larger than the cache (~200 ns a miss here).  Issuing the loads of rows a few tokens
     ahead overlaps those misses; it is what FBGEMM's JIT kernels do.  Every cache line of
     the row is requested (one line only was 2x slower: the hardware does not fetch the
-    rest), four at a time in straight-line code (8-10% faster than a loop of one line
-    per iteration); the offsets are clamped to the row's last byte, so a short row asks
-    for its own line twice rather than for a neighbour's.  A hint never faults, but
-    ``row`` must still be a valid row: the address is computed from it.
+    rest).  With ``lanes`` a tuple (the row is ``len(lanes) * LANE`` elements, known at
+    compile time) exactly the row's lines are requested, in straight-line code.  With
+    ``lanes`` None the row's length is read from the table: four lines at a time in
+    straight-line code (8-10% faster than a loop of one line per iteration), the
+    offsets clamped to the row's last byte, so a short row asks for its own line twice
+    rather than for a neighbour's.  A hint never faults, but ``row`` must still be a
+    valid row: the address is computed from it.
     """
     if not (isinstance(table, types.Array) and table.ndim == 2):
         return None
-    sig = types.void(table, row)
+    fixed = isinstance(lanes, types.UniTuple)
+    if not (fixed or isinstance(lanes, (types.NoneType, types.Omitted))):
+        return None
+    sig = types.void(table, row, lanes)
+    item_bytes_of = lambda context: context.get_abi_sizeof(  # noqa: E731
+        context.get_data_type(table.dtype)
+    )
 
-    def codegen(context, builder, signature, args):
-        table_type = signature.args[0]
-        array = context.make_array(table_type)(context, builder, args[0])
+    def codegen_fixed(context, builder, signature, args):
+        _, row_start = _row_start(context, builder, table, args[0], args[1], row)
         intp = context.get_value_type(types.intp)
-        row_index = context.cast(builder, args[1], signature.args[1], types.intp)
-        item_bytes = context.get_abi_sizeof(context.get_data_type(table_type.dtype))
-        row_bytes = builder.mul(builder.extract_value(array.shape, 1), intp(item_bytes))
-        last_byte = builder.sub(row_bytes, intp(1))
-        base = builder.ptrtoint(array.data, intp)
-        row_start = builder.add(
-            base, builder.mul(row_index, builder.extract_value(array.strides, 0))
+        row_bytes = lanes.count * LANE * item_bytes_of(context)
+        offsets = [intp(offset) for offset in range(0, row_bytes, LINE_BYTES)]
+        _emit_prefetches(context, builder, row_start, offsets)
+        return context.get_dummy_value()
+
+    def codegen_runtime(context, builder, signature, args):
+        array, row_start = _row_start(context, builder, table, args[0], args[1], row)
+        intp = context.get_value_type(types.intp)
+        row_bytes = builder.mul(
+            builder.extract_value(array.shape, 1), intp(item_bytes_of(context))
         )
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        prefetch = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        last_byte = builder.sub(row_bytes, intp(1))
         block_bytes = intp(LINE_BYTES * LINES_PER_BLOCK)
         with cgutils.for_range_slice(builder, intp(0), row_bytes, block_bytes) as (
             block,
             _,
         ):
+            offsets = []
             for line in range(LINES_PER_BLOCK):
                 offset = builder.add(block, intp(line * LINE_BYTES))
                 is_past_row = builder.icmp_signed(">", offset, last_byte)
-                offset = builder.select(is_past_row, last_byte, offset)
-                address = builder.inttoptr(builder.add(row_start, offset), i8p)
-                # read access (0), high temporal locality (3), data cache (1)
-                builder.call(prefetch, [address, i32(0), i32(3), i32(1)])
+                offsets.append(builder.select(is_past_row, last_byte, offset))
+            _emit_prefetches(context, builder, row_start, offsets)
         return context.get_dummy_value()
 
-    return sig, codegen
-
-
-LANE = 16  # elements per lane of a stack_row: one cache line of float32
+    if fixed:
+        return sig, codegen_fixed
+    return sig, codegen_runtime
 
 
 @intrinsic

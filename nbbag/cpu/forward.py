@@ -20,7 +20,8 @@ validation: :func:`nbbag.embedding_bag` is the safe entry point.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from nbbag.cpu._intrinsics import LANE, prefetch_row, stack_row
 
@@ -46,11 +47,27 @@ def lanes_for(width: int):
     return _LANES.get(width)
 
 
+def row_width(row, lanes):
+    """The number of elements of ``row``: ``len(lanes) * LANE``, a compile-time
+    constant, when ``lanes`` is a tuple; ``row.shape[0]`` when it is None."""
+    if lanes is None:
+        return row.shape[0]
+    return len(lanes) * LANE
+
+
+@overload(row_width, inline="always")
+def _row_width(row, lanes):
+    if isinstance(lanes, (types.NoneType, types.Omitted)):
+        return lambda row, lanes: row.shape[0]
+    return lambda row, lanes: len(lanes) * LANE
+
+
 @njit(cache=True, inline="always")
-def _add_rows(weight, indices, start, end, padding_idx, total, width):
-    """Set ``total[:width]`` to the sum of rows ``indices[start:end]`` (padding left
-    out); return how many tokens were summed.  Inlined, so a constant ``width`` (from
-    ``lanes``) reaches LLVM as one."""
+def _add_rows(weight, indices, start, end, padding_idx, total, lanes):
+    """Set ``total`` to the sum of rows ``indices[start:end]`` (padding left out);
+    return how many tokens were summed.  With ``lanes`` a tuple, the row's width is a
+    compile-time constant here (see :func:`row_width`)."""
+    width = row_width(total, lanes)
     for d in range(width):
         total[d] = 0
     count = 0
@@ -59,7 +76,7 @@ def _add_rows(weight, indices, start, end, padding_idx, total, width):
     prefetch_end = indices.shape[0]
     for position in range(start, end):
         if position + PREFETCH_DISTANCE < prefetch_end:
-            prefetch_row(weight, indices[position + PREFETCH_DISTANCE])
+            prefetch_row(weight, indices[position + PREFETCH_DISTANCE], lanes)
         row = indices[position]
         if row == padding_idx:
             continue
@@ -71,10 +88,11 @@ def _add_rows(weight, indices, start, end, padding_idx, total, width):
 
 @njit(cache=True, inline="always")
 def _add_weighted_rows(
-    weight, indices, per_sample_weights, start, end, padding_idx, total, width
+    weight, indices, per_sample_weights, start, end, padding_idx, total, lanes
 ):
-    """Set ``total[:width]`` to sum_i w_i * weight[indices[i]] over ``start:end``
-    (padding left out); return (sum_i w_i, sum_i w_i**2) over the same tokens."""
+    """Set ``total`` to sum_i w_i * weight[indices[i]] over ``start:end`` (padding left
+    out); return (sum_i w_i, sum_i w_i**2) over the same tokens."""
+    width = row_width(total, lanes)
     for d in range(width):
         total[d] = 0
     weight_sum = 0.0
@@ -82,7 +100,7 @@ def _add_weighted_rows(
     prefetch_end = indices.shape[0]
     for position in range(start, end):
         if position + PREFETCH_DISTANCE < prefetch_end:
-            prefetch_row(weight, indices[position + PREFETCH_DISTANCE])
+            prefetch_row(weight, indices[position + PREFETCH_DISTANCE], lanes)
         row = indices[position]
         if row == padding_idx:
             continue
@@ -111,11 +129,9 @@ def sum_rows(weight, indices, start, end, padding_idx, out_row, lanes=None):
     Ownership: the caller owns ``out_row``; nothing else is written.
     """
     if lanes is None:
-        return _add_rows(
-            weight, indices, start, end, padding_idx, out_row, out_row.shape[0]
-        )
+        return _add_rows(weight, indices, start, end, padding_idx, out_row, lanes)
     total = stack_row(weight, lanes)
-    count = _add_rows(weight, indices, start, end, padding_idx, total, len(lanes) * LANE)
+    count = _add_rows(weight, indices, start, end, padding_idx, total, lanes)
     _copy_row(total, out_row)
     return count
 
@@ -139,7 +155,7 @@ def weighted_sum_rows(
             end,
             padding_idx,
             out_row,
-            out_row.shape[0],
+            lanes,
         )
     total = stack_row(weight, lanes)
     sums = _add_weighted_rows(
@@ -150,7 +166,7 @@ def weighted_sum_rows(
         end,
         padding_idx,
         total,
-        len(lanes) * LANE,
+        lanes,
     )
     _copy_row(total, out_row)
     return sums
@@ -171,7 +187,7 @@ def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row):
     prefetch_end = indices.shape[0]
     for position in range(start, end):
         if position + PREFETCH_DISTANCE < prefetch_end:
-            prefetch_row(weight, indices[position + PREFETCH_DISTANCE])
+            prefetch_row(weight, indices[position + PREFETCH_DISTANCE], None)
         row = indices[position]
         if row == padding_idx:
             continue

@@ -58,11 +58,11 @@ def step_hyper(hyper, step, weight):
 @njit(cache=True)
 def prefetch_update(row, weight, state, second_state):
     """Start loading the rows ``update_row`` will read and write for ``row``."""
-    prefetch_row(weight, row)
+    prefetch_row(weight, row, None)
     if state.shape[0] > 0:
-        prefetch_row(state, row)
+        prefetch_row(state, row, None)
     if second_state.shape[0] > 0:
-        prefetch_row(second_state, row)
+        prefetch_row(second_state, row, None)
 
 
 @njit(cache=True)
