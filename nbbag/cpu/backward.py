@@ -32,7 +32,8 @@ MAX_RADIX_BITS = 12  # at most 4096 buckets: two passes sort the rows of a 16M-r
 @njit(cache=True)
 def bag_denominator(indices, per_sample_weights, start, end, padding_idx, mode):
     """What bag ``start:end``'s sum is divided by: 1 (sum), sum_i w_i (mean),
-    sqrt(sum_i w_i**2) (sqrtn), with w_i = 1 without weights; padding left out."""
+    sqrt(sum_i w_i**2) (sqrtn), with w_i = 1 without weights; padding left out.
+    Shared with the GPU (a leaf)."""
     if mode == SUM:
         return 1.0
     weighted = per_sample_weights.shape[0] > 0
@@ -43,6 +44,43 @@ def bag_denominator(indices, per_sample_weights, start, end, padding_idx, mode):
         w = per_sample_weights[position] if weighted else 1.0
         total += w if mode == MEAN else w * w
     return total if mode == MEAN else math.sqrt(total)
+
+
+@njit(cache=True, inline="always")
+def bag_token_coefficients(
+    indices, per_sample_weights, start, end, padding_idx, b, scale, bag_of, coefficients
+):
+    """Bag b's tokens ``start:end``: ``bag_of[p]`` = b (-1 for padding) and
+    ``coefficients[p]`` = w_p * ``scale`` (0 for padding), w_p = 1 without weights.
+    Shared with the GPU (a leaf: no call).
+
+    Ownership: the caller owns positions start:end of bag_of and coefficients.
+    """
+    weighted = per_sample_weights.shape[0] > 0
+    for position in range(start, end):
+        if indices[position] == padding_idx:
+            bag_of[position] = -1
+            coefficients[position] = 0.0
+        else:
+            bag_of[position] = b
+            w = per_sample_weights[position] if weighted else 1.0
+            coefficients[position] = w * scale
+
+
+@njit(cache=True, inline="always")
+def bag_max_coefficients(indices, argmax, start, end, padding_idx, b, bag_of, coefficients):
+    """Bag b's tokens ``start:end`` for max: ``bag_of[p]`` = b (-1 for padding) and
+    ``coefficients[p]`` = 1 if token p won a dimension of the bag (``argmax[b]``), else
+    0.  Shared with the GPU (a leaf: no call).
+
+    Ownership: the caller owns positions start:end (every winner of bag b lies there).
+    """
+    for position in range(start, end):
+        bag_of[position] = -1 if indices[position] == padding_idx else b
+        coefficients[position] = 0.0
+    for d in range(argmax.shape[1]):
+        if argmax[b, d] >= 0:
+            coefficients[argmax[b, d]] = 1.0
 
 
 @njit(parallel=True, cache=True)
@@ -56,21 +94,22 @@ def token_coefficients(
 
     Ownership: iteration b of the prange writes positions offsets[b]:offsets[b+1] only.
     """
-    weighted = per_sample_weights.shape[0] > 0
     for b in prange(offsets.shape[0] - 1):
         start, end = offsets[b], offsets[b + 1]
         denominator = bag_denominator(
             indices, per_sample_weights, start, end, padding_idx, mode
         )
-        scale = 0.0 if denominator == 0 else 1.0 / denominator
-        for position in range(start, end):
-            if indices[position] == padding_idx:
-                bag_of[position] = -1
-                coefficients[position] = 0.0
-            else:
-                bag_of[position] = b
-                w = per_sample_weights[position] if weighted else 1.0
-                coefficients[position] = w * scale
+        bag_token_coefficients(
+            indices,
+            per_sample_weights,
+            start,
+            end,
+            padding_idx,
+            b,
+            0.0 if denominator == 0 else 1.0 / denominator,
+            bag_of,
+            coefficients,
+        )
 
 
 @njit(parallel=True, cache=True)
@@ -82,12 +121,16 @@ def max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coeffi
     (every winner of bag b lies in bag b).
     """
     for b in prange(offsets.shape[0] - 1):
-        for position in range(offsets[b], offsets[b + 1]):
-            bag_of[position] = -1 if indices[position] == padding_idx else b
-            coefficients[position] = 0.0
-        for d in range(argmax.shape[1]):
-            if argmax[b, d] >= 0:
-                coefficients[argmax[b, d]] = 1.0
+        bag_max_coefficients(
+            indices,
+            argmax,
+            offsets[b],
+            offsets[b + 1],
+            padding_idx,
+            b,
+            bag_of,
+            coefficients,
+        )
 
 
 @njit(parallel=True, cache=True)
@@ -182,6 +225,16 @@ def group_positions_by_row(indices, bag_of, num_rows, num_chunks):
     return rows, row_ptr, positions[:count]
 
 
+@njit(cache=True, inline="always")
+def row_contributes(coefficients, positions, start, end):
+    """Whether any of the tokens ``positions[start:end]`` has a non-zero coefficient.
+    Shared with the GPU (a leaf).  Writes nothing."""
+    for i in range(start, end):
+        if coefficients[positions[i]] != 0:
+            return True
+    return False
+
+
 @njit(parallel=True, cache=True)
 def contributing_rows(coefficients, positions, row_ptr, contributes):
     """``contributes[k]`` = whether any token of row k has a non-zero coefficient.
@@ -189,12 +242,9 @@ def contributing_rows(coefficients, positions, row_ptr, contributes):
     Ownership: iteration k of the prange writes ``contributes[k]`` only.
     """
     for k in prange(row_ptr.shape[0] - 1):
-        found = False
-        for i in range(row_ptr[k], row_ptr[k + 1]):
-            if coefficients[positions[i]] != 0:
-                found = True
-                break
-        contributes[k] = found
+        contributes[k] = row_contributes(
+            coefficients, positions, row_ptr[k], row_ptr[k + 1]
+        )
 
 
 @njit(cache=True, inline="always")  # in a parfor the arrays do not alias: vectorises
@@ -271,6 +321,50 @@ def accumulate_rows(
             )
 
 
+@njit(cache=True, inline="always")
+def bag_weights_grad(
+    weight,
+    indices,
+    per_sample_weights,
+    out,
+    grad_output,
+    start,
+    end,
+    padding_idx,
+    mode,
+    b,
+    denominator,
+    weights_grad,
+):
+    """``weights_grad`` at bag b's tokens ``start:end`` (see ``per_sample_weights_grad``;
+    ``denominator`` from ``bag_denominator``).  Shared with the GPU (a leaf).
+
+    Ownership: the caller owns positions start:end of weights_grad.
+    """
+    dim = grad_output.shape[1]
+    gradient_dot_out = 0.0
+    if mode != SUM:
+        for d in range(dim):
+            gradient_dot_out += float(grad_output[b, d]) * out[b, d]
+    for position in range(start, end):
+        row = indices[position]
+        if row == padding_idx or denominator == 0:
+            weights_grad[position] = 0.0
+            continue
+        gradient_dot_row = 0.0
+        for d in range(dim):
+            gradient_dot_row += float(grad_output[b, d]) * weight[row, d]
+        if mode == SUM:
+            weights_grad[position] = gradient_dot_row
+        elif mode == MEAN:
+            weights_grad[position] = (gradient_dot_row - gradient_dot_out) / denominator
+        else:
+            w = per_sample_weights[position]
+            weights_grad[position] = (
+                gradient_dot_row - gradient_dot_out * w / denominator
+            ) / denominator
+
+
 @njit(parallel=True, cache=True)
 def per_sample_weights_grad(
     weight,
@@ -293,28 +387,17 @@ def per_sample_weights_grad(
     """
     for b in prange(offsets.shape[0] - 1):
         start, end = offsets[b], offsets[b + 1]
-        denominator = bag_denominator(
-            indices, per_sample_weights, start, end, padding_idx, mode
+        bag_weights_grad(
+            weight,
+            indices,
+            per_sample_weights,
+            out,
+            grad_output,
+            start,
+            end,
+            padding_idx,
+            mode,
+            b,
+            bag_denominator(indices, per_sample_weights, start, end, padding_idx, mode),
+            weights_grad,
         )
-        gradient = grad_output[b]
-        gradient_dot_out = 0.0
-        if mode != SUM:
-            for d in range(gradient.shape[0]):
-                gradient_dot_out += float(gradient[d]) * out[b, d]
-        for position in range(start, end):
-            row = indices[position]
-            if row == padding_idx or denominator == 0:
-                weights_grad[position] = 0.0
-                continue
-            gradient_dot_row = 0.0
-            for d in range(gradient.shape[0]):
-                gradient_dot_row += float(gradient[d]) * weight[row, d]
-            if mode == SUM:
-                weights_grad[position] = gradient_dot_row
-            elif mode == MEAN:
-                weights_grad[position] = (gradient_dot_row - gradient_dot_out) / denominator
-            else:
-                w = per_sample_weights[position]
-                weights_grad[position] = (
-                    gradient_dot_row - gradient_dot_out * w / denominator
-                ) / denominator

@@ -18,33 +18,25 @@ The CPU pipeline (:mod:`nbbag.cpu.backward`), step for step, on the device:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import cuda
 
+from nbbag.cpu import backward as cpu_backward
+from nbbag.cpu.backward import MAX, MEAN, SQRTN, SUM  # noqa: F401  (nbbag.Mode's values)
 from nbbag.cuda import arrays, launch
 from nbbag.cuda.forward import group_item
+from nbbag.cuda.twin import device_twin
 
-SUM, MEAN, MAX, SQRTN = 0, 1, 2, 3  # nbbag.Mode's values
 RADIX_BITS = 8  # at most 256 buckets a pass: three passes sort a 16M-row table
 RADIX_BUCKETS = 1 << RADIX_BITS
 
 
-@cuda.jit(device=True)
-def bag_denominator_dev(indices, per_sample_weights, start, end, padding_idx, mode):
-    """What bag start:end's sum is divided by: 1 (sum), sum_i w_i (mean),
-    sqrt(sum_i w_i**2) (sqrtn), with w_i = 1 without weights; padding left out."""
-    if mode == SUM:
-        return 1.0
-    weighted = per_sample_weights.shape[0] > 0
-    total = 0.0
-    for position in range(start, end):
-        if indices[position] == padding_idx:
-            continue
-        w = per_sample_weights[position] if weighted else 1.0
-        total += w if mode == MEAN else w * w
-    return total if mode == MEAN else math.sqrt(total)
+# The per-bag and per-row math, one source with the CPU kernels (nbbag.cuda.twin).
+bag_denominator_dev = device_twin(cpu_backward.bag_denominator)
+bag_token_coefficients_dev = device_twin(cpu_backward.bag_token_coefficients)
+bag_max_coefficients_dev = device_twin(cpu_backward.bag_max_coefficients)
+row_contributes_dev = device_twin(cpu_backward.row_contributes)
+bag_weights_grad_dev = device_twin(cpu_backward.bag_weights_grad)
 
 
 @cuda.jit
@@ -57,21 +49,22 @@ def token_coefficients(
 
     Ownership: thread b writes positions offsets[b]:offsets[b+1] only (grid-stride).
     """
-    weighted = per_sample_weights.shape[0] > 0
     for b in range(cuda.grid(1), offsets.shape[0] - 1, cuda.gridsize(1)):
         start, end = offsets[b], offsets[b + 1]
         denominator = bag_denominator_dev(
             indices, per_sample_weights, start, end, padding_idx, mode
         )
-        scale = 0.0 if denominator == 0 else 1.0 / denominator
-        for position in range(start, end):
-            if indices[position] == padding_idx:
-                bag_of[position] = -1
-                coefficients[position] = 0.0
-            else:
-                bag_of[position] = b
-                w = per_sample_weights[position] if weighted else 1.0
-                coefficients[position] = w * scale
+        bag_token_coefficients_dev(
+            indices,
+            per_sample_weights,
+            start,
+            end,
+            padding_idx,
+            b,
+            0.0 if denominator == 0 else 1.0 / denominator,
+            bag_of,
+            coefficients,
+        )
 
 
 @cuda.jit
@@ -83,12 +76,16 @@ def max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coeffi
     of bag b lies in bag b; grid-stride).
     """
     for b in range(cuda.grid(1), offsets.shape[0] - 1, cuda.gridsize(1)):
-        for position in range(offsets[b], offsets[b + 1]):
-            bag_of[position] = -1 if indices[position] == padding_idx else b
-            coefficients[position] = 0.0
-        for d in range(argmax.shape[1]):
-            if argmax[b, d] >= 0:
-                coefficients[argmax[b, d]] = 1.0
+        bag_max_coefficients_dev(
+            indices,
+            argmax,
+            offsets[b],
+            offsets[b + 1],
+            padding_idx,
+            b,
+            bag_of,
+            coefficients,
+        )
 
 
 @cuda.jit
@@ -306,12 +303,8 @@ def contributing_rows(coefficients, positions, row_ptr, contributes):
     Ownership: thread k writes contributes[k] (grid-stride).
     """
     for k in range(cuda.grid(1), row_ptr.shape[0] - 1, cuda.gridsize(1)):
-        found = 0
-        for i in range(row_ptr[k], row_ptr[k + 1]):
-            if coefficients[positions[i]] != 0:
-                found = 1
-                break
-        contributes[k] = found
+        found = row_contributes_dev(coefficients, positions, row_ptr[k], row_ptr[k + 1])
+        contributes[k] = 1 if found else 0
 
 
 @cuda.jit
@@ -453,27 +446,17 @@ def per_sample_weights_grad(
     """
     for b in range(cuda.grid(1), offsets.shape[0] - 1, cuda.gridsize(1)):
         start, end = offsets[b], offsets[b + 1]
-        denominator = bag_denominator_dev(
-            indices, per_sample_weights, start, end, padding_idx, mode
+        bag_weights_grad_dev(
+            weight,
+            indices,
+            per_sample_weights,
+            out,
+            grad_output,
+            start,
+            end,
+            padding_idx,
+            mode,
+            b,
+            bag_denominator_dev(indices, per_sample_weights, start, end, padding_idx, mode),
+            weights_grad,
         )
-        gradient_dot_out = 0.0
-        if mode != SUM:
-            for d in range(grad_output.shape[1]):
-                gradient_dot_out += float(grad_output[b, d]) * out[b, d]
-        for position in range(start, end):
-            row = indices[position]
-            if row == padding_idx or denominator == 0:
-                weights_grad[position] = 0.0
-                continue
-            gradient_dot_row = 0.0
-            for d in range(grad_output.shape[1]):
-                gradient_dot_row += float(grad_output[b, d]) * weight[row, d]
-            if mode == SUM:
-                weights_grad[position] = gradient_dot_row
-            elif mode == MEAN:
-                weights_grad[position] = (gradient_dot_row - gradient_dot_out) / denominator
-            else:
-                w = per_sample_weights[position]
-                weights_grad[position] = (
-                    gradient_dot_row - gradient_dot_out * w / denominator
-                ) / denominator
