@@ -18,6 +18,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from nbbag.cpu import optim as cpu_optim
 from nbbag.cpu.optim import (
     ADAGRAD,
     ADAM,
@@ -33,6 +34,7 @@ from nbbag.cpu.optim import (
     WEIGHT_DECAY,
 )
 from nbbag.cuda.backward import row_gradient_dim_dev
+from nbbag.cuda.twin import device_twin
 
 __all__ = [
     "ADAGRAD",
@@ -49,32 +51,13 @@ __all__ = [
 
 
 def step_hyper(hyper: np.ndarray, step: int, dtype) -> np.ndarray:
-    """``hyper`` in the weight's dtype with ADAM_STEP_SIZE filled in, as the CPU's
-    ``step_hyper`` computes it (in float64)."""
-    local = hyper.astype(dtype)
-    local[ADAM_STEP_SIZE] = (
-        hyper[LR] * math.sqrt(1.0 - hyper[BETA2] ** step) / (1.0 - hyper[BETA1] ** step)
-    )
-    return local
+    """``hyper`` in the weight's dtype with ADAM_STEP_SIZE filled in: the CPU's
+    ``step_hyper``, run as plain Python on the host (in float64)."""
+    return cpu_optim.step_hyper.py_func(hyper, step, np.empty(0, dtype=dtype))
 
 
-@cuda.jit(device=True)
-def skipped_steps_matrix_dev(lr, momentum, weight_decay, steps):
-    """The 2x2 matrix (a, b, c, d) of ``steps`` gradient-free SGD steps:
-    w_k = a w + b u, u_k = c w + d u.  Binary powering: O(log steps)."""
-    a, b, c, d = 1.0, 0.0, 0.0, 1.0
-    pa, pb, pc, pd = 1.0 - lr * weight_decay, -lr * momentum, weight_decay, momentum
-    while steps > 0:
-        if steps & 1:
-            a, b, c, d = a * pa + b * pc, a * pb + b * pd, c * pa + d * pc, c * pb + d * pd
-        pa, pb, pc, pd = (
-            pa * pa + pb * pc,
-            pa * pb + pb * pd,
-            pc * pa + pd * pc,
-            pc * pb + pd * pd,
-        )
-        steps >>= 1
-    return a, b, c, d
+# One source with the CPU kernels (nbbag.cuda.twin).
+skipped_steps_matrix_dev = device_twin(cpu_optim.skipped_steps_matrix)
 
 
 @cuda.jit(device=True)
@@ -163,6 +146,38 @@ def row_epilogue_dev(kind, row, row_state, last_step, step, accumulator):
         row_state[row] = accumulator
 
 
+@cuda.jit(device=True)
+def update_group_dev(
+    kind, weight, rows, k, active, grad_rows, g, state, second_state, row_state,
+    last_step, hyper, step,
+):  # fmt: skip
+    """The calling group's step of row rows[k] with gradient grad_rows[g, :D] when
+    ``active``: every lane reads the row's scalar state (``row_prologue_dev``), the
+    block meets, the lanes update their dimensions and lane 0 the scalar state
+    (``row_epilogue_dev``), the block meets again.  Every thread of the block must
+    call it, active or not (two ``syncthreads``).
+
+    Ownership: the group writes row rows[k] of weight and state (lane l, dimensions
+    l, l + group, ...; lane 0 the row's scalar state).
+    """
+    behind = 0
+    accumulator = 0.0
+    if active:
+        behind, accumulator = row_prologue_dev(
+            kind, rows[k], grad_rows[g, : weight.shape[1]], weight, row_state,
+            last_step, hyper, step,
+        )  # fmt: skip
+    cuda.syncthreads()
+    if active:
+        update_dims_dev(
+            kind, rows[k], grad_rows[g, : weight.shape[1]], weight, state, second_state,
+            last_step, hyper, behind, accumulator, cuda.threadIdx.x, cuda.blockDim.x,
+        )  # fmt: skip
+        if cuda.threadIdx.x == 0:
+            row_epilogue_dev(kind, rows[k], row_state, last_step, step, accumulator)
+    cuda.syncthreads()
+
+
 @cuda.jit
 def apply_row_gradients(
     kind, weight, rows, values, state, second_state, row_state, last_step, hyper, step
@@ -178,22 +193,10 @@ def apply_row_gradients(
         cuda.blockIdx.x * per_block, rows.shape[0], cuda.gridDim.x * per_block
     ):
         k = base + cuda.threadIdx.y
-        active = k < rows.shape[0]
-        behind = 0
-        accumulator = 0.0
-        if active:
-            behind, accumulator = row_prologue_dev(
-                kind, rows[k], values[k], weight, row_state, last_step, hyper, step
-            )
-        cuda.syncthreads()
-        if active:
-            update_dims_dev(
-                kind, rows[k], values[k], weight, state, second_state, last_step, hyper,
-                behind, accumulator, cuda.threadIdx.x, cuda.blockDim.x,
-            )  # fmt: skip
-            if cuda.threadIdx.x == 0:
-                row_epilogue_dev(kind, rows[k], row_state, last_step, step, accumulator)
-        cuda.syncthreads()
+        update_group_dev(
+            kind, weight, rows, k, k < rows.shape[0], values, k, state, second_state,
+            row_state, last_step, hyper, step,
+        )  # fmt: skip
 
 
 @cuda.jit
@@ -240,21 +243,10 @@ def apply_fused(
                     row_ptr[k + 1], scale_grad_by_freq, d,
                 )  # fmt: skip
         cuda.syncthreads()
-        behind = 0
-        accumulator = 0.0
-        if active:
-            behind, accumulator = row_prologue_dev(
-                kind, rows[k], grad_row, weight, row_state, last_step, hyper, step
-            )
-        cuda.syncthreads()
-        if active:
-            update_dims_dev(
-                kind, rows[k], grad_row, weight, state, second_state, last_step, hyper,
-                behind, accumulator, cuda.threadIdx.x, cuda.blockDim.x,
-            )  # fmt: skip
-            if cuda.threadIdx.x == 0:
-                row_epilogue_dev(kind, rows[k], row_state, last_step, step, accumulator)
-        cuda.syncthreads()
+        update_group_dev(
+            kind, weight, rows, k, active, scratch, slot, state, second_state, row_state,
+            last_step, hyper, step,
+        )  # fmt: skip
 
 
 @cuda.jit
