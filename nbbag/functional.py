@@ -8,7 +8,13 @@ import numba
 import numpy as np
 
 from nbbag._device import cuda_backend, is_device_array
-from nbbag._validate import BagBatch, BagContext, check_grad_output, validate_forward
+from nbbag._validate import (
+    BagBatch,
+    BagContext,
+    check_grad_output,
+    check_weights_grad_request,
+    validate_forward,
+)
 from nbbag.cpu import backward, forward
 from nbbag.modes import Mode
 from nbbag.sparse import RowSparseGrad
@@ -218,16 +224,19 @@ def embedding_bag_bwd(
             deterministic=deterministic,
         )
     grad_output = check_grad_output(grad_output, ctx)
-    batch = ctx.batch
-    if per_sample_weights_grad and batch.per_sample_weights is None:
-        raise ValueError(
-            "per_sample_weights_grad=True needs per_sample_weights in the forward"
-        )
+    check_weights_grad_request(per_sample_weights_grad, ctx.batch)
     grad = _weight_grad(grad_output, ctx)
     if not per_sample_weights_grad:
         return grad
-    weights_grad = np.zeros_like(batch.per_sample_weights)
-    backward.per_sample_weights_grad(
+    weights_grad = np.zeros_like(ctx.batch.per_sample_weights)
+    backward.per_sample_weights_grad(*weights_grad_args(grad_output, ctx), weights_grad)
+    return grad, weights_grad.reshape(ctx.indices_shape)
+
+
+def weights_grad_args(grad_output, ctx: BagContext) -> tuple:
+    """``per_sample_weights_grad``'s arguments but the output, either backend."""
+    batch = ctx.batch
+    return (
         batch.weight,
         batch.indices,
         batch.offsets,
@@ -236,9 +245,7 @@ def embedding_bag_bwd(
         grad_output,
         batch.padding_idx,
         int(batch.mode),
-        weights_grad,
     )
-    return grad, weights_grad.reshape(ctx.indices_shape)
 
 
 def _forward(batch: BagBatch, record_argmax: bool = False):
@@ -286,6 +293,11 @@ class TokenGroups(NamedTuple):
     positions: np.ndarray  # token positions grouped by row, increasing within a row
     value_index: np.ndarray  # (U,) row k's slot among the contributing rows, or -1
     num_contributing: int
+
+    def token_args(self) -> tuple:
+        """What every row-gradient kernel (``accumulate_rows``, ``apply_fused``) takes
+        after ``grad_output``: (bag_of, coefficients, argmax, positions, row_ptr)."""
+        return self.bag_of, self.coefficients, self.argmax, self.positions, self.row_ptr
 
 
 def group_tokens(ctx: BagContext) -> TokenGroups:
@@ -352,11 +364,7 @@ def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
     values = np.empty((groups.num_contributing, dim), dtype=ctx.batch.weight.dtype)
     backward.accumulate_rows(
         grad_output,
-        groups.bag_of,
-        groups.coefficients,
-        groups.argmax,
-        groups.positions,
-        groups.row_ptr,
+        *groups.token_args(),
         groups.value_index,
         ctx.batch.scale_grad_by_freq,
         values,
