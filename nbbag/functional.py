@@ -19,18 +19,26 @@ from nbbag.cpu import backward, forward
 from nbbag.modes import Mode
 from nbbag.sparse import RowSparseGrad
 
+
+def kernels_by_mode(kernels) -> tuple[dict, dict]:
+    """(unweighted, weighted) bag kernels by mode, from a module of bag kernels:
+    :mod:`nbbag.cpu.forward` or :mod:`nbbag.cuda.forward` (the same names)."""
+    unweighted = {
+        Mode.SUM: kernels.bag_sum,
+        Mode.MEAN: kernels.bag_mean,
+        Mode.SQRTN: kernels.bag_sqrtn,
+        Mode.MAX: kernels.bag_max,
+    }
+    weighted = {
+        Mode.SUM: kernels.bag_weighted_sum,
+        Mode.MEAN: kernels.bag_weighted_mean,
+        Mode.SQRTN: kernels.bag_weighted_sqrtn,
+    }
+    return unweighted, weighted
+
+
 # A kernel per mode, chosen once per call: the inner loops never branch on the mode.
-_UNWEIGHTED_KERNELS = {
-    Mode.SUM: forward.bag_sum,
-    Mode.MEAN: forward.bag_mean,
-    Mode.SQRTN: forward.bag_sqrtn,
-    Mode.MAX: forward.bag_max,
-}
-_WEIGHTED_KERNELS = {
-    Mode.SUM: forward.bag_weighted_sum,
-    Mode.MEAN: forward.bag_weighted_mean,
-    Mode.SQRTN: forward.bag_weighted_sqrtn,
-}
+_UNWEIGHTED_KERNELS, _WEIGHTED_KERNELS = kernels_by_mode(forward)
 
 
 def embedding_bag(
@@ -300,6 +308,26 @@ class TokenGroups(NamedTuple):
         return self.bag_of, self.coefficients, self.argmax, self.positions, self.row_ptr
 
 
+def coefficients_kernel(kernels, ctx: BagContext, unweighted, bag_of, coefficients):
+    """(kernel, arguments) that fill ``bag_of`` and ``coefficients``, from a module of
+    backward kernels (:mod:`nbbag.cpu.backward` or :mod:`nbbag.cuda.backward`):
+    ``max_token_coefficients`` for max, else ``token_coefficients`` (``unweighted``:
+    the empty array that stands for no weights)."""
+    batch = ctx.batch
+    if batch.mode == Mode.MAX:
+        args = (batch.indices, batch.offsets, ctx.argmax, batch.padding_idx)
+        return kernels.max_token_coefficients, (*args, bag_of, coefficients)
+    weights = batch.per_sample_weights
+    args = (
+        batch.indices,
+        batch.offsets,
+        weights if weights is not None else unweighted,
+        batch.padding_idx,
+        int(batch.mode),
+    )
+    return kernels.token_coefficients, (*args, bag_of, coefficients)
+
+
 def group_tokens(ctx: BagContext) -> TokenGroups:
     """Each token's bag and coefficient, and the tokens grouped by row (stable)."""
     batch = ctx.batch
@@ -311,25 +339,10 @@ def group_tokens(ctx: BagContext) -> TokenGroups:
     bag_of[batch.offsets[-1] :] = -1
     coefficients[batch.offsets[-1] :] = 0
     weights = batch.per_sample_weights
-    if batch.mode == Mode.MAX:
-        backward.max_token_coefficients(
-            batch.indices,
-            batch.offsets,
-            ctx.argmax,
-            batch.padding_idx,
-            bag_of,
-            coefficients,
-        )
-    else:
-        backward.token_coefficients(
-            batch.indices,
-            batch.offsets,
-            weights if weights is not None else np.empty(0, dtype=batch.weight.dtype),
-            batch.padding_idx,
-            int(batch.mode),
-            bag_of,
-            coefficients,
-        )
+    kernel, args = coefficients_kernel(
+        backward, ctx, np.empty(0, dtype=batch.weight.dtype), bag_of, coefficients
+    )
+    kernel(*args)
     rows, row_ptr, positions = backward.group_positions_by_row(
         batch.indices, bag_of, batch.weight.shape[0], numba.get_num_threads()
     )

@@ -20,17 +20,7 @@ from nbbag.cuda import arrays, backward, checks, forward, launch, optim
 from nbbag.modes import Mode
 from nbbag.sparse import RowSparseGrad
 
-_UNWEIGHTED_KERNELS = {
-    Mode.SUM: forward.bag_sum,
-    Mode.MEAN: forward.bag_mean,
-    Mode.SQRTN: forward.bag_sqrtn,
-    Mode.MAX: forward.bag_max,
-}
-_WEIGHTED_KERNELS = {
-    Mode.SUM: forward.bag_weighted_sum,
-    Mode.MEAN: forward.bag_weighted_mean,
-    Mode.SQRTN: forward.bag_weighted_sqrtn,
-}
+_UNWEIGHTED_KERNELS, _WEIGHTED_KERNELS = functional.kernels_by_mode(forward)
 
 validate_forward = checks.validate_forward
 
@@ -109,25 +99,10 @@ def group_tokens(ctx: BagContext) -> TokenGroups:
     num_bags = batch.num_bags
     if num_bags:
         grid, block = launch.linear(num_bags)
-        if batch.mode == Mode.MAX:
-            backward.max_token_coefficients[grid, block](
-                batch.indices,
-                batch.offsets,
-                ctx.argmax,
-                batch.padding_idx,
-                bag_of,
-                coefficients,
-            )
-        else:
-            backward.token_coefficients[grid, block](
-                batch.indices,
-                batch.offsets,
-                weights if weights is not None else arrays.empty(0, batch.weight.dtype),
-                batch.padding_idx,
-                int(batch.mode),
-                bag_of,
-                coefficients,
-            )
+        kernel, args = functional.coefficients_kernel(
+            backward, ctx, arrays.empty(0, batch.weight.dtype), bag_of, coefficients
+        )
+        kernel[grid, block](*args)
     rows, row_ptr, positions = backward.group_positions_by_row(
         batch.indices, bag_of, batch.weight.shape[0]
     )
