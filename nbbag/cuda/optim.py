@@ -56,8 +56,13 @@ def step_hyper(hyper: np.ndarray, step: int, dtype) -> np.ndarray:
     return cpu_optim.step_hyper.py_func(hyper, step, np.empty(0, dtype=dtype))
 
 
-# One source with the CPU kernels (nbbag.cuda.twin).
+# The per-element rules, one source with the CPU kernels (nbbag.cuda.twin).
 skipped_steps_matrix_dev = device_twin(cpu_optim.skipped_steps_matrix)
+advance_element_dev = device_twin(cpu_optim.advance_element)
+momentum_element_dev = device_twin(cpu_optim.momentum_element)
+adagrad_element_dev = device_twin(cpu_optim.adagrad_element)
+adam_element_dev = device_twin(cpu_optim.adam_element)
+row_wise_accumulator_dev = device_twin(cpu_optim.row_wise_accumulator)
 
 
 @cuda.jit(device=True)
@@ -69,10 +74,10 @@ def advance_dims_dev(row, steps, weight, momentum_buffer, hyper, first, stride):
     a, b, c, d = skipped_steps_matrix_dev(
         float(hyper[LR]), float(hyper[MOMENTUM]), float(hyper[WEIGHT_DECAY]), steps
     )
-    for i in range(first, weight.shape[1], stride):
-        w_i, u_i = weight[row, i], momentum_buffer[row, i]
-        weight[row, i] = a * w_i + b * u_i
-        momentum_buffer[row, i] = c * w_i + d * u_i
+    w = weight[row]
+    u = momentum_buffer[row]
+    for i in range(first, w.shape[0], stride):
+        advance_element_dev(w, u, i, a, b, c, d)
 
 
 @cuda.jit(device=True)
@@ -84,12 +89,7 @@ def row_prologue_dev(kind, row, grad_row, weight, row_state, last_step, hyper, s
     if kind == SGD and last_step.shape[0] > 0:
         behind = step - 1 - last_step[row]
     elif kind == ROW_WISE_ADAGRAD:
-        mean_square = 0.0
-        for i in range(grad_row.shape[0]):
-            mean_square += float(grad_row[i]) * grad_row[i]
-        accumulator = row_state[row]
-        if grad_row.shape[0] > 0:
-            accumulator += mean_square / grad_row.shape[0]
+        accumulator = row_wise_accumulator_dev(row_state[row], grad_row)
     return behind, accumulator
 
 
@@ -102,39 +102,36 @@ def update_dims_dev(
     its per-element state), the CPU ``update_row``'s rules.  Ownership: the caller
     owns those elements."""
     lr = hyper[LR]
-    dim = weight.shape[1]
+    w = weight[row]
+    dim = w.shape[0]
     if kind == SGD:
         if last_step.shape[0] == 0:
             for i in range(first, dim, stride):
-                weight[row, i] -= lr * grad_row[i]
+                w[i] -= lr * grad_row[i]
             return
         advance_dims_dev(row, behind, weight, state, hyper, first, stride)
+        u = state[row]
         momentum, weight_decay = hyper[MOMENTUM], hyper[WEIGHT_DECAY]
         for i in range(first, dim, stride):
-            u = momentum * state[row, i] + (grad_row[i] + weight_decay * weight[row, i])
-            state[row, i] = u
-            weight[row, i] -= lr * u
+            momentum_element_dev(w, u, i, grad_row[i], lr, momentum, weight_decay)
     elif kind == ADAGRAD:
+        squares = state[row]
         eps = hyper[EPS]
         for i in range(first, dim, stride):
-            g = grad_row[i]
-            square = state[row, i] + g * g
-            state[row, i] = square
-            weight[row, i] -= lr * g / (math.sqrt(square) + eps)
+            adagrad_element_dev(w, squares, i, grad_row[i], lr, eps)
     elif kind == ROW_WISE_ADAGRAD:
         multiplier = lr / (math.sqrt(accumulator) + hyper[EPS])
         for i in range(first, dim, stride):
-            weight[row, i] -= multiplier * grad_row[i]
+            w[i] -= multiplier * grad_row[i]
     else:  # ADAM, lazy: torch.optim.SparseAdam
         keep1, keep2 = 1.0 - hyper[BETA1], 1.0 - hyper[BETA2]
         step_size, eps = hyper[ADAM_STEP_SIZE], hyper[EPS]
+        exp_avg = state[row]
+        exp_avg_sq = second_state[row]
         for i in range(first, dim, stride):
-            g = grad_row[i]
-            m = state[row, i] + (g - state[row, i]) * keep1
-            v = second_state[row, i] + (g * g - second_state[row, i]) * keep2
-            state[row, i] = m
-            second_state[row, i] = v
-            weight[row, i] -= step_size * m / (math.sqrt(v) + eps)
+            adam_element_dev(
+                w, exp_avg, exp_avg_sq, i, grad_row[i], keep1, keep2, step_size, eps
+            )
 
 
 @cuda.jit(device=True)
