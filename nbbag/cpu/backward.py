@@ -145,6 +145,57 @@ def _sort_keys(indices, bag_of, num_rows, keys, positions):
         positions[position] = position
 
 
+@njit(cache=True, inline="always")
+def chunk_bounds(c, num_chunks, count):
+    """The items ``first:last`` of chunk c when ``count`` items are cut into
+    ``num_chunks`` contiguous chunks.  Shared with the GPU (a leaf)."""
+    return c * count // num_chunks, (c + 1) * count // num_chunks
+
+
+@njit(cache=True, inline="always")
+def count_digits(keys, shift, first, last, slots):
+    """``slots[digit]`` = how many of ``keys[first:last]`` have that digit at ``shift``
+    (``slots.shape[0]`` buckets, a power of 2).  Shared with the GPU (a leaf).
+
+    Ownership: the caller owns ``slots``.
+    """
+    mask = slots.shape[0] - 1
+    for digit in range(slots.shape[0]):
+        slots[digit] = 0
+    for i in range(first, last):
+        slots[(keys[i] >> shift) & mask] += 1
+
+
+@njit(cache=True, inline="always")
+def scatter_digits(
+    keys, positions, shift, first, last, slots, sorted_keys, sorted_positions
+):
+    """Move ``keys[first:last]`` (and their positions), in order, to the slots
+    ``slots`` hands out per digit, advancing them.  Shared with the GPU (a leaf).
+
+    Ownership: the caller owns ``slots`` and the slots it holds.
+    """
+    mask = slots.shape[0] - 1
+    for i in range(first, last):
+        digit = (keys[i] >> shift) & mask
+        slot = slots[digit]
+        slots[digit] = slot + 1
+        sorted_keys[slot] = keys[i]
+        sorted_positions[slot] = positions[i]
+
+
+@njit(cache=True)
+def radix_plan(num_rows, max_radix_bits):
+    """(key_bits, digit_bits) to sort keys in [0, num_rows] (num_rows keys the tokens
+    in no bag): as few passes of at most ``max_radix_bits`` as will do, the bits shared
+    evenly between them.  Shared with the GPU's host code."""
+    key_bits = 1
+    while (1 << key_bits) <= num_rows:
+        key_bits += 1
+    passes = -(-key_bits // max_radix_bits)
+    return key_bits, -(-key_bits // passes)
+
+
 @njit(parallel=True, cache=True)
 def _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positions):
     """One stable counting-sort pass on the digit of ``keys`` at ``shift``.
@@ -157,11 +208,9 @@ def _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positio
     """
     count = keys.shape[0]
     num_chunks, buckets = chunk_slots.shape
-    mask = buckets - 1
     for c in prange(num_chunks):
-        chunk_slots[c, :] = 0
-        for i in range(c * count // num_chunks, (c + 1) * count // num_chunks):
-            chunk_slots[c, (keys[i] >> shift) & mask] += 1
+        first, last = chunk_bounds(c, num_chunks, count)
+        count_digits(keys, shift, first, last, chunk_slots[c])
     next_slot = 0
     for digit in range(buckets):
         for c in range(num_chunks):
@@ -169,12 +218,11 @@ def _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positio
             chunk_slots[c, digit] = next_slot
             next_slot += tokens
     for c in prange(num_chunks):
-        for i in range(c * count // num_chunks, (c + 1) * count // num_chunks):
-            digit = (keys[i] >> shift) & mask
-            slot = chunk_slots[c, digit]
-            chunk_slots[c, digit] = slot + 1
-            sorted_keys[slot] = keys[i]
-            sorted_positions[slot] = positions[i]
+        first, last = chunk_bounds(c, num_chunks, count)
+        scatter_digits(
+            keys, positions, shift, first, last, chunk_slots[c], sorted_keys,
+            sorted_positions,
+        )  # fmt: skip
 
 
 @njit(cache=True)
@@ -192,14 +240,10 @@ def group_positions_by_row(indices, bag_of, num_rows, num_chunks):
     keys = np.empty(total, dtype=np.int64)
     positions = np.empty(total, dtype=np.int64)
     _sort_keys(indices, bag_of, num_rows, keys, positions)
-    key_bits = 1
-    while (1 << key_bits) <= num_rows:  # num_rows itself is the key of absent tokens
-        key_bits += 1
     num_chunks = max(1, min(num_chunks, total // 4096))  # small inputs: one chunk
-    # As few passes as MAX_RADIX_BITS allows, the bits shared evenly between them (a
-    # third pass at V = 10M cost 30% more than V = 1M's two).
-    passes = -(-key_bits // MAX_RADIX_BITS)
-    digit_bits = -(-key_bits // passes)
+    # As few passes as MAX_RADIX_BITS allows (a third pass at V = 10M cost 30% more
+    # than V = 1M's two).
+    key_bits, digit_bits = radix_plan(num_rows, MAX_RADIX_BITS)
     chunk_slots = np.empty((num_chunks, 1 << digit_bits), dtype=np.int64)
     sorted_keys = np.empty_like(keys)
     sorted_positions = np.empty_like(positions)

@@ -36,6 +36,9 @@ bag_denominator_dev = device_twin(cpu_backward.bag_denominator)
 bag_token_coefficients_dev = device_twin(cpu_backward.bag_token_coefficients)
 bag_max_coefficients_dev = device_twin(cpu_backward.bag_max_coefficients)
 row_contributes_dev = device_twin(cpu_backward.row_contributes)
+chunk_bounds_dev = device_twin(cpu_backward.chunk_bounds)
+count_digits_dev = device_twin(cpu_backward.count_digits)
+scatter_digits_dev = device_twin(cpu_backward.scatter_digits)
 bag_weights_grad_dev = device_twin(cpu_backward.bag_weights_grad)
 
 
@@ -100,24 +103,16 @@ def _sort_keys(indices, bag_of, num_rows, keys, positions):
         positions[p] = p
 
 
-@cuda.jit(device=True, inline=True)
-def chunk_bounds(c, num_chunks, count):
-    return c * count // num_chunks, (c + 1) * count // num_chunks
-
-
 @cuda.jit
 def _radix_count(keys, shift, chunk_slots):
     """chunk_slots[c, digit] = how many keys of chunk c have that digit at ``shift``.
 
     Ownership: thread c writes chunk_slots[c] (grid-stride).
     """
-    num_chunks, buckets = chunk_slots.shape
+    num_chunks = chunk_slots.shape[0]
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        for digit in range(buckets):
-            chunk_slots[c, digit] = 0
-        first, last = chunk_bounds(c, num_chunks, keys.shape[0])
-        for i in range(first, last):
-            chunk_slots[c, (keys[i] >> shift) & (buckets - 1)] += 1
+        first, last = chunk_bounds_dev(c, num_chunks, keys.shape[0])
+        count_digits_dev(keys, shift, first, last, chunk_slots[c])
 
 
 @cuda.jit
@@ -158,22 +153,20 @@ def _radix_scatter(keys, positions, shift, chunk_slots, sorted_keys, sorted_posi
 
     Ownership: thread c owns chunk_slots[c] and the slots it holds (grid-stride).
     """
-    num_chunks, buckets = chunk_slots.shape
+    num_chunks = chunk_slots.shape[0]
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        first, last = chunk_bounds(c, num_chunks, keys.shape[0])
-        for i in range(first, last):
-            digit = (keys[i] >> shift) & (buckets - 1)
-            slot = chunk_slots[c, digit]
-            chunk_slots[c, digit] = slot + 1
-            sorted_keys[slot] = keys[i]
-            sorted_positions[slot] = positions[i]
+        first, last = chunk_bounds_dev(c, num_chunks, keys.shape[0])
+        scatter_digits_dev(
+            keys, positions, shift, first, last, chunk_slots[c], sorted_keys,
+            sorted_positions,
+        )  # fmt: skip
 
 
 @cuda.jit
 def _chunk_sums(flags, num_chunks, sums):
     """sums[c] = the sum of flags over chunk c.  Ownership: thread c writes sums[c]."""
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        first, last = chunk_bounds(c, num_chunks, flags.shape[0])
+        first, last = chunk_bounds_dev(c, num_chunks, flags.shape[0])
         total = 0
         for i in range(first, last):
             total += flags[i]
@@ -196,7 +189,7 @@ def _scan_sums(sums):
 def _chunk_prefix(flags, num_chunks, sums, prefix):
     """prefix[i] = the sum of flags[:i].  Ownership: thread c writes chunk c of prefix."""
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        first, last = chunk_bounds(c, num_chunks, flags.shape[0])
+        first, last = chunk_bounds_dev(c, num_chunks, flags.shape[0])
         running = sums[c]
         for i in range(first, last):
             prefix[i] = running
@@ -260,11 +253,7 @@ def group_positions_by_row(indices, bag_of, num_rows: int):
     if total:
         grid, block = launch.linear(total)
         _sort_keys[grid, block](indices, bag_of, num_rows, keys, positions)
-        key_bits = 1
-        while (1 << key_bits) <= num_rows:  # num_rows itself keys the absent tokens
-            key_bits += 1
-        passes = -(-key_bits // RADIX_BITS)
-        digit_bits = -(-key_bits // passes)
+        key_bits, digit_bits = cpu_backward.radix_plan(num_rows, RADIX_BITS)
         num_chunks = launch.chunks(total)
         chunk_slots = arrays.empty((num_chunks, 1 << digit_bits), np.int64)
         sorted_keys = arrays.empty(total, np.int64)
