@@ -343,6 +343,24 @@ def row_gradient_dim_dev(
     return total
 
 
+@cuda.jit(device=True)
+def row_gradient_dev(
+    grad_output, bag_of, coefficients, argmax, positions, start, end, scale_by_freq,
+    out_row,
+):  # fmt: skip
+    """The CPU ``row_gradient``'s twin for a thread group: out_row = the gradient of
+    the row whose tokens are positions[start:end] (``row_gradient_dim_dev`` for each
+    dimension).
+
+    Ownership: the caller's group owns out_row; lane l writes dimensions l, l + group...
+    """
+    for d in range(cuda.threadIdx.x, out_row.shape[0], cuda.blockDim.x):
+        out_row[d] = row_gradient_dim_dev(
+            grad_output, bag_of, coefficients, argmax, positions, start, end,
+            scale_by_freq, d,
+        )  # fmt: skip
+
+
 @cuda.jit
 def accumulate_rows(
     grad_output,
@@ -362,18 +380,17 @@ def accumulate_rows(
     """
     k = group_item()
     if k < row_ptr.shape[0] - 1 and value_index[k] >= 0:
-        for d in range(cuda.threadIdx.x, values.shape[1], cuda.blockDim.x):
-            values[value_index[k], d] = row_gradient_dim_dev(
-                grad_output,
-                bag_of,
-                coefficients,
-                argmax,
-                positions,
-                row_ptr[k],
-                row_ptr[k + 1],
-                scale_grad_by_freq,
-                d,
-            )
+        row_gradient_dev(
+            grad_output,
+            bag_of,
+            coefficients,
+            argmax,
+            positions,
+            row_ptr[k],
+            row_ptr[k + 1],
+            scale_grad_by_freq,
+            values[value_index[k]],
+        )
 
 
 @cuda.jit

@@ -33,7 +33,7 @@ from nbbag.cpu.optim import (
     SGD,
     WEIGHT_DECAY,
 )
-from nbbag.cuda.backward import row_gradient_dim_dev
+from nbbag.cuda.backward import row_gradient_dev
 from nbbag.cuda.twin import device_twin
 
 __all__ = [
@@ -234,11 +234,10 @@ def apply_fused(
         k = base + cuda.threadIdx.y
         active = k < rows.shape[0] and value_index[k] >= 0
         if active:
-            for d in range(cuda.threadIdx.x, dim, cuda.blockDim.x):
-                grad_row[d] = row_gradient_dim_dev(
-                    grad_output, bag_of, coefficients, argmax, positions, row_ptr[k],
-                    row_ptr[k + 1], scale_grad_by_freq, d,
-                )  # fmt: skip
+            row_gradient_dev(
+                grad_output, bag_of, coefficients, argmax, positions, row_ptr[k],
+                row_ptr[k + 1], scale_grad_by_freq, grad_row,
+            )  # fmt: skip
         cuda.syncthreads()
         update_group_dev(
             kind, weight, rows, k, active, scratch, slot, state, second_state, row_state,
