@@ -65,34 +65,70 @@ class BagContext:
         )
 
 
-def check_grad_output(grad_output, ctx) -> np.ndarray:
-    """Check ``grad_output`` against the forward in ``ctx``; return it C-contiguous."""
+def check_context(ctx):
+    """Check that ``ctx`` is a :class:`BagContext` whose weight still has the forward's
+    shape; return that weight (either backend)."""
     if not isinstance(ctx, BagContext):
         raise TypeError(
             f"ctx must be the BagContext from embedding_bag_fwd, got {type(ctx).__name__}"
         )
     weight = ctx.batch.weight
-    if weight.shape != ctx.weight_shape:
+    if tuple(weight.shape) != tuple(ctx.weight_shape):
         raise ValueError(
             f"weight's shape changed from {ctx.weight_shape} at the forward to "
             f"{weight.shape}: ctx belongs to another table; run the forward again"
         )
+    return weight
+
+
+def check_grad_output_like(grad_output, ctx) -> None:
+    """Check that ``grad_output`` (an array of either backend) has the forward output's
+    shape and the weight's dtype."""
+    expected = (ctx.batch.num_bags, ctx.weight_shape[1])
+    if tuple(grad_output.shape) != expected:
+        raise ValueError(
+            f"grad_output must have the forward output's shape {expected}, "
+            f"got {tuple(grad_output.shape)}"
+        )
+    if grad_output.dtype != ctx.batch.weight.dtype:
+        raise ValueError(
+            f"grad_output must have the weight's dtype {ctx.batch.weight.dtype}, "
+            f"got {grad_output.dtype}"
+        )
+
+
+def check_grad_output(grad_output, ctx) -> np.ndarray:
+    """Check ``grad_output`` against the forward in ``ctx``; return it C-contiguous."""
+    check_context(ctx)
     if not isinstance(grad_output, np.ndarray):
         raise TypeError(
             f"grad_output must be a NumPy array, got {type(grad_output).__name__}"
         )
-    expected = (ctx.batch.num_bags, ctx.weight_shape[1])
-    if grad_output.shape != expected:
-        raise ValueError(
-            f"grad_output must have the forward output's shape {expected}, "
-            f"got {grad_output.shape}"
-        )
-    if grad_output.dtype != weight.dtype:
-        raise ValueError(
-            f"grad_output must have the weight's dtype {weight.dtype}, "
-            f"got {grad_output.dtype}"
-        )
+    check_grad_output_like(grad_output, ctx)
     return np.ascontiguousarray(grad_output)
+
+
+def check_weights_grad_request(per_sample_weights_grad, batch: BagBatch) -> None:
+    """``per_sample_weights_grad=True`` needs weights in the forward."""
+    if per_sample_weights_grad and batch.per_sample_weights is None:
+        raise ValueError(
+            "per_sample_weights_grad=True needs per_sample_weights in the forward"
+        )
+
+
+def check_table_layout(weight, c_contiguous: bool, copy_hint: str) -> None:
+    """The checks of a table (either backend): float32/float64, 2-D, C-contiguous;
+    ``copy_hint`` ends the message of the last."""
+    if weight.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weight must be float32 or float64, got dtype {weight.dtype}")
+    if weight.ndim != 2:
+        raise ValueError(
+            f"weight must be 2-D (num_embeddings, dim), got shape {weight.shape}"
+        )
+    if not c_contiguous:
+        raise ValueError(
+            f"weight must be C-contiguous (it is read, and renormed, in place); {copy_hint}"
+        )
 
 
 def check_weight(weight) -> np.ndarray:
@@ -105,17 +141,9 @@ def check_weight(weight) -> np.ndarray:
                 "embedding_bag_fwd/_bwd and nbbag.optim take GPU arrays)"
             )
         raise TypeError(f"weight must be a NumPy array, got {type(weight).__name__}")
-    if weight.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"weight must be float32 or float64, got dtype {weight.dtype}")
-    if weight.ndim != 2:
-        raise ValueError(
-            f"weight must be 2-D (num_embeddings, dim), got shape {weight.shape}"
-        )
-    if not weight.flags.c_contiguous:
-        raise ValueError(
-            "weight must be C-contiguous (it is read, and renormed, in place); "
-            "pass np.ascontiguousarray(weight)"
-        )
+    check_table_layout(
+        weight, weight.flags.c_contiguous, "pass np.ascontiguousarray(weight)"
+    )
     return weight
 
 
@@ -153,11 +181,15 @@ def check_index_range(indices: np.ndarray, num_rows: int) -> None:
     if smallest >= 0 and largest < num_rows:
         return
     position = int(np.flatnonzero((flat < 0) | (flat >= num_rows))[0])
-    where = np.unravel_index(position, indices.shape)
+    raise index_error(indices.shape, position, flat[position], num_rows)
+
+
+def index_error(shape: tuple, position: int, value, num_rows: int) -> IndexError:
+    """The error for index ``value`` at flat ``position`` of indices of ``shape``."""
+    where = np.unravel_index(position, shape)
     where = where[0] if len(where) == 1 else tuple(int(i) for i in where)
-    raise IndexError(
-        f"indices[{where}] = {flat[position]} is outside [0, {num_rows}): "
-        f"weight has {num_rows} rows"
+    return IndexError(
+        f"indices[{where}] = {value} is outside [0, {num_rows}): weight has {num_rows} rows"
     )
 
 
@@ -175,33 +207,50 @@ def check_offsets(offsets, indices: np.ndarray, include_last_offset: bool) -> np
     if offsets is None:
         raise ValueError("offsets is required when indices is 1-D")
     offsets = _as_index_array(offsets, "offsets")
+    check_offsets_shape(offsets, include_last_offset)
+    if offsets.shape[0] == 0:  # no bags
+        return np.zeros(1, dtype=np.int64)
+    offsets = offsets.astype(np.int64)
+    steps = np.diff(offsets)
+    decrease = int(np.flatnonzero(steps < 0)[0]) if steps.size and steps.min() < 0 else -1
+    past_end = int(np.argmax(offsets > num_indices)) if offsets[-1] > num_indices else -1
+    check_offsets_found(
+        offsets[0], decrease, past_end, lambda i, j: offsets[i:j], num_indices
+    )
+    if not include_last_offset:
+        offsets = np.append(offsets, np.int64(num_indices))
+    return offsets
+
+
+def check_offsets_shape(offsets, include_last_offset: bool) -> None:
+    """1-D, and not empty with ``include_last_offset`` (either backend)."""
     if offsets.ndim != 1:
         raise ValueError(f"offsets must be 1-D, got shape {offsets.shape}")
     if include_last_offset and offsets.shape[0] == 0:
         raise ValueError(
             "offsets must hold at least one entry with include_last_offset=True, got none"
         )
-    if offsets.shape[0] == 0:  # no bags
-        return np.zeros(1, dtype=np.int64)
-    if offsets[0] != 0:
-        raise ValueError(f"offsets[0] must be 0, got {offsets[0]}")
-    offsets = offsets.astype(np.int64)
-    steps = np.diff(offsets)
-    if steps.size and steps.min() < 0:
-        i = int(np.flatnonzero(steps < 0)[0])
+
+
+def check_offsets_found(first, decrease: int, past_end: int, read, num_indices: int):
+    """Raise for what a scan of non-empty offsets found (either backend): ``first`` =
+    offsets[0]; ``decrease`` = the first i with offsets[i + 1] < offsets[i];
+    ``past_end`` = the first i with offsets[i] > num_indices (-1: none); ``read(i, j)``
+    gives offsets[i:j] on the host, for the message."""
+    if first != 0:
+        raise ValueError(f"offsets[0] must be 0, got {first}")
+    if decrease >= 0:
+        pair = read(decrease, decrease + 2)
         raise ValueError(
-            f"offsets must be non-decreasing, got offsets[{i}] = {offsets[i]} > "
-            f"offsets[{i + 1}] = {offsets[i + 1]}"
+            f"offsets must be non-decreasing, got offsets[{decrease}] = {pair[0]} > "
+            f"offsets[{decrease + 1}] = {pair[1]}"
         )
-    if offsets[-1] > num_indices:
-        position = int(np.argmax(offsets > num_indices))
+    if past_end >= 0:
+        value = read(past_end, past_end + 1)[0]
         raise ValueError(
-            f"offsets[{position}] = {offsets[position]} is past the end of indices "
+            f"offsets[{past_end}] = {value} is past the end of indices "
             f"(length {num_indices})"
         )
-    if not include_last_offset:
-        offsets = np.append(offsets, np.int64(num_indices))
-    return offsets
 
 
 def check_per_sample_weights(
@@ -210,22 +259,31 @@ def check_per_sample_weights(
     """Return ``per_sample_weights`` flattened, in ``dtype``, or None."""
     if per_sample_weights is None:
         return None
+    check_weights_mode(mode)
+    weights = as_array(per_sample_weights, "per_sample_weights")
+    check_weights_like(weights, indices.shape)
+    return np.ascontiguousarray(weights.reshape(-1), dtype=dtype)
+
+
+def check_weights_mode(mode: Mode) -> None:
     if mode == Mode.MAX:
         raise ValueError(
             "per_sample_weights is not supported with mode 'max' "
             "(use 'sum', 'mean' or 'sqrtn')"
         )
-    weights = as_array(per_sample_weights, "per_sample_weights")
+
+
+def check_weights_like(weights, indices_shape: tuple) -> None:
+    """Floating point, of the shape of indices (an array of either backend)."""
     if not np.issubdtype(weights.dtype, np.floating):
         raise TypeError(
             f"per_sample_weights must be a floating-point array, got dtype {weights.dtype}"
         )
-    if weights.shape != indices.shape:
+    if tuple(weights.shape) != tuple(indices_shape):
         raise ValueError(
-            f"per_sample_weights must have the shape of indices {indices.shape}, "
-            f"got {weights.shape}"
+            f"per_sample_weights must have the shape of indices {tuple(indices_shape)}, "
+            f"got {tuple(weights.shape)}"
         )
-    return np.ascontiguousarray(weights.reshape(-1), dtype=dtype)
 
 
 def is_integer(value) -> bool:
@@ -286,6 +344,16 @@ def check_flag(value, name: str) -> bool:
     return bool(value)
 
 
+def check_options(mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type):
+    """The forward's scalar options, checked, in the form the kernels take (either
+    backend): (mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type)."""
+    mode = Mode.parse(mode)
+    include_last_offset = check_flag(include_last_offset, "include_last_offset")
+    scale_grad_by_freq = check_flag(scale_grad_by_freq, "scale_grad_by_freq")
+    max_norm, norm_type = check_norm_options(max_norm, norm_type)
+    return mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type
+
+
 def validate_forward(
     weight,
     indices,
@@ -302,10 +370,9 @@ def validate_forward(
     """Check every forward argument; return them in the form the kernels take."""
     weight = check_weight(weight)
     num_rows = weight.shape[0]
-    mode = Mode.parse(mode)
-    include_last_offset = check_flag(include_last_offset, "include_last_offset")
-    scale_grad_by_freq = check_flag(scale_grad_by_freq, "scale_grad_by_freq")
-    max_norm, norm_type = check_norm_options(max_norm, norm_type)
+    mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type = check_options(
+        mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type
+    )
     if max_norm is not None and not weight.flags.writeable:
         raise ValueError(
             "weight must be writeable with max_norm: rows are renormed in place"

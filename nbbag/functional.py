@@ -8,22 +8,37 @@ import numba
 import numpy as np
 
 from nbbag._device import cuda_backend, is_device_array
-from nbbag._validate import BagBatch, BagContext, check_grad_output, validate_forward
+from nbbag._validate import (
+    BagBatch,
+    BagContext,
+    check_grad_output,
+    check_weights_grad_request,
+    validate_forward,
+)
 from nbbag.cpu import backward, forward
 from nbbag.modes import Mode
 from nbbag.sparse import RowSparseGrad
 
+
+def kernels_by_mode(kernels) -> tuple[dict, dict]:
+    """(unweighted, weighted) bag kernels by mode, from a module of bag kernels:
+    :mod:`nbbag.cpu.forward` or :mod:`nbbag.cuda.forward` (the same names)."""
+    unweighted = {
+        Mode.SUM: kernels.bag_sum,
+        Mode.MEAN: kernels.bag_mean,
+        Mode.SQRTN: kernels.bag_sqrtn,
+        Mode.MAX: kernels.bag_max,
+    }
+    weighted = {
+        Mode.SUM: kernels.bag_weighted_sum,
+        Mode.MEAN: kernels.bag_weighted_mean,
+        Mode.SQRTN: kernels.bag_weighted_sqrtn,
+    }
+    return unweighted, weighted
+
+
 # A kernel per mode, chosen once per call: the inner loops never branch on the mode.
-_UNWEIGHTED_KERNELS = {
-    Mode.SUM: forward.bag_sum,
-    Mode.MEAN: forward.bag_mean,
-    Mode.SQRTN: forward.bag_sqrtn,
-}
-_WEIGHTED_KERNELS = {
-    Mode.SUM: forward.bag_weighted_sum,
-    Mode.MEAN: forward.bag_weighted_mean,
-    Mode.SQRTN: forward.bag_weighted_sqrtn,
-}
+_UNWEIGHTED_KERNELS, _WEIGHTED_KERNELS = kernels_by_mode(forward)
 
 
 def embedding_bag(
@@ -217,16 +232,19 @@ def embedding_bag_bwd(
             deterministic=deterministic,
         )
     grad_output = check_grad_output(grad_output, ctx)
-    batch = ctx.batch
-    if per_sample_weights_grad and batch.per_sample_weights is None:
-        raise ValueError(
-            "per_sample_weights_grad=True needs per_sample_weights in the forward"
-        )
+    check_weights_grad_request(per_sample_weights_grad, ctx.batch)
     grad = _weight_grad(grad_output, ctx)
     if not per_sample_weights_grad:
         return grad
-    weights_grad = np.zeros_like(batch.per_sample_weights)
-    backward.per_sample_weights_grad(
+    weights_grad = np.zeros_like(ctx.batch.per_sample_weights)
+    backward.per_sample_weights_grad(*weights_grad_args(grad_output, ctx), weights_grad)
+    return grad, weights_grad.reshape(ctx.indices_shape)
+
+
+def weights_grad_args(grad_output, ctx: BagContext) -> tuple:
+    """``per_sample_weights_grad``'s arguments but the output, either backend."""
+    batch = ctx.batch
+    return (
         batch.weight,
         batch.indices,
         batch.offsets,
@@ -235,9 +253,7 @@ def embedding_bag_bwd(
         grad_output,
         batch.padding_idx,
         int(batch.mode),
-        weights_grad,
     )
-    return grad, weights_grad.reshape(ctx.indices_shape)
 
 
 def _forward(batch: BagBatch, record_argmax: bool = False):
@@ -291,6 +307,31 @@ class TokenGroups(NamedTuple):
     value_index: np.ndarray  # (U,) row k's slot among the contributing rows, or -1
     num_contributing: int
 
+    def token_args(self) -> tuple:
+        """What every row-gradient kernel (``accumulate_rows``, ``apply_fused``) takes
+        after ``grad_output``: (bag_of, coefficients, argmax, positions, row_ptr)."""
+        return self.bag_of, self.coefficients, self.argmax, self.positions, self.row_ptr
+
+
+def coefficients_kernel(kernels, ctx: BagContext, unweighted, bag_of, coefficients):
+    """(kernel, arguments) that fill ``bag_of`` and ``coefficients``, from a module of
+    backward kernels (:mod:`nbbag.cpu.backward` or :mod:`nbbag.cuda.backward`):
+    ``max_token_coefficients`` for max, else ``token_coefficients`` (``unweighted``:
+    the empty array that stands for no weights)."""
+    batch = ctx.batch
+    if batch.mode == Mode.MAX:
+        args = (batch.indices, batch.offsets, ctx.argmax, batch.padding_idx)
+        return kernels.max_token_coefficients, (*args, bag_of, coefficients)
+    weights = batch.per_sample_weights
+    args = (
+        batch.indices,
+        batch.offsets,
+        weights if weights is not None else unweighted,
+        batch.padding_idx,
+        int(batch.mode),
+    )
+    return kernels.token_coefficients, (*args, bag_of, coefficients)
+
 
 def group_tokens(ctx: BagContext) -> TokenGroups:
     """Each token's bag and coefficient, and the tokens grouped by row (stable)."""
@@ -303,25 +344,10 @@ def group_tokens(ctx: BagContext) -> TokenGroups:
     bag_of[batch.offsets[-1] :] = -1
     coefficients[batch.offsets[-1] :] = 0
     weights = batch.per_sample_weights
-    if batch.mode == Mode.MAX:
-        backward.max_token_coefficients(
-            batch.indices,
-            batch.offsets,
-            ctx.argmax,
-            batch.padding_idx,
-            bag_of,
-            coefficients,
-        )
-    else:
-        backward.token_coefficients(
-            batch.indices,
-            batch.offsets,
-            weights if weights is not None else np.empty(0, dtype=batch.weight.dtype),
-            batch.padding_idx,
-            int(batch.mode),
-            bag_of,
-            coefficients,
-        )
+    kernel, args = coefficients_kernel(
+        backward, ctx, np.empty(0, dtype=batch.weight.dtype), bag_of, coefficients
+    )
+    kernel(*args)
     rows, row_ptr, positions = backward.group_positions_by_row(
         batch.indices, bag_of, batch.weight.shape[0], numba.get_num_threads()
     )
@@ -356,11 +382,7 @@ def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
     values = np.empty((groups.num_contributing, dim), dtype=ctx.batch.weight.dtype)
     backward.accumulate_rows(
         grad_output,
-        groups.bag_of,
-        groups.coefficients,
-        groups.argmax,
-        groups.positions,
-        groups.row_ptr,
+        *groups.token_args(),
         groups.value_index,
         ctx.batch.scale_grad_by_freq,
         values,

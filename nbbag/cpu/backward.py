@@ -32,7 +32,8 @@ MAX_RADIX_BITS = 12  # at most 4096 buckets: two passes sort the rows of a 16M-r
 @njit(cache=True)
 def bag_denominator(indices, per_sample_weights, start, end, padding_idx, mode):
     """What bag ``start:end``'s sum is divided by: 1 (sum), sum_i w_i (mean),
-    sqrt(sum_i w_i**2) (sqrtn), with w_i = 1 without weights; padding left out."""
+    sqrt(sum_i w_i**2) (sqrtn), with w_i = 1 without weights; padding left out.
+    Shared with the GPU (a leaf)."""
     if mode == SUM:
         return 1.0
     weighted = per_sample_weights.shape[0] > 0
@@ -43,6 +44,43 @@ def bag_denominator(indices, per_sample_weights, start, end, padding_idx, mode):
         w = per_sample_weights[position] if weighted else 1.0
         total += w if mode == MEAN else w * w
     return total if mode == MEAN else math.sqrt(total)
+
+
+@njit(cache=True, inline="always")
+def bag_token_coefficients(
+    indices, per_sample_weights, start, end, padding_idx, b, scale, bag_of, coefficients
+):
+    """Bag b's tokens ``start:end``: ``bag_of[p]`` = b (-1 for padding) and
+    ``coefficients[p]`` = w_p * ``scale`` (0 for padding), w_p = 1 without weights.
+    Shared with the GPU (a leaf: no call).
+
+    Ownership: the caller owns positions start:end of bag_of and coefficients.
+    """
+    weighted = per_sample_weights.shape[0] > 0
+    for position in range(start, end):
+        if indices[position] == padding_idx:
+            bag_of[position] = -1
+            coefficients[position] = 0.0
+        else:
+            bag_of[position] = b
+            w = per_sample_weights[position] if weighted else 1.0
+            coefficients[position] = w * scale
+
+
+@njit(cache=True, inline="always")
+def bag_max_coefficients(indices, argmax, start, end, padding_idx, b, bag_of, coefficients):
+    """Bag b's tokens ``start:end`` for max: ``bag_of[p]`` = b (-1 for padding) and
+    ``coefficients[p]`` = 1 if token p won a dimension of the bag (``argmax[b]``), else
+    0.  Shared with the GPU (a leaf: no call).
+
+    Ownership: the caller owns positions start:end (every winner of bag b lies there).
+    """
+    for position in range(start, end):
+        bag_of[position] = -1 if indices[position] == padding_idx else b
+        coefficients[position] = 0.0
+    for d in range(argmax.shape[1]):
+        if argmax[b, d] >= 0:
+            coefficients[argmax[b, d]] = 1.0
 
 
 @njit(parallel=True, cache=True)
@@ -56,21 +94,22 @@ def token_coefficients(
 
     Ownership: iteration b of the prange writes positions offsets[b]:offsets[b+1] only.
     """
-    weighted = per_sample_weights.shape[0] > 0
     for b in prange(offsets.shape[0] - 1):
         start, end = offsets[b], offsets[b + 1]
         denominator = bag_denominator(
             indices, per_sample_weights, start, end, padding_idx, mode
         )
-        scale = 0.0 if denominator == 0 else 1.0 / denominator
-        for position in range(start, end):
-            if indices[position] == padding_idx:
-                bag_of[position] = -1
-                coefficients[position] = 0.0
-            else:
-                bag_of[position] = b
-                w = per_sample_weights[position] if weighted else 1.0
-                coefficients[position] = w * scale
+        bag_token_coefficients(
+            indices,
+            per_sample_weights,
+            start,
+            end,
+            padding_idx,
+            b,
+            0.0 if denominator == 0 else 1.0 / denominator,
+            bag_of,
+            coefficients,
+        )
 
 
 @njit(parallel=True, cache=True)
@@ -82,12 +121,16 @@ def max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coeffi
     (every winner of bag b lies in bag b).
     """
     for b in prange(offsets.shape[0] - 1):
-        for position in range(offsets[b], offsets[b + 1]):
-            bag_of[position] = -1 if indices[position] == padding_idx else b
-            coefficients[position] = 0.0
-        for d in range(argmax.shape[1]):
-            if argmax[b, d] >= 0:
-                coefficients[argmax[b, d]] = 1.0
+        bag_max_coefficients(
+            indices,
+            argmax,
+            offsets[b],
+            offsets[b + 1],
+            padding_idx,
+            b,
+            bag_of,
+            coefficients,
+        )
 
 
 @njit(parallel=True, cache=True)
@@ -102,6 +145,57 @@ def _sort_keys(indices, bag_of, num_rows, keys, positions):
         positions[position] = position
 
 
+@njit(cache=True, inline="always")
+def chunk_bounds(c, num_chunks, count):
+    """The items ``first:last`` of chunk c when ``count`` items are cut into
+    ``num_chunks`` contiguous chunks.  Shared with the GPU (a leaf)."""
+    return c * count // num_chunks, (c + 1) * count // num_chunks
+
+
+@njit(cache=True, inline="always")
+def count_digits(keys, shift, first, last, slots):
+    """``slots[digit]`` = how many of ``keys[first:last]`` have that digit at ``shift``
+    (``slots.shape[0]`` buckets, a power of 2).  Shared with the GPU (a leaf).
+
+    Ownership: the caller owns ``slots``.
+    """
+    mask = slots.shape[0] - 1
+    for digit in range(slots.shape[0]):
+        slots[digit] = 0
+    for i in range(first, last):
+        slots[(keys[i] >> shift) & mask] += 1
+
+
+@njit(cache=True, inline="always")
+def scatter_digits(
+    keys, positions, shift, first, last, slots, sorted_keys, sorted_positions
+):
+    """Move ``keys[first:last]`` (and their positions), in order, to the slots
+    ``slots`` hands out per digit, advancing them.  Shared with the GPU (a leaf).
+
+    Ownership: the caller owns ``slots`` and the slots it holds.
+    """
+    mask = slots.shape[0] - 1
+    for i in range(first, last):
+        digit = (keys[i] >> shift) & mask
+        slot = slots[digit]
+        slots[digit] = slot + 1
+        sorted_keys[slot] = keys[i]
+        sorted_positions[slot] = positions[i]
+
+
+@njit(cache=True)
+def radix_plan(num_rows, max_radix_bits):
+    """(key_bits, digit_bits) to sort keys in [0, num_rows] (num_rows keys the tokens
+    in no bag): as few passes of at most ``max_radix_bits`` as will do, the bits shared
+    evenly between them.  Shared with the GPU's host code."""
+    key_bits = 1
+    while (1 << key_bits) <= num_rows:
+        key_bits += 1
+    passes = -(-key_bits // max_radix_bits)
+    return key_bits, -(-key_bits // passes)
+
+
 @njit(parallel=True, cache=True)
 def _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positions):
     """One stable counting-sort pass on the digit of ``keys`` at ``shift``.
@@ -114,11 +208,9 @@ def _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positio
     """
     count = keys.shape[0]
     num_chunks, buckets = chunk_slots.shape
-    mask = buckets - 1
     for c in prange(num_chunks):
-        chunk_slots[c, :] = 0
-        for i in range(c * count // num_chunks, (c + 1) * count // num_chunks):
-            chunk_slots[c, (keys[i] >> shift) & mask] += 1
+        first, last = chunk_bounds(c, num_chunks, count)
+        count_digits(keys, shift, first, last, chunk_slots[c])
     next_slot = 0
     for digit in range(buckets):
         for c in range(num_chunks):
@@ -126,12 +218,11 @@ def _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positio
             chunk_slots[c, digit] = next_slot
             next_slot += tokens
     for c in prange(num_chunks):
-        for i in range(c * count // num_chunks, (c + 1) * count // num_chunks):
-            digit = (keys[i] >> shift) & mask
-            slot = chunk_slots[c, digit]
-            chunk_slots[c, digit] = slot + 1
-            sorted_keys[slot] = keys[i]
-            sorted_positions[slot] = positions[i]
+        first, last = chunk_bounds(c, num_chunks, count)
+        scatter_digits(
+            keys, positions, shift, first, last, chunk_slots[c], sorted_keys,
+            sorted_positions,
+        )  # fmt: skip
 
 
 @njit(cache=True)
@@ -149,14 +240,10 @@ def group_positions_by_row(indices, bag_of, num_rows, num_chunks):
     keys = np.empty(total, dtype=np.int64)
     positions = np.empty(total, dtype=np.int64)
     _sort_keys(indices, bag_of, num_rows, keys, positions)
-    key_bits = 1
-    while (1 << key_bits) <= num_rows:  # num_rows itself is the key of absent tokens
-        key_bits += 1
     num_chunks = max(1, min(num_chunks, total // 4096))  # small inputs: one chunk
-    # As few passes as MAX_RADIX_BITS allows, the bits shared evenly between them (a
-    # third pass at V = 10M cost 30% more than V = 1M's two).
-    passes = -(-key_bits // MAX_RADIX_BITS)
-    digit_bits = -(-key_bits // passes)
+    # As few passes as MAX_RADIX_BITS allows (a third pass at V = 10M cost 30% more
+    # than V = 1M's two).
+    key_bits, digit_bits = radix_plan(num_rows, MAX_RADIX_BITS)
     chunk_slots = np.empty((num_chunks, 1 << digit_bits), dtype=np.int64)
     sorted_keys = np.empty_like(keys)
     sorted_positions = np.empty_like(positions)
@@ -182,6 +269,16 @@ def group_positions_by_row(indices, bag_of, num_rows, num_chunks):
     return rows, row_ptr, positions[:count]
 
 
+@njit(cache=True, inline="always")
+def row_contributes(coefficients, positions, start, end):
+    """Whether any of the tokens ``positions[start:end]`` has a non-zero coefficient.
+    Shared with the GPU (a leaf).  Writes nothing."""
+    for i in range(start, end):
+        if coefficients[positions[i]] != 0:
+            return True
+    return False
+
+
 @njit(parallel=True, cache=True)
 def contributing_rows(coefficients, positions, row_ptr, contributes):
     """``contributes[k]`` = whether any token of row k has a non-zero coefficient.
@@ -189,12 +286,9 @@ def contributing_rows(coefficients, positions, row_ptr, contributes):
     Ownership: iteration k of the prange writes ``contributes[k]`` only.
     """
     for k in prange(row_ptr.shape[0] - 1):
-        found = False
-        for i in range(row_ptr[k], row_ptr[k + 1]):
-            if coefficients[positions[i]] != 0:
-                found = True
-                break
-        contributes[k] = found
+        contributes[k] = row_contributes(
+            coefficients, positions, row_ptr[k], row_ptr[k + 1]
+        )
 
 
 @njit(cache=True, inline="always")  # in a parfor the arrays do not alias: vectorises
@@ -271,6 +365,50 @@ def accumulate_rows(
             )
 
 
+@njit(cache=True, inline="always")
+def bag_weights_grad(
+    weight,
+    indices,
+    per_sample_weights,
+    out,
+    grad_output,
+    start,
+    end,
+    padding_idx,
+    mode,
+    b,
+    denominator,
+    weights_grad,
+):
+    """``weights_grad`` at bag b's tokens ``start:end`` (see ``per_sample_weights_grad``;
+    ``denominator`` from ``bag_denominator``).  Shared with the GPU (a leaf).
+
+    Ownership: the caller owns positions start:end of weights_grad.
+    """
+    dim = grad_output.shape[1]
+    gradient_dot_out = 0.0
+    if mode != SUM:
+        for d in range(dim):
+            gradient_dot_out += float(grad_output[b, d]) * out[b, d]
+    for position in range(start, end):
+        row = indices[position]
+        if row == padding_idx or denominator == 0:
+            weights_grad[position] = 0.0
+            continue
+        gradient_dot_row = 0.0
+        for d in range(dim):
+            gradient_dot_row += float(grad_output[b, d]) * weight[row, d]
+        if mode == SUM:
+            weights_grad[position] = gradient_dot_row
+        elif mode == MEAN:
+            weights_grad[position] = (gradient_dot_row - gradient_dot_out) / denominator
+        else:
+            w = per_sample_weights[position]
+            weights_grad[position] = (
+                gradient_dot_row - gradient_dot_out * w / denominator
+            ) / denominator
+
+
 @njit(parallel=True, cache=True)
 def per_sample_weights_grad(
     weight,
@@ -293,28 +431,17 @@ def per_sample_weights_grad(
     """
     for b in prange(offsets.shape[0] - 1):
         start, end = offsets[b], offsets[b + 1]
-        denominator = bag_denominator(
-            indices, per_sample_weights, start, end, padding_idx, mode
+        bag_weights_grad(
+            weight,
+            indices,
+            per_sample_weights,
+            out,
+            grad_output,
+            start,
+            end,
+            padding_idx,
+            mode,
+            b,
+            bag_denominator(indices, per_sample_weights, start, end, padding_idx, mode),
+            weights_grad,
         )
-        gradient = grad_output[b]
-        gradient_dot_out = 0.0
-        if mode != SUM:
-            for d in range(gradient.shape[0]):
-                gradient_dot_out += float(gradient[d]) * out[b, d]
-        for position in range(start, end):
-            row = indices[position]
-            if row == padding_idx or denominator == 0:
-                weights_grad[position] = 0.0
-                continue
-            gradient_dot_row = 0.0
-            for d in range(gradient.shape[0]):
-                gradient_dot_row += float(gradient[d]) * weight[row, d]
-            if mode == SUM:
-                weights_grad[position] = gradient_dot_row
-            elif mode == MEAN:
-                weights_grad[position] = (gradient_dot_row - gradient_dot_out) / denominator
-            else:
-                w = per_sample_weights[position]
-                weights_grad[position] = (
-                    gradient_dot_row - gradient_dot_out * w / denominator
-                ) / denominator

@@ -84,6 +84,53 @@ def skipped_steps_matrix(lr, momentum, weight_decay, steps):
     return a, b, c, d
 
 
+# Element rules, one source with the GPU (nbbag.cuda.twin): leaves, on 1-D rows.  Each
+# stores its results and reads them back, so state is rounded to its dtype as stored.
+@njit(cache=True, inline="always")
+def advance_element(w, u, i, a, b, c, d):
+    """Element i of ``skipped_steps_matrix``'s (a, b, c, d) applied to weight row ``w``
+    and momentum row ``u``.  Ownership: the caller owns w[i] and u[i]."""
+    w_i, u_i = w[i], u[i]
+    w[i] = a * w_i + b * u_i
+    u[i] = c * w_i + d * u_i
+
+
+@njit(cache=True, inline="always")
+def momentum_element(w, u, i, g, lr, momentum, weight_decay):
+    """SGD with momentum and/or weight decay on element i (torch's rule).
+    Ownership: the caller owns w[i] and u[i]."""
+    u[i] = momentum * u[i] + (g + weight_decay * w[i])
+    w[i] -= lr * u[i]
+
+
+@njit(cache=True, inline="always")
+def adagrad_element(w, squares, i, g, lr, eps):
+    """Adagrad on element i.  Ownership: the caller owns w[i] and squares[i]."""
+    squares[i] += g * g
+    w[i] -= lr * g / (np.sqrt(squares[i]) + eps)
+
+
+@njit(cache=True, inline="always")
+def adam_element(w, exp_avg, exp_avg_sq, i, g, keep1, keep2, step_size, eps):
+    """Lazy Adam on element i (``keep`` = 1 - beta, ``step_size`` ADAM_STEP_SIZE).
+    Ownership: the caller owns w[i], exp_avg[i] and exp_avg_sq[i]."""
+    exp_avg[i] += (g - exp_avg[i]) * keep1
+    exp_avg_sq[i] += (g * g - exp_avg_sq[i]) * keep2
+    w[i] -= step_size * exp_avg[i] / (np.sqrt(exp_avg_sq[i]) + eps)
+
+
+@njit(cache=True, inline="always")
+def row_wise_accumulator(accumulator, grad_row):
+    """RowWiseAdagrad's accumulator after ``grad_row``: plus its mean square (in
+    float64).  Writes nothing."""
+    mean_square = 0.0
+    for i in range(grad_row.shape[0]):
+        mean_square += float(grad_row[i]) * grad_row[i]
+    if grad_row.shape[0] > 0:
+        accumulator += mean_square / grad_row.shape[0]
+    return accumulator
+
+
 @njit(cache=True)
 def advance_row(row, steps, weight, momentum_buffer, hyper):
     """Apply ``steps`` gradient-free SGD steps to ``weight[row]`` and its momentum
@@ -99,9 +146,7 @@ def advance_row(row, steps, weight, momentum_buffer, hyper):
     w = weight[row]
     u = momentum_buffer[row]
     for i in range(w.shape[0]):
-        w_i, u_i = w[i], u[i]
-        w[i] = a * w_i + b * u_i
-        u[i] = c * w_i + d * u_i
+        advance_element(w, u, i, a, b, c, d)
 
 
 # Inlined into the calling kernels (Numba IR): inside a parfor the arrays are known not
@@ -129,21 +174,15 @@ def update_row(
         u = state[row]
         momentum, weight_decay = hyper[MOMENTUM], hyper[WEIGHT_DECAY]
         for i in range(w.shape[0]):
-            u[i] = momentum * u[i] + (grad_row[i] + weight_decay * w[i])
-            w[i] -= lr * u[i]
+            momentum_element(w, u, i, grad_row[i], lr, momentum, weight_decay)
         last_step[row] = step
     elif kind == ADAGRAD:
         squares = state[row]
         eps = hyper[EPS]
         for i in range(w.shape[0]):
-            squares[i] += grad_row[i] * grad_row[i]
-            w[i] -= lr * grad_row[i] / (np.sqrt(squares[i]) + eps)
+            adagrad_element(w, squares, i, grad_row[i], lr, eps)
     elif kind == ROW_WISE_ADAGRAD:
-        mean_square = 0.0
-        for i in range(w.shape[0]):
-            mean_square += float(grad_row[i]) * grad_row[i]
-        if w.shape[0] > 0:
-            row_state[row] += mean_square / w.shape[0]
+        row_state[row] = row_wise_accumulator(row_state[row], grad_row[: w.shape[0]])
         multiplier = lr / (math.sqrt(row_state[row]) + hyper[EPS])
         for i in range(w.shape[0]):
             w[i] -= multiplier * grad_row[i]
@@ -155,10 +194,9 @@ def update_row(
         exp_avg = state[row]
         exp_avg_sq = second_state[row]
         for i in range(w.shape[0]):
-            g = grad_row[i]
-            exp_avg[i] += (g - exp_avg[i]) * keep1
-            exp_avg_sq[i] += (g * g - exp_avg_sq[i]) * keep2
-            w[i] -= step_size * exp_avg[i] / (np.sqrt(exp_avg_sq[i]) + eps)
+            adam_element(
+                w, exp_avg, exp_avg_sq, i, grad_row[i], keep1, keep2, step_size, eps
+            )
 
 
 @njit(parallel=True, cache=True)

@@ -4,26 +4,23 @@ are allocated once here, and the kernels do the rest on the device."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
-from nbbag._validate import BagBatch, BagContext, check_index_range, check_indices
+from nbbag import functional
+from nbbag._validate import (
+    BagBatch,
+    BagContext,
+    check_context,
+    check_grad_output_like,
+    check_index_range,
+    check_indices,
+    check_weights_grad_request,
+)
 from nbbag.cuda import arrays, backward, checks, forward, launch, optim
 from nbbag.modes import Mode
 from nbbag.sparse import RowSparseGrad
 
-_UNWEIGHTED_KERNELS = {
-    Mode.SUM: forward.bag_sum,
-    Mode.MEAN: forward.bag_mean,
-    Mode.SQRTN: forward.bag_sqrtn,
-    Mode.MAX: forward.bag_max,
-}
-_WEIGHTED_KERNELS = {
-    Mode.SUM: forward.bag_weighted_sum,
-    Mode.MEAN: forward.bag_weighted_mean,
-    Mode.SQRTN: forward.bag_weighted_sqrtn,
-}
+_UNWEIGHTED_KERNELS, _WEIGHTED_KERNELS = functional.kernels_by_mode(forward)
 
 validate_forward = checks.validate_forward
 
@@ -70,32 +67,14 @@ def embedding_bag_fwd(weight, indices, offsets=None, **options):
     return forward_with_context(validate_forward(weight, indices, offsets, **options))
 
 
-class TokenGroups(NamedTuple):
-    """:class:`nbbag.functional.TokenGroups`, every array on the device."""
-
-    bag_of: object
-    coefficients: object
-    argmax: object
-    rows: object
-    row_ptr: object
-    positions: object
-    value_index: object
-    num_contributing: int
+# nbbag.functional.TokenGroups, every array on the device
+TokenGroups = functional.TokenGroups
 
 
 def check_grad_output(grad_output, ctx):
     """:func:`nbbag._validate.check_grad_output` for the GPU: a device array (a host
     array is copied over) of the forward output's shape and the weight's dtype."""
-    if not isinstance(ctx, BagContext):
-        raise TypeError(
-            f"ctx must be the BagContext from embedding_bag_fwd, got {type(ctx).__name__}"
-        )
-    weight = ctx.batch.weight
-    if tuple(weight.shape) != tuple(ctx.weight_shape):
-        raise ValueError(
-            f"weight's shape changed from {ctx.weight_shape} at the forward to "
-            f"{weight.shape}: ctx belongs to another table; run the forward again"
-        )
+    check_context(ctx)
     if arrays.is_device(grad_output):
         grad_output = arrays.as_device(grad_output)
     elif isinstance(grad_output, np.ndarray):
@@ -104,17 +83,7 @@ def check_grad_output(grad_output, ctx):
         raise TypeError(
             f"grad_output must be a device or NumPy array, got {type(grad_output).__name__}"
         )
-    expected = (ctx.batch.num_bags, ctx.weight_shape[1])
-    if tuple(grad_output.shape) != expected:
-        raise ValueError(
-            f"grad_output must have the forward output's shape {expected}, "
-            f"got {tuple(grad_output.shape)}"
-        )
-    if grad_output.dtype != weight.dtype:
-        raise ValueError(
-            f"grad_output must have the weight's dtype {weight.dtype}, "
-            f"got {grad_output.dtype}"
-        )
+    check_grad_output_like(grad_output, ctx)
     if not grad_output.is_c_contiguous():
         raise ValueError("grad_output must be C-contiguous")
     return grad_output
@@ -130,25 +99,10 @@ def group_tokens(ctx: BagContext) -> TokenGroups:
     num_bags = batch.num_bags
     if num_bags:
         grid, block = launch.linear(num_bags)
-        if batch.mode == Mode.MAX:
-            backward.max_token_coefficients[grid, block](
-                batch.indices,
-                batch.offsets,
-                ctx.argmax,
-                batch.padding_idx,
-                bag_of,
-                coefficients,
-            )
-        else:
-            backward.token_coefficients[grid, block](
-                batch.indices,
-                batch.offsets,
-                weights if weights is not None else arrays.empty(0, batch.weight.dtype),
-                batch.padding_idx,
-                int(batch.mode),
-                bag_of,
-                coefficients,
-            )
+        kernel, args = functional.coefficients_kernel(
+            backward, ctx, arrays.empty(0, batch.weight.dtype), bag_of, coefficients
+        )
+        kernel[grid, block](*args)
     rows, row_ptr, positions = backward.group_positions_by_row(
         batch.indices, bag_of, batch.weight.shape[0]
     )
@@ -196,11 +150,7 @@ def weight_grad(grad_output, ctx: BagContext, deterministic: bool = True) -> Row
         grid, block = launch.grouped(num_unique, dim)
         kernel[grid, block](
             grad_output,
-            groups.bag_of,
-            groups.coefficients,
-            groups.argmax,
-            groups.positions,
-            groups.row_ptr,
+            *groups.token_args(),
             groups.value_index,
             ctx.batch.scale_grad_by_freq,
             values,
@@ -218,10 +168,7 @@ def embedding_bag_bwd(
 ):
     grad_output = check_grad_output(grad_output, ctx)
     batch = ctx.batch
-    if per_sample_weights_grad and batch.per_sample_weights is None:
-        raise ValueError(
-            "per_sample_weights_grad=True needs per_sample_weights in the forward"
-        )
+    check_weights_grad_request(per_sample_weights_grad, batch)
     grad = weight_grad(grad_output, ctx, deterministic)
     if not per_sample_weights_grad:
         return grad
@@ -229,15 +176,7 @@ def embedding_bag_bwd(
     if batch.num_bags:
         grid, block = launch.linear(batch.num_bags)
         backward.per_sample_weights_grad[grid, block](
-            batch.weight,
-            batch.indices,
-            batch.offsets,
-            batch.per_sample_weights,
-            ctx.out if ctx.out is not None else grad_output,
-            grad_output,
-            batch.padding_idx,
-            int(batch.mode),
-            weights_grad,
+            *functional.weights_grad_args(grad_output, ctx), weights_grad
         )
     return grad, weights_grad.reshape(ctx.indices_shape)
 
@@ -319,11 +258,7 @@ def optimizer_step_fused(optimizer, grad_output, ctx: BagContext) -> None:
         optimizer.kind,
         optimizer.weight,
         grad_output,
-        groups.bag_of,
-        groups.coefficients,
-        groups.argmax,
-        groups.positions,
-        groups.row_ptr,
+        *groups.token_args(),
         groups.rows,
         groups.value_index,
         ctx.batch.scale_grad_by_freq,

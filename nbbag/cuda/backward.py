@@ -18,33 +18,28 @@ The CPU pipeline (:mod:`nbbag.cpu.backward`), step for step, on the device:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import cuda
 
+from nbbag.cpu import backward as cpu_backward
+from nbbag.cpu.backward import MAX, MEAN, SQRTN, SUM  # noqa: F401  (nbbag.Mode's values)
 from nbbag.cuda import arrays, launch
 from nbbag.cuda.forward import group_item
+from nbbag.cuda.twin import device_twin
 
-SUM, MEAN, MAX, SQRTN = 0, 1, 2, 3  # nbbag.Mode's values
 RADIX_BITS = 8  # at most 256 buckets a pass: three passes sort a 16M-row table
 RADIX_BUCKETS = 1 << RADIX_BITS
 
 
-@cuda.jit(device=True)
-def bag_denominator_dev(indices, per_sample_weights, start, end, padding_idx, mode):
-    """What bag start:end's sum is divided by: 1 (sum), sum_i w_i (mean),
-    sqrt(sum_i w_i**2) (sqrtn), with w_i = 1 without weights; padding left out."""
-    if mode == SUM:
-        return 1.0
-    weighted = per_sample_weights.shape[0] > 0
-    total = 0.0
-    for position in range(start, end):
-        if indices[position] == padding_idx:
-            continue
-        w = per_sample_weights[position] if weighted else 1.0
-        total += w if mode == MEAN else w * w
-    return total if mode == MEAN else math.sqrt(total)
+# The per-bag and per-row math, one source with the CPU kernels (nbbag.cuda.twin).
+bag_denominator_dev = device_twin(cpu_backward.bag_denominator)
+bag_token_coefficients_dev = device_twin(cpu_backward.bag_token_coefficients)
+bag_max_coefficients_dev = device_twin(cpu_backward.bag_max_coefficients)
+row_contributes_dev = device_twin(cpu_backward.row_contributes)
+chunk_bounds_dev = device_twin(cpu_backward.chunk_bounds)
+count_digits_dev = device_twin(cpu_backward.count_digits)
+scatter_digits_dev = device_twin(cpu_backward.scatter_digits)
+bag_weights_grad_dev = device_twin(cpu_backward.bag_weights_grad)
 
 
 @cuda.jit
@@ -57,21 +52,22 @@ def token_coefficients(
 
     Ownership: thread b writes positions offsets[b]:offsets[b+1] only (grid-stride).
     """
-    weighted = per_sample_weights.shape[0] > 0
     for b in range(cuda.grid(1), offsets.shape[0] - 1, cuda.gridsize(1)):
         start, end = offsets[b], offsets[b + 1]
         denominator = bag_denominator_dev(
             indices, per_sample_weights, start, end, padding_idx, mode
         )
-        scale = 0.0 if denominator == 0 else 1.0 / denominator
-        for position in range(start, end):
-            if indices[position] == padding_idx:
-                bag_of[position] = -1
-                coefficients[position] = 0.0
-            else:
-                bag_of[position] = b
-                w = per_sample_weights[position] if weighted else 1.0
-                coefficients[position] = w * scale
+        bag_token_coefficients_dev(
+            indices,
+            per_sample_weights,
+            start,
+            end,
+            padding_idx,
+            b,
+            0.0 if denominator == 0 else 1.0 / denominator,
+            bag_of,
+            coefficients,
+        )
 
 
 @cuda.jit
@@ -83,12 +79,16 @@ def max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coeffi
     of bag b lies in bag b; grid-stride).
     """
     for b in range(cuda.grid(1), offsets.shape[0] - 1, cuda.gridsize(1)):
-        for position in range(offsets[b], offsets[b + 1]):
-            bag_of[position] = -1 if indices[position] == padding_idx else b
-            coefficients[position] = 0.0
-        for d in range(argmax.shape[1]):
-            if argmax[b, d] >= 0:
-                coefficients[argmax[b, d]] = 1.0
+        bag_max_coefficients_dev(
+            indices,
+            argmax,
+            offsets[b],
+            offsets[b + 1],
+            padding_idx,
+            b,
+            bag_of,
+            coefficients,
+        )
 
 
 @cuda.jit
@@ -103,24 +103,16 @@ def _sort_keys(indices, bag_of, num_rows, keys, positions):
         positions[p] = p
 
 
-@cuda.jit(device=True, inline=True)
-def chunk_bounds(c, num_chunks, count):
-    return c * count // num_chunks, (c + 1) * count // num_chunks
-
-
 @cuda.jit
 def _radix_count(keys, shift, chunk_slots):
     """chunk_slots[c, digit] = how many keys of chunk c have that digit at ``shift``.
 
     Ownership: thread c writes chunk_slots[c] (grid-stride).
     """
-    num_chunks, buckets = chunk_slots.shape
+    num_chunks = chunk_slots.shape[0]
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        for digit in range(buckets):
-            chunk_slots[c, digit] = 0
-        first, last = chunk_bounds(c, num_chunks, keys.shape[0])
-        for i in range(first, last):
-            chunk_slots[c, (keys[i] >> shift) & (buckets - 1)] += 1
+        first, last = chunk_bounds_dev(c, num_chunks, keys.shape[0])
+        count_digits_dev(keys, shift, first, last, chunk_slots[c])
 
 
 @cuda.jit
@@ -161,22 +153,20 @@ def _radix_scatter(keys, positions, shift, chunk_slots, sorted_keys, sorted_posi
 
     Ownership: thread c owns chunk_slots[c] and the slots it holds (grid-stride).
     """
-    num_chunks, buckets = chunk_slots.shape
+    num_chunks = chunk_slots.shape[0]
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        first, last = chunk_bounds(c, num_chunks, keys.shape[0])
-        for i in range(first, last):
-            digit = (keys[i] >> shift) & (buckets - 1)
-            slot = chunk_slots[c, digit]
-            chunk_slots[c, digit] = slot + 1
-            sorted_keys[slot] = keys[i]
-            sorted_positions[slot] = positions[i]
+        first, last = chunk_bounds_dev(c, num_chunks, keys.shape[0])
+        scatter_digits_dev(
+            keys, positions, shift, first, last, chunk_slots[c], sorted_keys,
+            sorted_positions,
+        )  # fmt: skip
 
 
 @cuda.jit
 def _chunk_sums(flags, num_chunks, sums):
     """sums[c] = the sum of flags over chunk c.  Ownership: thread c writes sums[c]."""
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        first, last = chunk_bounds(c, num_chunks, flags.shape[0])
+        first, last = chunk_bounds_dev(c, num_chunks, flags.shape[0])
         total = 0
         for i in range(first, last):
             total += flags[i]
@@ -199,7 +189,7 @@ def _scan_sums(sums):
 def _chunk_prefix(flags, num_chunks, sums, prefix):
     """prefix[i] = the sum of flags[:i].  Ownership: thread c writes chunk c of prefix."""
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        first, last = chunk_bounds(c, num_chunks, flags.shape[0])
+        first, last = chunk_bounds_dev(c, num_chunks, flags.shape[0])
         running = sums[c]
         for i in range(first, last):
             prefix[i] = running
@@ -263,11 +253,7 @@ def group_positions_by_row(indices, bag_of, num_rows: int):
     if total:
         grid, block = launch.linear(total)
         _sort_keys[grid, block](indices, bag_of, num_rows, keys, positions)
-        key_bits = 1
-        while (1 << key_bits) <= num_rows:  # num_rows itself keys the absent tokens
-            key_bits += 1
-        passes = -(-key_bits // RADIX_BITS)
-        digit_bits = -(-key_bits // passes)
+        key_bits, digit_bits = cpu_backward.radix_plan(num_rows, RADIX_BITS)
         num_chunks = launch.chunks(total)
         chunk_slots = arrays.empty((num_chunks, 1 << digit_bits), np.int64)
         sorted_keys = arrays.empty(total, np.int64)
@@ -306,12 +292,8 @@ def contributing_rows(coefficients, positions, row_ptr, contributes):
     Ownership: thread k writes contributes[k] (grid-stride).
     """
     for k in range(cuda.grid(1), row_ptr.shape[0] - 1, cuda.gridsize(1)):
-        found = 0
-        for i in range(row_ptr[k], row_ptr[k + 1]):
-            if coefficients[positions[i]] != 0:
-                found = 1
-                break
-        contributes[k] = found
+        found = row_contributes_dev(coefficients, positions, row_ptr[k], row_ptr[k + 1])
+        contributes[k] = 1 if found else 0
 
 
 @cuda.jit
@@ -361,6 +343,24 @@ def row_gradient_dim_dev(
     return total
 
 
+@cuda.jit(device=True)
+def row_gradient_dev(
+    grad_output, bag_of, coefficients, argmax, positions, start, end, scale_by_freq,
+    out_row,
+):  # fmt: skip
+    """The CPU ``row_gradient``'s twin for a thread group: out_row = the gradient of
+    the row whose tokens are positions[start:end] (``row_gradient_dim_dev`` for each
+    dimension).
+
+    Ownership: the caller's group owns out_row; lane l writes dimensions l, l + group...
+    """
+    for d in range(cuda.threadIdx.x, out_row.shape[0], cuda.blockDim.x):
+        out_row[d] = row_gradient_dim_dev(
+            grad_output, bag_of, coefficients, argmax, positions, start, end,
+            scale_by_freq, d,
+        )  # fmt: skip
+
+
 @cuda.jit
 def accumulate_rows(
     grad_output,
@@ -380,18 +380,17 @@ def accumulate_rows(
     """
     k = group_item()
     if k < row_ptr.shape[0] - 1 and value_index[k] >= 0:
-        for d in range(cuda.threadIdx.x, values.shape[1], cuda.blockDim.x):
-            values[value_index[k], d] = row_gradient_dim_dev(
-                grad_output,
-                bag_of,
-                coefficients,
-                argmax,
-                positions,
-                row_ptr[k],
-                row_ptr[k + 1],
-                scale_grad_by_freq,
-                d,
-            )
+        row_gradient_dev(
+            grad_output,
+            bag_of,
+            coefficients,
+            argmax,
+            positions,
+            row_ptr[k],
+            row_ptr[k + 1],
+            scale_grad_by_freq,
+            values[value_index[k]],
+        )
 
 
 @cuda.jit
@@ -453,27 +452,17 @@ def per_sample_weights_grad(
     """
     for b in range(cuda.grid(1), offsets.shape[0] - 1, cuda.gridsize(1)):
         start, end = offsets[b], offsets[b + 1]
-        denominator = bag_denominator_dev(
-            indices, per_sample_weights, start, end, padding_idx, mode
+        bag_weights_grad_dev(
+            weight,
+            indices,
+            per_sample_weights,
+            out,
+            grad_output,
+            start,
+            end,
+            padding_idx,
+            mode,
+            b,
+            bag_denominator_dev(indices, per_sample_weights, start, end, padding_idx, mode),
+            weights_grad,
         )
-        gradient_dot_out = 0.0
-        if mode != SUM:
-            for d in range(grad_output.shape[1]):
-                gradient_dot_out += float(grad_output[b, d]) * out[b, d]
-        for position in range(start, end):
-            row = indices[position]
-            if row == padding_idx or denominator == 0:
-                weights_grad[position] = 0.0
-                continue
-            gradient_dot_row = 0.0
-            for d in range(grad_output.shape[1]):
-                gradient_dot_row += float(grad_output[b, d]) * weight[row, d]
-            if mode == SUM:
-                weights_grad[position] = gradient_dot_row
-            elif mode == MEAN:
-                weights_grad[position] = (gradient_dot_row - gradient_dot_out) / denominator
-            else:
-                w = per_sample_weights[position]
-                weights_grad[position] = (
-                    gradient_dot_row - gradient_dot_out * w / denominator
-                ) / denominator

@@ -13,19 +13,22 @@ import numpy as np
 from numba import cuda
 
 from nbbag._validate import (
-    FLOAT_DTYPES,
     INDEX_DTYPES,
     BagBatch,
-    check_flag,
     check_index_range,
     check_indices,
-    check_norm_options,
     check_offsets,
+    check_offsets_found,
+    check_offsets_shape,
+    check_options,
     check_padding_idx,
     check_per_sample_weights,
+    check_table_layout,
+    check_weights_like,
+    check_weights_mode,
+    index_error,
 )
 from nbbag.cuda import arrays, launch
-from nbbag.modes import Mode
 
 
 @cuda.jit
@@ -82,17 +85,7 @@ def first_outside(values, low: int, high: int) -> int:
 def check_weight(weight):
     """``weight`` as a Numba device array (no copy), after the CPU path's checks."""
     weight = arrays.as_device(weight)
-    if weight.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"weight must be float32 or float64, got dtype {weight.dtype}")
-    if weight.ndim != 2:
-        raise ValueError(
-            f"weight must be 2-D (num_embeddings, dim), got shape {weight.shape}"
-        )
-    if not weight.is_c_contiguous():
-        raise ValueError(
-            "weight must be C-contiguous (it is read, and renormed, in place); "
-            "make a contiguous copy first"
-        )
+    check_table_layout(weight, weight.is_c_contiguous(), "make a contiguous copy first")
     return weight
 
 
@@ -114,12 +107,7 @@ def check_device_indices(indices, num_rows: int):
     position = first_outside(flat, 0, num_rows)
     if position >= 0:
         value = int(flat[position : position + 1].copy_to_host()[0])
-        where = np.unravel_index(position, indices.shape)
-        where = where[0] if len(where) == 1 else tuple(int(i) for i in where)
-        raise IndexError(
-            f"indices[{where}] = {value} is outside [0, {num_rows}): "
-            f"weight has {num_rows} rows"
-        )
+        raise index_error(indices.shape, position, value, num_rows)
     return indices
 
 
@@ -127,33 +115,21 @@ def check_device_offsets(offsets, indices, include_last_offset: bool):
     """Device ``offsets`` (1-D ``indices``) as int64 CSR offsets on the device."""
     offsets = _device_index_array(offsets, "offsets")
     num_indices = indices.size
-    if offsets.ndim != 1:
-        raise ValueError(f"offsets must be 1-D, got shape {offsets.shape}")
+    check_offsets_shape(offsets, include_last_offset)
     count = offsets.shape[0]
-    if include_last_offset and count == 0:
-        raise ValueError(
-            "offsets must hold at least one entry with include_last_offset=True, got none"
-        )
     if count == 0:
         return arrays.to_device(np.zeros(1, dtype=np.int64))
     result = arrays.to_device(np.array([count, count, 0], dtype=np.int64))
     grid, block = launch.linear(count)
     offsets_checks_kernel[grid, block](offsets, num_indices, result)
     decrease, past_end, first = (int(v) for v in result.copy_to_host())
-    if first != 0:
-        raise ValueError(f"offsets[0] must be 0, got {first}")
-    if decrease < count:
-        pair = offsets[decrease : decrease + 2].copy_to_host()
-        raise ValueError(
-            f"offsets must be non-decreasing, got offsets[{decrease}] = {pair[0]} > "
-            f"offsets[{decrease + 1}] = {pair[1]}"
-        )
-    if past_end < count:
-        value = int(offsets[past_end : past_end + 1].copy_to_host()[0])
-        raise ValueError(
-            f"offsets[{past_end}] = {value} is past the end of indices "
-            f"(length {num_indices})"
-        )
+    check_offsets_found(
+        first,
+        decrease if decrease < count else -1,
+        past_end if past_end < count else -1,
+        lambda i, j: offsets[i:j].copy_to_host(),
+        num_indices,
+    )
     out = arrays.empty(count + (0 if include_last_offset else 1), np.int64)
     grid, block = launch.linear(out.shape[0])
     csr_offsets_kernel[grid, block](offsets, num_indices, out)
@@ -162,20 +138,8 @@ def check_device_offsets(offsets, indices, include_last_offset: bool):
 
 def check_device_per_sample_weights(per_sample_weights, indices_shape, mode, dtype):
     weights = arrays.as_device(per_sample_weights)
-    if mode == Mode.MAX:
-        raise ValueError(
-            "per_sample_weights is not supported with mode 'max' "
-            "(use 'sum', 'mean' or 'sqrtn')"
-        )
-    if not np.issubdtype(weights.dtype, np.floating):
-        raise TypeError(
-            f"per_sample_weights must be a floating-point array, got dtype {weights.dtype}"
-        )
-    if tuple(weights.shape) != tuple(indices_shape):
-        raise ValueError(
-            f"per_sample_weights must have the shape of indices {tuple(indices_shape)}, "
-            f"got {tuple(weights.shape)}"
-        )
+    check_weights_mode(mode)
+    check_weights_like(weights, indices_shape)
     if not weights.is_c_contiguous():
         raise ValueError("per_sample_weights must be C-contiguous")
     return arrays.cast(weights.reshape(weights.size), dtype)
@@ -198,10 +162,9 @@ def validate_forward(
     checks and messages; every array of the result is on the device."""
     weight = check_weight(weight)
     num_rows = weight.shape[0]
-    mode = Mode.parse(mode)
-    include_last_offset = check_flag(include_last_offset, "include_last_offset")
-    scale_grad_by_freq = check_flag(scale_grad_by_freq, "scale_grad_by_freq")
-    max_norm, norm_type = check_norm_options(max_norm, norm_type)
+    mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type = check_options(
+        mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type
+    )
     padding_idx = check_padding_idx(padding_idx, num_rows)
     if arrays.is_device(indices):
         indices = check_device_indices(indices, num_rows)

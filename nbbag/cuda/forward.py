@@ -17,6 +17,8 @@ import math
 
 from numba import cuda
 
+from nbbag.cpu.backward import MEAN, SQRTN, SUM  # nbbag.Mode's values
+
 NO_PADDING = -1
 
 
@@ -79,9 +81,21 @@ def scale_dev(total, denominator):
     return 0.0 if denominator == 0 else total * (1.0 / denominator)
 
 
-@cuda.jit
-def bag_sum(weight, indices, offsets, out, padding_idx):
-    """out[b] = sum of the rows of bag b.
+@cuda.jit(device=True, inline=True)
+def finish_dev(total, weight_sum, weight_square_sum, mode):
+    """What a bag's dimension becomes from its reduction: the sum, sum / sum_i w_i
+    (mean) or sum / sqrt(sum_i w_i**2) (sqrtn); w_i = 1 without weights."""
+    if mode == MEAN:
+        return scale_dev(total, weight_sum)
+    if mode == SQRTN:
+        return scale_dev(total, math.sqrt(weight_square_sum))
+    return total
+
+
+@cuda.jit(device=True)
+def bag_unweighted_dev(weight, indices, offsets, out, padding_idx, mode):
+    """The shape of the unweighted sum-like kernels: the calling group's bag b, lane l
+    reducing dimensions l, l + group, ... with ``sum_dim_dev``, finished by ``mode``.
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
@@ -89,8 +103,34 @@ def bag_sum(weight, indices, offsets, out, padding_idx):
     if b < out.shape[0]:
         start, end = offsets[b], offsets[b + 1]
         for d in range(cuda.threadIdx.x, out.shape[1], cuda.blockDim.x):
-            total, _ = sum_dim_dev(weight, indices, start, end, padding_idx, d)
-            out[b, d] = total
+            total, count = sum_dim_dev(weight, indices, start, end, padding_idx, d)
+            out[b, d] = finish_dev(total, count, count, mode)
+
+
+@cuda.jit(device=True)
+def bag_weighted_dev(weight, indices, offsets, per_sample_weights, out, padding_idx, mode):
+    """The shape of the weighted kernels: ``bag_unweighted_dev`` with
+    ``weighted_sum_dim_dev``.
+
+    Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
+    """
+    b = group_item()
+    if b < out.shape[0]:
+        start, end = offsets[b], offsets[b + 1]
+        for d in range(cuda.threadIdx.x, out.shape[1], cuda.blockDim.x):
+            total, weight_sum, weight_square_sum = weighted_sum_dim_dev(
+                weight, indices, per_sample_weights, start, end, padding_idx, d
+            )
+            out[b, d] = finish_dev(total, weight_sum, weight_square_sum, mode)
+
+
+@cuda.jit
+def bag_sum(weight, indices, offsets, out, padding_idx):
+    """out[b] = sum of the rows of bag b.
+
+    Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
+    """
+    bag_unweighted_dev(weight, indices, offsets, out, padding_idx, SUM)
 
 
 @cuda.jit
@@ -99,12 +139,7 @@ def bag_mean(weight, indices, offsets, out, padding_idx):
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
-    b = group_item()
-    if b < out.shape[0]:
-        start, end = offsets[b], offsets[b + 1]
-        for d in range(cuda.threadIdx.x, out.shape[1], cuda.blockDim.x):
-            total, count = sum_dim_dev(weight, indices, start, end, padding_idx, d)
-            out[b, d] = scale_dev(total, count)
+    bag_unweighted_dev(weight, indices, offsets, out, padding_idx, MEAN)
 
 
 @cuda.jit
@@ -113,12 +148,7 @@ def bag_sqrtn(weight, indices, offsets, out, padding_idx):
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
-    b = group_item()
-    if b < out.shape[0]:
-        start, end = offsets[b], offsets[b + 1]
-        for d in range(cuda.threadIdx.x, out.shape[1], cuda.blockDim.x):
-            total, count = sum_dim_dev(weight, indices, start, end, padding_idx, d)
-            out[b, d] = scale_dev(total, math.sqrt(count))
+    bag_unweighted_dev(weight, indices, offsets, out, padding_idx, SQRTN)
 
 
 @cuda.jit
@@ -157,14 +187,7 @@ def bag_weighted_sum(weight, indices, offsets, per_sample_weights, out, padding_
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
-    b = group_item()
-    if b < out.shape[0]:
-        start, end = offsets[b], offsets[b + 1]
-        for d in range(cuda.threadIdx.x, out.shape[1], cuda.blockDim.x):
-            total, _, _ = weighted_sum_dim_dev(
-                weight, indices, per_sample_weights, start, end, padding_idx, d
-            )
-            out[b, d] = total
+    bag_weighted_dev(weight, indices, offsets, per_sample_weights, out, padding_idx, SUM)
 
 
 @cuda.jit
@@ -173,14 +196,7 @@ def bag_weighted_mean(weight, indices, offsets, per_sample_weights, out, padding
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
-    b = group_item()
-    if b < out.shape[0]:
-        start, end = offsets[b], offsets[b + 1]
-        for d in range(cuda.threadIdx.x, out.shape[1], cuda.blockDim.x):
-            total, weight_sum, _ = weighted_sum_dim_dev(
-                weight, indices, per_sample_weights, start, end, padding_idx, d
-            )
-            out[b, d] = scale_dev(total, weight_sum)
+    bag_weighted_dev(weight, indices, offsets, per_sample_weights, out, padding_idx, MEAN)
 
 
 @cuda.jit
@@ -190,14 +206,7 @@ def bag_weighted_sqrtn(weight, indices, offsets, per_sample_weights, out, paddin
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
-    b = group_item()
-    if b < out.shape[0]:
-        start, end = offsets[b], offsets[b + 1]
-        for d in range(cuda.threadIdx.x, out.shape[1], cuda.blockDim.x):
-            total, _, square_sum = weighted_sum_dim_dev(
-                weight, indices, per_sample_weights, start, end, padding_idx, d
-            )
-            out[b, d] = scale_dev(total, math.sqrt(square_sum))
+    bag_weighted_dev(weight, indices, offsets, per_sample_weights, out, padding_idx, SQRTN)
 
 
 @cuda.jit

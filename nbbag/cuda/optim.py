@@ -18,6 +18,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from nbbag.cpu import optim as cpu_optim
 from nbbag.cpu.optim import (
     ADAGRAD,
     ADAM,
@@ -32,7 +33,8 @@ from nbbag.cpu.optim import (
     SGD,
     WEIGHT_DECAY,
 )
-from nbbag.cuda.backward import row_gradient_dim_dev
+from nbbag.cuda.backward import row_gradient_dev
+from nbbag.cuda.twin import device_twin
 
 __all__ = [
     "ADAGRAD",
@@ -49,32 +51,18 @@ __all__ = [
 
 
 def step_hyper(hyper: np.ndarray, step: int, dtype) -> np.ndarray:
-    """``hyper`` in the weight's dtype with ADAM_STEP_SIZE filled in, as the CPU's
-    ``step_hyper`` computes it (in float64)."""
-    local = hyper.astype(dtype)
-    local[ADAM_STEP_SIZE] = (
-        hyper[LR] * math.sqrt(1.0 - hyper[BETA2] ** step) / (1.0 - hyper[BETA1] ** step)
-    )
-    return local
+    """``hyper`` in the weight's dtype with ADAM_STEP_SIZE filled in: the CPU's
+    ``step_hyper``, run as plain Python on the host (in float64)."""
+    return cpu_optim.step_hyper.py_func(hyper, step, np.empty(0, dtype=dtype))
 
 
-@cuda.jit(device=True)
-def skipped_steps_matrix_dev(lr, momentum, weight_decay, steps):
-    """The 2x2 matrix (a, b, c, d) of ``steps`` gradient-free SGD steps:
-    w_k = a w + b u, u_k = c w + d u.  Binary powering: O(log steps)."""
-    a, b, c, d = 1.0, 0.0, 0.0, 1.0
-    pa, pb, pc, pd = 1.0 - lr * weight_decay, -lr * momentum, weight_decay, momentum
-    while steps > 0:
-        if steps & 1:
-            a, b, c, d = a * pa + b * pc, a * pb + b * pd, c * pa + d * pc, c * pb + d * pd
-        pa, pb, pc, pd = (
-            pa * pa + pb * pc,
-            pa * pb + pb * pd,
-            pc * pa + pd * pc,
-            pc * pb + pd * pd,
-        )
-        steps >>= 1
-    return a, b, c, d
+# The per-element rules, one source with the CPU kernels (nbbag.cuda.twin).
+skipped_steps_matrix_dev = device_twin(cpu_optim.skipped_steps_matrix)
+advance_element_dev = device_twin(cpu_optim.advance_element)
+momentum_element_dev = device_twin(cpu_optim.momentum_element)
+adagrad_element_dev = device_twin(cpu_optim.adagrad_element)
+adam_element_dev = device_twin(cpu_optim.adam_element)
+row_wise_accumulator_dev = device_twin(cpu_optim.row_wise_accumulator)
 
 
 @cuda.jit(device=True)
@@ -86,10 +74,10 @@ def advance_dims_dev(row, steps, weight, momentum_buffer, hyper, first, stride):
     a, b, c, d = skipped_steps_matrix_dev(
         float(hyper[LR]), float(hyper[MOMENTUM]), float(hyper[WEIGHT_DECAY]), steps
     )
-    for i in range(first, weight.shape[1], stride):
-        w_i, u_i = weight[row, i], momentum_buffer[row, i]
-        weight[row, i] = a * w_i + b * u_i
-        momentum_buffer[row, i] = c * w_i + d * u_i
+    w = weight[row]
+    u = momentum_buffer[row]
+    for i in range(first, w.shape[0], stride):
+        advance_element_dev(w, u, i, a, b, c, d)
 
 
 @cuda.jit(device=True)
@@ -101,12 +89,7 @@ def row_prologue_dev(kind, row, grad_row, weight, row_state, last_step, hyper, s
     if kind == SGD and last_step.shape[0] > 0:
         behind = step - 1 - last_step[row]
     elif kind == ROW_WISE_ADAGRAD:
-        mean_square = 0.0
-        for i in range(grad_row.shape[0]):
-            mean_square += float(grad_row[i]) * grad_row[i]
-        accumulator = row_state[row]
-        if grad_row.shape[0] > 0:
-            accumulator += mean_square / grad_row.shape[0]
+        accumulator = row_wise_accumulator_dev(row_state[row], grad_row)
     return behind, accumulator
 
 
@@ -119,39 +102,36 @@ def update_dims_dev(
     its per-element state), the CPU ``update_row``'s rules.  Ownership: the caller
     owns those elements."""
     lr = hyper[LR]
-    dim = weight.shape[1]
+    w = weight[row]
+    dim = w.shape[0]
     if kind == SGD:
         if last_step.shape[0] == 0:
             for i in range(first, dim, stride):
-                weight[row, i] -= lr * grad_row[i]
+                w[i] -= lr * grad_row[i]
             return
         advance_dims_dev(row, behind, weight, state, hyper, first, stride)
+        u = state[row]
         momentum, weight_decay = hyper[MOMENTUM], hyper[WEIGHT_DECAY]
         for i in range(first, dim, stride):
-            u = momentum * state[row, i] + (grad_row[i] + weight_decay * weight[row, i])
-            state[row, i] = u
-            weight[row, i] -= lr * u
+            momentum_element_dev(w, u, i, grad_row[i], lr, momentum, weight_decay)
     elif kind == ADAGRAD:
+        squares = state[row]
         eps = hyper[EPS]
         for i in range(first, dim, stride):
-            g = grad_row[i]
-            square = state[row, i] + g * g
-            state[row, i] = square
-            weight[row, i] -= lr * g / (math.sqrt(square) + eps)
+            adagrad_element_dev(w, squares, i, grad_row[i], lr, eps)
     elif kind == ROW_WISE_ADAGRAD:
         multiplier = lr / (math.sqrt(accumulator) + hyper[EPS])
         for i in range(first, dim, stride):
-            weight[row, i] -= multiplier * grad_row[i]
+            w[i] -= multiplier * grad_row[i]
     else:  # ADAM, lazy: torch.optim.SparseAdam
         keep1, keep2 = 1.0 - hyper[BETA1], 1.0 - hyper[BETA2]
         step_size, eps = hyper[ADAM_STEP_SIZE], hyper[EPS]
+        exp_avg = state[row]
+        exp_avg_sq = second_state[row]
         for i in range(first, dim, stride):
-            g = grad_row[i]
-            m = state[row, i] + (g - state[row, i]) * keep1
-            v = second_state[row, i] + (g * g - second_state[row, i]) * keep2
-            state[row, i] = m
-            second_state[row, i] = v
-            weight[row, i] -= step_size * m / (math.sqrt(v) + eps)
+            adam_element_dev(
+                w, exp_avg, exp_avg_sq, i, grad_row[i], keep1, keep2, step_size, eps
+            )
 
 
 @cuda.jit(device=True)
@@ -161,6 +141,38 @@ def row_epilogue_dev(kind, row, row_state, last_step, step, accumulator):
         last_step[row] = step
     elif kind == ROW_WISE_ADAGRAD:
         row_state[row] = accumulator
+
+
+@cuda.jit(device=True)
+def update_group_dev(
+    kind, weight, rows, k, active, grad_rows, g, state, second_state, row_state,
+    last_step, hyper, step,
+):  # fmt: skip
+    """The calling group's step of row rows[k] with gradient grad_rows[g, :D] when
+    ``active``: every lane reads the row's scalar state (``row_prologue_dev``), the
+    block meets, the lanes update their dimensions and lane 0 the scalar state
+    (``row_epilogue_dev``), the block meets again.  Every thread of the block must
+    call it, active or not (two ``syncthreads``).
+
+    Ownership: the group writes row rows[k] of weight and state (lane l, dimensions
+    l, l + group, ...; lane 0 the row's scalar state).
+    """
+    behind = 0
+    accumulator = 0.0
+    if active:
+        behind, accumulator = row_prologue_dev(
+            kind, rows[k], grad_rows[g, : weight.shape[1]], weight, row_state,
+            last_step, hyper, step,
+        )  # fmt: skip
+    cuda.syncthreads()
+    if active:
+        update_dims_dev(
+            kind, rows[k], grad_rows[g, : weight.shape[1]], weight, state, second_state,
+            last_step, hyper, behind, accumulator, cuda.threadIdx.x, cuda.blockDim.x,
+        )  # fmt: skip
+        if cuda.threadIdx.x == 0:
+            row_epilogue_dev(kind, rows[k], row_state, last_step, step, accumulator)
+    cuda.syncthreads()
 
 
 @cuda.jit
@@ -178,22 +190,10 @@ def apply_row_gradients(
         cuda.blockIdx.x * per_block, rows.shape[0], cuda.gridDim.x * per_block
     ):
         k = base + cuda.threadIdx.y
-        active = k < rows.shape[0]
-        behind = 0
-        accumulator = 0.0
-        if active:
-            behind, accumulator = row_prologue_dev(
-                kind, rows[k], values[k], weight, row_state, last_step, hyper, step
-            )
-        cuda.syncthreads()
-        if active:
-            update_dims_dev(
-                kind, rows[k], values[k], weight, state, second_state, last_step, hyper,
-                behind, accumulator, cuda.threadIdx.x, cuda.blockDim.x,
-            )  # fmt: skip
-            if cuda.threadIdx.x == 0:
-                row_epilogue_dev(kind, rows[k], row_state, last_step, step, accumulator)
-        cuda.syncthreads()
+        update_group_dev(
+            kind, weight, rows, k, k < rows.shape[0], values, k, state, second_state,
+            row_state, last_step, hyper, step,
+        )  # fmt: skip
 
 
 @cuda.jit
@@ -234,27 +234,15 @@ def apply_fused(
         k = base + cuda.threadIdx.y
         active = k < rows.shape[0] and value_index[k] >= 0
         if active:
-            for d in range(cuda.threadIdx.x, dim, cuda.blockDim.x):
-                grad_row[d] = row_gradient_dim_dev(
-                    grad_output, bag_of, coefficients, argmax, positions, row_ptr[k],
-                    row_ptr[k + 1], scale_grad_by_freq, d,
-                )  # fmt: skip
-        cuda.syncthreads()
-        behind = 0
-        accumulator = 0.0
-        if active:
-            behind, accumulator = row_prologue_dev(
-                kind, rows[k], grad_row, weight, row_state, last_step, hyper, step
-            )
-        cuda.syncthreads()
-        if active:
-            update_dims_dev(
-                kind, rows[k], grad_row, weight, state, second_state, last_step, hyper,
-                behind, accumulator, cuda.threadIdx.x, cuda.blockDim.x,
+            row_gradient_dev(
+                grad_output, bag_of, coefficients, argmax, positions, row_ptr[k],
+                row_ptr[k + 1], scale_grad_by_freq, grad_row,
             )  # fmt: skip
-            if cuda.threadIdx.x == 0:
-                row_epilogue_dev(kind, rows[k], row_state, last_step, step, accumulator)
         cuda.syncthreads()
+        update_group_dev(
+            kind, weight, rows, k, active, scratch, slot, state, second_state, row_state,
+            last_step, hyper, step,
+        )  # fmt: skip
 
 
 @cuda.jit

@@ -22,6 +22,8 @@ dimension ``d`` of the tokens ``start:end`` and writes nothing)::
     value = scale_dev(total, denominator)       # 0 where denominator == 0
     value = row_gradient_dim_dev(grad_output, bag_of, coefficients, argmax, positions,
                                  start, end, scale_grad_by_freq, d)
+    row_gradient_dev(grad_output, bag_of, coefficients, argmax, positions, start, end,
+                     scale_grad_by_freq, out_row)   # the calling group writes out_row
 
 Backward (see :mod:`nbbag.cuda.backward`) and optimizer kernels (see
 :mod:`nbbag.cuda.optim`; ``hyper`` from ``step_hyper`` as a device array) keep the CPU
@@ -39,6 +41,7 @@ from nbbag.cuda.backward import (  # noqa: E402
     group_positions_by_row,
     max_token_coefficients,
     per_sample_weights_grad,
+    row_gradient_dev,
     row_gradient_dim_dev,
     token_coefficients,
 )
@@ -96,6 +99,7 @@ __all__ = [
     "max_token_coefficients",
     "per_sample_weights_grad",
     "renorm_rows",
+    "row_gradient_dev",
     "row_gradient_dim_dev",
     "scale_dev",
     "step_hyper",
