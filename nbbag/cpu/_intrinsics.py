@@ -105,7 +105,8 @@ def stack_row(typingctx, like, lanes):
     The length is a compile-time constant (a tuple's length is part of its type), and
     the memory provably aliases nothing else: LLVM keeps a bag's running sum in
     registers instead of storing and reloading ``out[b]`` after every token (1.14-1.26x
-    faster forward at D = 16-256, measured).  Only valid while the calling function
+    faster at D = 16-256 in a standalone prototype; the integrated kernels measured
+    within noise of the generic ones).  Only valid while the calling function
     runs: never return it or store it.
     """
     if not (isinstance(like, types.Array) and isinstance(lanes, types.UniTuple)):

@@ -27,8 +27,9 @@ from nbbag.cpu._intrinsics import LANE, prefetch_row, stack_row
 
 # Tokens ahead whose rows are prefetched: enough to cover the ~200 ns miss latency
 # (MEASURED.md).  With the sum in registers (stack_row), 32 beat 16 by 1.3x at D = 64
-# and tied at D = 16 and 256 (measured).  Baked in at compile time: the on-disk cache is
-# keyed on this file, so change it here and nowhere else.
+# and tied at D = 16 and 256 in a standalone prototype (integrated: within noise).
+# Baked in at compile time: the on-disk cache is keyed on this file, so change it here
+# and nowhere else.
 PREFETCH_DISTANCE = 32
 
 NO_PADDING = -1

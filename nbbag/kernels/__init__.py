@@ -30,7 +30,8 @@ Bag kernels (one bag per parallel iteration)::
     lanes = lanes_for(D)   # optional, for the sum family: a tuple of D // LANE entries
         # when LANE divides D (up to LANE * MAX_LANES), else None.  With it the kernel
         # is compiled for that D (once per D, cached) and keeps each bag's sum in
-        # registers: 1.1-1.6x faster; the result is bit for bit the generic kernel's.
+        # registers (1.1-1.6x in a standalone prototype; within noise of the generic
+        # kernels once integrated); the result is bit for bit the generic kernel's.
 
 Per-bag functions (serial; reduce tokens start:end into one row, for your own loops)::
 
