@@ -23,14 +23,15 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from nbbag.cpu._intrinsics import LANE, prefetch_row, stack_row
+from nbbag.cpu._intrinsics import LANE, add_row_lanes, prefetch_row, stack_row
 
-# Tokens ahead whose rows are prefetched: enough to cover the ~200 ns miss latency
-# (MEASURED.md).  With the sum in registers (stack_row), 32 beat 16 by 1.3x at D = 64
-# and tied at D = 16 and 256 in a standalone prototype (integrated: within noise).
-# Baked in at compile time: the on-disk cache is keyed on this file, so change it here
-# and nowhere else.
-PREFETCH_DISTANCE = 32
+# How far ahead rows are prefetched: enough bytes in flight to cover the ~200 ns miss
+# latency (MEASURED.md), in whole rows, at most MAX_PREFETCH_TOKENS tokens ahead.  At
+# D = 256 float32 (1 KB rows) 8 tokens ahead beat 32 by 8-10%; at D = 64, 4 to 32
+# tied; at D = 16 (64-byte rows), 32 beat 4 and 8 by 1.3-1.8x.  Baked in at compile
+# time: the on-disk cache is keyed on this file, so change them here only.
+PREFETCH_BYTES = 8192
+MAX_PREFETCH_TOKENS = 32
 
 NO_PADDING = -1
 
@@ -63,6 +64,40 @@ def _row_width(row, lanes):
     return lambda row, lanes: len(lanes) * LANE
 
 
+def add_row(total, table, row, scale, lanes):
+    """``total += table[row]`` (``scale`` None) or ``total += scale * table[row]``:
+    in vectors of LANE elements when ``lanes`` is a tuple (:func:`add_row_lanes`), in
+    a scalar loop when it is None.  Bit-identical either way."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(add_row, inline="always")
+def _add_row(total, table, row, scale, lanes):
+    if not isinstance(lanes, (types.NoneType, types.Omitted)):
+        return lambda total, table, row, scale, lanes: add_row_lanes(
+            total, table, row, scale, lanes
+        )
+    if isinstance(scale, (types.NoneType, types.Omitted)):
+
+        def add(total, table, row, scale, lanes):
+            for d in range(total.shape[0]):
+                total[d] += table[row, d]
+
+        return add
+
+    def add_scaled(total, table, row, scale, lanes):
+        for d in range(total.shape[0]):
+            total[d] += scale * table[row, d]
+
+    return add_scaled
+
+
+@njit(cache=True, inline="always")
+def prefetch_distance(row_bytes):
+    """Tokens ahead whose rows are prefetched, for rows of ``row_bytes`` bytes."""
+    return max(1, min(MAX_PREFETCH_TOKENS, PREFETCH_BYTES // max(row_bytes, 1)))
+
+
 @njit(cache=True, inline="always")
 def _add_rows(weight, indices, start, end, padding_idx, total, lanes):
     """Set ``total`` to the sum of rows ``indices[start:end]`` (padding left out);
@@ -72,18 +107,18 @@ def _add_rows(weight, indices, start, end, padding_idx, total, lanes):
     for d in range(width):
         total[d] = 0
     count = 0
+    distance = prefetch_distance(width * weight.itemsize)
     # Prefetch past the bag's end too: with prange's contiguous chunks the next bag
     # belongs to the same thread.
     prefetch_end = indices.shape[0]
     for position in range(start, end):
-        if position + PREFETCH_DISTANCE < prefetch_end:
-            prefetch_row(weight, indices[position + PREFETCH_DISTANCE], lanes)
+        if position + distance < prefetch_end:
+            prefetch_row(weight, indices[position + distance], lanes)
         row = indices[position]
         if row == padding_idx:
             continue
         count += 1
-        for d in range(width):
-            total[d] += weight[row, d]
+        add_row(total, weight, row, None, lanes)
     return count
 
 
@@ -98,18 +133,18 @@ def _add_weighted_rows(
         total[d] = 0
     weight_sum = 0.0
     weight_square_sum = 0.0
+    distance = prefetch_distance(width * weight.itemsize)
     prefetch_end = indices.shape[0]
     for position in range(start, end):
-        if position + PREFETCH_DISTANCE < prefetch_end:
-            prefetch_row(weight, indices[position + PREFETCH_DISTANCE], lanes)
+        if position + distance < prefetch_end:
+            prefetch_row(weight, indices[position + distance], lanes)
         row = indices[position]
         if row == padding_idx:
             continue
         w = per_sample_weights[position]
         weight_sum += w
         weight_square_sum += w * w
-        for d in range(width):
-            total[d] += w * weight[row, d]
+        add_row(total, weight, row, w, lanes)
     return weight_sum, weight_square_sum
 
 
@@ -185,10 +220,11 @@ def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row):
     """
     record = argmax_row.shape[0] > 0
     count = 0
+    distance = prefetch_distance(out_row.shape[0] * weight.itemsize)
     prefetch_end = indices.shape[0]
     for position in range(start, end):
-        if position + PREFETCH_DISTANCE < prefetch_end:
-            prefetch_row(weight, indices[position + PREFETCH_DISTANCE], None)
+        if position + distance < prefetch_end:
+            prefetch_row(weight, indices[position + distance], None)
         row = indices[position]
         if row == padding_idx:
             continue
