@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nbbag.cpu.checks import index_range
+from nbbag.cpu.checks import index_range, scan_offsets
 from nbbag.cpu.forward import NO_PADDING
 from nbbag.modes import Mode
 
@@ -210,16 +210,9 @@ def check_offsets(offsets, indices: np.ndarray, include_last_offset: bool) -> np
     check_offsets_shape(offsets, include_last_offset)
     if offsets.shape[0] == 0:  # no bags
         return np.zeros(1, dtype=np.int64)
-    offsets = offsets.astype(np.int64)
-    steps = np.diff(offsets)
-    decrease = int(np.flatnonzero(steps < 0)[0]) if steps.size and steps.min() < 0 else -1
-    past_end = int(np.argmax(offsets > num_indices)) if offsets[-1] > num_indices else -1
-    check_offsets_found(
-        offsets[0], decrease, past_end, lambda i, j: offsets[i:j], num_indices
-    )
-    if not include_last_offset:
-        offsets = np.append(offsets, np.int64(num_indices))
-    return offsets
+    csr, decrease, past_end = scan_offsets(offsets, num_indices, not include_last_offset)
+    check_offsets_found(csr[0], decrease, past_end, lambda i, j: csr[i:j], num_indices)
+    return csr
 
 
 def check_offsets_shape(offsets, include_last_offset: bool) -> None:
