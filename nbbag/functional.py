@@ -386,6 +386,7 @@ def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
         groups.value_index,
         ctx.batch.scale_grad_by_freq,
         values,
+        forward.lanes_for(dim),
     )
     rows = groups.rows
     if groups.num_contributing < rows.shape[0]:  # only max and weights leave rows out

@@ -38,6 +38,7 @@ from nbbag._validate import (
     check_weight,
 )
 from nbbag.cpu import optim as kernels
+from nbbag.cpu.forward import lanes_for
 from nbbag.functional import group_tokens
 from nbbag.sparse import RowSparseGrad
 
@@ -181,6 +182,7 @@ class _SparseOptimizer:
             self._hyper,
             self.step_count,
             scratch,
+            lanes_for(self.weight.shape[1]),
         )
 
     def catch_up(self, indices) -> None:

@@ -120,6 +120,33 @@ def test_sum_kernels_specialised_for_width_equal_the_generic_ones(
     np.testing.assert_array_equal(specialised, generic)
 
 
+@pytest.mark.parametrize("scale_grad_by_freq", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_gradients_specialised_for_width_equal_the_generic_ones(
+    dtype, scale_grad_by_freq, rng
+):
+    """``accumulate_rows`` with ``lanes`` (each row's sum in registers, in vectors) is
+    bit for bit the generic kernel: same tokens, same order, same dtype."""
+    width = 2 * kernels.LANE
+    indices = rng.integers(0, 30, size=500)
+    indices[100:400] = 7  # one hot row repeated
+    bag_of = np.sort(rng.integers(0, 40, size=500))
+    bag_of[:3] = -1  # tokens in no bag are grouped last and left out
+    coefficients = rng.uniform(-2, 2, size=500).astype(dtype)
+    coefficients[::11] = 0  # a zero coefficient adds nothing
+    grad_output = rng.standard_normal((40, width)).astype(dtype)
+    rows, row_ptr, positions = kernels.group_positions_by_row(indices, bag_of, 30, 2)
+    value_index = np.arange(rows.shape[0])
+    no_argmax = np.empty((0, 0), dtype=np.int64)
+    args = (grad_output, bag_of, coefficients, no_argmax, positions, row_ptr)
+    args += (value_index, scale_grad_by_freq)
+    generic = np.full((rows.shape[0], width), np.nan, dtype=dtype)
+    specialised = np.full((rows.shape[0], width), np.nan, dtype=dtype)
+    kernels.accumulate_rows(*args, generic)
+    kernels.accumulate_rows(*args, specialised, kernels.lanes_for(width))
+    np.testing.assert_array_equal(specialised, generic)
+
+
 def test_renorm_rows_and_index_range(rng):
     weight = 5 * rng.standard_normal((8, 3))
     expected = weight.copy()

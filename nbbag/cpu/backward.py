@@ -23,7 +23,11 @@ entry point.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
+
+from nbbag.cpu._intrinsics import stack_row
+from nbbag.cpu.forward import add_row
 
 SUM, MEAN, MAX, SQRTN = 0, 1, 2, 3  # nbbag.Mode's values
 MAX_RADIX_BITS = 12  # at most 4096 buckets: two passes sort the rows of a 16M-row table
@@ -291,6 +295,37 @@ def contributing_rows(coefficients, positions, row_ptr, contributes):
         )
 
 
+def sum_buffer(out_row, like, lanes):
+    """Where a row's gradient is summed: ``out_row`` itself (``lanes`` None), or a
+    :func:`~nbbag.cpu._intrinsics.stack_row` LLVM keeps in registers (``lanes`` a
+    tuple), copied to ``out_row`` by :func:`store_sum`."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(sum_buffer, inline="always")
+def _sum_buffer(out_row, like, lanes):
+    if isinstance(lanes, (types.NoneType, types.Omitted)):
+        return lambda out_row, like, lanes: out_row
+    return lambda out_row, like, lanes: stack_row(like, lanes)
+
+
+def store_sum(total, out_row, lanes):
+    """Copy a sum made in :func:`sum_buffer`'s stack row into ``out_row``."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(store_sum, inline="always")
+def _store_sum(total, out_row, lanes):
+    if isinstance(lanes, (types.NoneType, types.Omitted)):
+        return lambda total, out_row, lanes: None
+
+    def store(total, out_row, lanes):
+        for d in range(out_row.shape[0]):
+            out_row[d] = total[d]
+
+    return store
+
+
 @njit(cache=True, inline="always")  # in a parfor the arrays do not alias: vectorises
 def row_gradient(
     grad_output,
@@ -302,26 +337,30 @@ def row_gradient(
     end,
     scale_grad_by_freq,
     out_row,
+    lanes=None,
 ):
     """Write into ``out_row`` the gradient of the row whose tokens are
     ``positions[start:end]``: the sum of ``coefficients[p] * grad_output[bag_of[p]]``
     in position order or, for max (``argmax`` with columns), of ``grad_output[b, d]``
     for each dimension d that token p won in its bag b; divided by the token count with
-    ``scale_grad_by_freq``.
+    ``scale_grad_by_freq``.  ``lanes`` as in :func:`nbbag.cpu.forward.sum_rows`: with
+    a tuple the sum is made in registers, in vectors (bit-identical).
 
     Ownership: the caller owns ``out_row``; nothing else is written.
     """
-    out_row[:] = 0
     if argmax.shape[1] == 0:
+        total = sum_buffer(out_row, grad_output, lanes)
+        for d in range(out_row.shape[0]):
+            total[d] = 0
         for i in range(start, end):
             position = positions[i]
             coefficient = coefficients[position]
             if coefficient == 0:
                 continue
-            bag_gradient = grad_output[bag_of[position]]
-            for d in range(out_row.shape[0]):
-                out_row[d] += coefficient * bag_gradient[d]
+            add_row(total, grad_output, bag_of[position], coefficient, lanes)
+        store_sum(total, out_row, lanes)
     else:
+        out_row[:] = 0
         for i in range(start, end):
             position = positions[i]
             b = bag_of[position]
@@ -343,10 +382,11 @@ def accumulate_rows(
     value_index,
     scale_grad_by_freq,
     values,
+    lanes=None,
 ):
     """``values[value_index[k]]`` = the gradient of row k (see ``row_gradient``;
     ``argmax`` of shape (0, 0) except for max); rows with ``value_index[k] < 0`` are
-    skipped.
+    skipped.  ``lanes``: see ``row_gradient``.
 
     Ownership: iteration k of the prange writes ``values[value_index[k]]`` only.
     """
@@ -362,6 +402,7 @@ def accumulate_rows(
                 row_ptr[k + 1],
                 scale_grad_by_freq,
                 values[value_index[k]],
+                lanes,
             )
 
 

@@ -245,10 +245,12 @@ def apply_fused(
     hyper,
     step,
     scratch,
+    lanes=None,
 ):
     """Backward and update in one pass over the rows with ``value_index[k] >= 0``:
-    the gradients of a block of rows into ``scratch[chunk]`` (``row_gradient``), then
-    their updates (``update_row``).  ``scratch`` is (chunks, FUSED_BLOCK, >= D).
+    the gradients of a block of rows into ``scratch[chunk]`` (``row_gradient``, with
+    ``lanes`` as there), then their updates (``update_row``).  ``scratch`` is
+    (chunks, FUSED_BLOCK, >= D).
 
     Ownership: iteration c of the prange owns ``scratch[c]`` and a contiguous chunk of
     the (unique) rows: their rows of weight and state.
@@ -273,6 +275,7 @@ def apply_fused(
                         row_ptr[k + 1],
                         scale_grad_by_freq,
                         scratch[c, k - first, :dim],
+                        lanes,
                     )
             for k in range(first, last):
                 if k + ROW_PREFETCH_DISTANCE < end:
