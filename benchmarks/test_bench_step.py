@@ -24,9 +24,12 @@ from benchmarks.steps import MODE, OPTS, TORCH_OPTS, StepBatch, make_step
 
 DIST = "zipf"
 IMPLS = ("nbbag", "torch", "dense")
-RTOL, ATOL = 1e-4, 1e-6  # float32 sums in different orders, scaled by the step size
-# Elementwise Adagrad and Adam move a row by ~lr * sign(g) on the first step: where g is
-# ~0 the summation order can flip the sign, so a few elements may differ.
+# float32 sums in different orders, scaled by the step size.  Elementwise Adagrad's and
+# Adam's first step is lr * g / (|g| + eps): where |g| is tiny, the order of the sum
+# moves it by up to ~lr * 1e-3 (torch's sparse Adagrad, whose order varies from run to
+# run, differed by up to 3.2e-6 in 0.1% of the elements once), hence atol 1e-5.
+RTOL, ATOL = 1e-4, 1e-5
+# Where g is ~0 the summation order can flip the sign: a few elements may differ.
 MAX_MISMATCH = 1e-5
 SEED = 20240602  # the backward benchmark's grad_output
 
