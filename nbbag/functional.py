@@ -348,8 +348,15 @@ def group_tokens(ctx: BagContext) -> TokenGroups:
         backward, ctx, np.empty(0, dtype=batch.weight.dtype), bag_of, coefficients
     )
     kernel(*args)
+    num_rows = batch.weight.shape[0]
+    # int32 sort keys where they fit: half the bytes of int64 through each radix pass
+    fits_int32 = max(num_rows, num_tokens) < np.iinfo(np.int32).max
     rows, row_ptr, positions = backward.group_positions_by_row(
-        batch.indices, bag_of, batch.weight.shape[0], numba.get_num_threads()
+        batch.indices,
+        bag_of,
+        num_rows,
+        numba.get_num_threads(),
+        np.int32 if fits_int32 else np.int64,
     )
     if batch.mode == Mode.MAX or weights is not None:
         # A max loser, a weight of 0 or weights summing to 0 contribute nothing: only

@@ -166,16 +166,18 @@ def test_bag_max_argmax_records_the_first_winner(rng):
     np.testing.assert_array_equal(argmax, [[1, 2], [-1, -1]])  # row 1 ties row 2: first
 
 
+@pytest.mark.parametrize("sort_type", [np.int32, np.int64])
 @pytest.mark.parametrize("num_chunks", [1, 2, 3, 8])
-def test_group_positions_by_row_is_a_stable_grouping(num_chunks, rng):
+def test_group_positions_by_row_is_a_stable_grouping(num_chunks, sort_type, rng):
     """The same grouping as a stable argsort, for any chunking (30,000 tokens: up to 7
-    chunks of 4096)."""
+    chunks of 4096, each finding its own row starts) and either sort type."""
     indices = rng.integers(0, 5000, size=30_000)
     indices[rng.random(indices.size) < 0.3] = 17  # a hot row
     bag_of = np.where(rng.random(indices.size) < 0.2, -1, 0)
     rows, row_ptr, positions = kernels.group_positions_by_row(
-        indices, bag_of, 5000, num_chunks
+        indices, bag_of, 5000, num_chunks, sort_type
     )
+    assert rows.dtype == row_ptr.dtype == np.int64 and positions.dtype == sort_type
     kept = np.flatnonzero(bag_of >= 0)
     expected_order = kept[np.argsort(indices[kept], kind="stable")]
     np.testing.assert_array_equal(positions, expected_order)

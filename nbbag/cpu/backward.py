@@ -229,20 +229,63 @@ def _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positio
         )  # fmt: skip
 
 
+@njit(cache=True, inline="always")
+def _is_row_start(keys, i):
+    return i == 0 or keys[i] != keys[i - 1]
+
+
+@njit(parallel=True, cache=True)
+def _count_row_starts(keys, count, chunk_rows):
+    """``chunk_rows[c]`` = how many rows start in chunk c of the sorted ``keys[:count]``
+    (``chunk_rows.shape[0]`` chunks).
+
+    Ownership: iteration c of the prange writes ``chunk_rows[c]``.
+    """
+    num_chunks = chunk_rows.shape[0]
+    for c in prange(num_chunks):
+        first, last = chunk_bounds(c, num_chunks, count)
+        starts = 0
+        for i in range(first, last):
+            starts += _is_row_start(keys, i)
+        chunk_rows[c] = starts
+
+
+@njit(parallel=True, cache=True)
+def _write_row_starts(keys, count, first_row, rows, row_ptr):
+    """Write each row of the sorted ``keys[:count]`` and its first token: chunk c's
+    from ``rows[first_row[c]]`` on (``first_row``: the prefix sum of
+    :func:`_count_row_starts`, with a leading 0).
+
+    Ownership: iteration c of the prange writes ``rows`` and ``row_ptr`` at
+    ``first_row[c]:first_row[c + 1]``.
+    """
+    num_chunks = first_row.shape[0] - 1
+    for c in prange(num_chunks):
+        first, last = chunk_bounds(c, num_chunks, count)
+        k = first_row[c]
+        for i in range(first, last):
+            if _is_row_start(keys, i):
+                rows[k] = keys[i]
+                row_ptr[k] = i
+                k += 1
+
+
 @njit(cache=True)
-def group_positions_by_row(indices, bag_of, num_rows, num_chunks):
+def group_positions_by_row(indices, bag_of, num_rows, num_chunks, sort_type=np.int64):
     """Group the tokens in a bag (``bag_of[p] >= 0``) by row.
 
-    Returns ``(rows, row_ptr, positions)``: ``rows`` (U,) sorted unique rows;
+    Returns ``(rows, row_ptr, positions)``: ``rows`` (U,) int64 sorted unique rows;
     ``positions[row_ptr[k]:row_ptr[k + 1]]`` the tokens of ``rows[k]``, increasing.
     A stable LSD radix sort, two passes up to V = 16M, each parallel over chunks of
     tokens: O(N) per pass and no array of size V, so the cost does not grow with the
     table.  ``num_chunks`` (use the thread count) only sets the parallelism: the
-    result is the same for any value.
+    result is the same for any value.  ``sort_type``: the integer type the keys and
+    ``positions`` are sorted in; ``np.int32`` (where ``num_rows`` and the number of
+    tokens are below 2**31 - 1) moves half the bytes of int64 through each pass.
     """
     total = indices.shape[0]
-    keys = np.empty(total, dtype=np.int64)
-    positions = np.empty(total, dtype=np.int64)
+    keys = np.empty(total, dtype=sort_type)
+    positions = np.empty(total, dtype=sort_type)
     _sort_keys(indices, bag_of, num_rows, keys, positions)
     num_chunks = max(1, min(num_chunks, total // 4096))  # small inputs: one chunk
     # As few passes as MAX_RADIX_BITS allows (a third pass at V = 10M cost 30% more
@@ -257,18 +300,17 @@ def group_positions_by_row(indices, bag_of, num_rows, num_chunks):
         positions, sorted_positions = sorted_positions, positions
 
     count = np.searchsorted(keys, num_rows)  # tokens in a bag; the absent ones follow
-    num_unique = 0
-    for i in range(count):
-        if i == 0 or keys[i] != keys[i - 1]:
-            num_unique += 1
+    # The rows and where each starts, in parallel: each chunk counts the row starts in
+    # its part of the sorted keys, then writes them from its offset (serially: ~0.4 ms
+    # of the 1.7 at 200k tokens).
+    chunk_rows = np.empty(num_chunks + 1, dtype=np.int64)
+    chunk_rows[0] = 0
+    _count_row_starts(keys, count, chunk_rows[1:])
+    first_row = np.cumsum(chunk_rows)
+    num_unique = first_row[num_chunks]
     rows = np.empty(num_unique, dtype=np.int64)
     row_ptr = np.empty(num_unique + 1, dtype=np.int64)
-    k = 0
-    for i in range(count):
-        if i == 0 or keys[i] != keys[i - 1]:
-            rows[k] = keys[i]
-            row_ptr[k] = i
-            k += 1
+    _write_row_starts(keys, count, first_row, rows, row_ptr)
     row_ptr[num_unique] = count
     return rows, row_ptr, positions[:count]
 

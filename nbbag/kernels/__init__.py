@@ -49,7 +49,8 @@ Backward kernels (see nbbag.cpu.backward for the pipeline; mode is nbbag.Mode's 
                        bag_of, coefficients)       # per_sample_weights empty: unweighted
     max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coefficients)
     rows, row_ptr, positions = group_positions_by_row(indices, bag_of, num_rows,
-                                                     num_chunks)  # any >= 1
+                                                     num_chunks,  # any >= 1
+                                                     sort_type=np.int64)  # or np.int32
     contributing_rows(coefficients, positions, row_ptr, contributes)
     accumulate_rows(grad_output, bag_of, coefficients, argmax, positions, row_ptr,
                     value_index, scale_grad_by_freq, values, lanes=None)
