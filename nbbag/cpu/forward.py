@@ -67,7 +67,9 @@ def _row_width(row, lanes):
 def add_row(total, table, row, scale, lanes):
     """``total += table[row]`` (``scale`` None) or ``total += scale * table[row]``:
     in vectors of LANE elements when ``lanes`` is a tuple (:func:`add_row_lanes`), in
-    a scalar loop when it is None.  Bit-identical either way."""
+    a scalar loop when it is None.  Bit-identical either way.  The backward's row
+    gradients use it too: Numba's cache is keyed on each kernel's own file, so after
+    editing it delete the caches (``find nbbag -name '*.nb[ic]' -delete``)."""
     raise NotImplementedError("a Numba overload: call it from a jitted function")
 
 
