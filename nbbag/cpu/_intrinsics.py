@@ -147,7 +147,8 @@ def add_row_lanes(typingctx, total, table, row, scale, lanes):
     if not (
         isinstance(total, types.Array)
         and isinstance(table, types.Array)
-        and table.ndim == 2
+        and (total.ndim, table.ndim) == (1, 2)
+        and total.layout == table.layout == "C"  # whole vectors of adjacent elements
         and total.dtype == table.dtype
         and isinstance(lanes, types.UniTuple)
     ):
