@@ -23,11 +23,9 @@ entry point.
 import math
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
-from nbbag.cpu._intrinsics import stack_row
-from nbbag.cpu.forward import add_row
+from nbbag.cpu.forward import add_row, store_sum, sum_buffer
 
 SUM, MEAN, MAX, SQRTN = 0, 1, 2, 3  # nbbag.Mode's values
 MAX_RADIX_BITS = 12  # at most 4096 buckets: two passes sort the rows of a 16M-row table
@@ -335,37 +333,6 @@ def contributing_rows(coefficients, positions, row_ptr, contributes):
         contributes[k] = row_contributes(
             coefficients, positions, row_ptr[k], row_ptr[k + 1]
         )
-
-
-def sum_buffer(out_row, like, lanes):
-    """Where a row's gradient is summed: ``out_row`` itself (``lanes`` None), or a
-    :func:`~nbbag.cpu._intrinsics.stack_row` LLVM keeps in registers (``lanes`` a
-    tuple), copied to ``out_row`` by :func:`store_sum`."""
-    raise NotImplementedError("a Numba overload: call it from a jitted function")
-
-
-@overload(sum_buffer, inline="always")
-def _sum_buffer(out_row, like, lanes):
-    if isinstance(lanes, (types.NoneType, types.Omitted)):
-        return lambda out_row, like, lanes: out_row
-    return lambda out_row, like, lanes: stack_row(like, lanes)
-
-
-def store_sum(total, out_row, lanes):
-    """Copy a sum made in :func:`sum_buffer`'s stack row into ``out_row``."""
-    raise NotImplementedError("a Numba overload: call it from a jitted function")
-
-
-@overload(store_sum, inline="always")
-def _store_sum(total, out_row, lanes):
-    if isinstance(lanes, (types.NoneType, types.Omitted)):
-        return lambda total, out_row, lanes: None
-
-    def store(total, out_row, lanes):
-        for d in range(out_row.shape[0]):
-            out_row[d] = total[d]
-
-    return store
 
 
 @njit(cache=True, inline="always")  # in a parfor the arrays do not alias: vectorises

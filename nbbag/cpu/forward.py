@@ -94,6 +94,37 @@ def _add_row(total, table, row, scale, lanes):
     return add_scaled
 
 
+def sum_buffer(out_row, like, lanes):
+    """Where a row's gradient is summed: ``out_row`` itself (``lanes`` None), or a
+    :func:`~nbbag.cpu._intrinsics.stack_row` LLVM keeps in registers (``lanes`` a
+    tuple), copied to ``out_row`` by :func:`store_sum`."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(sum_buffer, inline="always")
+def _sum_buffer(out_row, like, lanes):
+    if isinstance(lanes, (types.NoneType, types.Omitted)):
+        return lambda out_row, like, lanes: out_row
+    return lambda out_row, like, lanes: stack_row(like, lanes)
+
+
+def store_sum(total, out_row, lanes):
+    """Copy a sum made in :func:`sum_buffer`'s stack row into ``out_row``."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(store_sum, inline="always")
+def _store_sum(total, out_row, lanes):
+    if isinstance(lanes, (types.NoneType, types.Omitted)):
+        return lambda total, out_row, lanes: None
+
+    def store(total, out_row, lanes):
+        for d in range(out_row.shape[0]):
+            out_row[d] = total[d]
+
+    return store
+
+
 @njit(cache=True, inline="always")
 def prefetch_distance(row_bytes):
     """Tokens ahead whose rows are prefetched, for rows of ``row_bytes`` bytes."""
@@ -150,12 +181,6 @@ def _add_weighted_rows(
     return weight_sum, weight_square_sum
 
 
-@njit(cache=True, inline="always")
-def _copy_row(source, out_row):
-    for d in range(out_row.shape[0]):
-        out_row[d] = source[d]
-
-
 @njit(cache=True)
 def sum_rows(weight, indices, start, end, padding_idx, out_row, lanes=None):
     """Write the sum of rows ``indices[start:end]`` (padding left out) into ``out_row``
@@ -166,11 +191,9 @@ def sum_rows(weight, indices, start, end, padding_idx, out_row, lanes=None):
     stack, of D known at compile time, and is copied to ``out_row`` at the end.
     Ownership: the caller owns ``out_row``; nothing else is written.
     """
-    if lanes is None:
-        return _add_rows(weight, indices, start, end, padding_idx, out_row, lanes)
-    total = stack_row(weight, lanes)
+    total = sum_buffer(out_row, weight, lanes)
     count = _add_rows(weight, indices, start, end, padding_idx, total, lanes)
-    _copy_row(total, out_row)
+    store_sum(total, out_row, lanes)
     return count
 
 
@@ -184,29 +207,11 @@ def weighted_sum_rows(
 
     Ownership: the caller owns ``out_row``; nothing else is written.
     """
-    if lanes is None:
-        return _add_weighted_rows(
-            weight,
-            indices,
-            per_sample_weights,
-            start,
-            end,
-            padding_idx,
-            out_row,
-            lanes,
-        )
-    total = stack_row(weight, lanes)
+    total = sum_buffer(out_row, weight, lanes)
     sums = _add_weighted_rows(
-        weight,
-        indices,
-        per_sample_weights,
-        start,
-        end,
-        padding_idx,
-        total,
-        lanes,
+        weight, indices, per_sample_weights, start, end, padding_idx, total, lanes
     )
-    _copy_row(total, out_row)
+    store_sum(total, out_row, lanes)
     return sums
 
 
