@@ -95,9 +95,9 @@ def _add_row(total, table, row, scale, lanes):
 
 
 def sum_buffer(out_row, like, lanes):
-    """Where a row's gradient is summed: ``out_row`` itself (``lanes`` None), or a
-    :func:`~nbbag.cpu._intrinsics.stack_row` LLVM keeps in registers (``lanes`` a
-    tuple), copied to ``out_row`` by :func:`store_sum`."""
+    """Where a sum of rows (a bag's output, a row's gradient) is made: ``out_row``
+    itself (``lanes`` None), or a :func:`~nbbag.cpu._intrinsics.stack_row` LLVM keeps
+    in registers (``lanes`` a tuple), copied to ``out_row`` by :func:`store_sum`."""
     raise NotImplementedError("a Numba overload: call it from a jitted function")
 
 
