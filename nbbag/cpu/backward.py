@@ -228,7 +228,9 @@ def _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positio
 
 
 @njit(cache=True, inline="always")
-def _is_row_start(keys, i):
+def is_row_start(keys, i):
+    """Whether sorted ``keys[i]`` starts a run of equal keys.  Shared with the GPU (a
+    leaf)."""
     return i == 0 or keys[i] != keys[i - 1]
 
 
@@ -244,7 +246,7 @@ def _count_row_starts(keys, count, chunk_rows):
         first, last = chunk_bounds(c, num_chunks, count)
         starts = 0
         for i in range(first, last):
-            starts += _is_row_start(keys, i)
+            starts += is_row_start(keys, i)
         chunk_rows[c] = starts
 
 
@@ -262,7 +264,7 @@ def _write_row_starts(keys, count, first_row, rows, row_ptr):
         first, last = chunk_bounds(c, num_chunks, count)
         k = first_row[c]
         for i in range(first, last):
-            if _is_row_start(keys, i):
+            if is_row_start(keys, i):
                 rows[k] = keys[i]
                 row_ptr[k] = i
                 k += 1

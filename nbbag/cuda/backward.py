@@ -39,6 +39,7 @@ row_contributes_dev = device_twin(cpu_backward.row_contributes)
 chunk_bounds_dev = device_twin(cpu_backward.chunk_bounds)
 count_digits_dev = device_twin(cpu_backward.count_digits)
 scatter_digits_dev = device_twin(cpu_backward.scatter_digits)
+is_row_start_dev = device_twin(cpu_backward.is_row_start)
 bag_weights_grad_dev = device_twin(cpu_backward.bag_weights_grad)
 
 
@@ -219,7 +220,7 @@ def _run_heads(keys, num_rows, heads):
     Ownership: thread i writes heads[i] (grid-stride).
     """
     for i in range(cuda.grid(1), keys.shape[0], cuda.gridsize(1)):
-        head = keys[i] < num_rows and (i == 0 or keys[i] != keys[i - 1])
+        head = keys[i] < num_rows and is_row_start_dev(keys, i)
         heads[i] = 1 if head else 0
 
 
