@@ -36,6 +36,7 @@ from nbbag._validate import (
     check_indices,
     check_real,
     check_weight,
+    flat_contiguous,
 )
 from nbbag.cpu import optim as kernels
 from nbbag.cpu.forward import lanes_for
@@ -200,7 +201,7 @@ class _SparseOptimizer:
             return
         indices = check_indices(indices)
         check_index_range(indices, self.weight.shape[0])
-        self._catch_up(np.ascontiguousarray(indices.reshape(-1)))
+        self._catch_up(flat_contiguous(indices))
 
     def _catch_up(self, indices: np.ndarray) -> None:
         """Hook: bring these (valid, possibly repeated) rows up to date."""
