@@ -23,13 +23,15 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from nbbag.cpu._intrinsics import LANE, add_row_lanes, prefetch_row, stack_row
+from nbbag.cpu._intrinsics import LANE, add_row_lanes, prefetch_row_head, stack_row
 
 # How far ahead rows are prefetched: enough bytes in flight to cover the ~200 ns miss
 # latency (MEASURED.md), in whole rows, at most MAX_PREFETCH_TOKENS tokens ahead.  At
 # D = 256 float32 (1 KB rows) 8 tokens ahead beat 32 by 8-10%; at D = 64, 4 to 32
-# tied; at D = 16 (64-byte rows), 32 beat 4 and 8 by 1.3-1.8x.  Baked in at compile
-# time: the on-disk cache is keyed on this file, so change them here only.
+# tied; at D = 16 (64-byte rows), 32 beat 4 and 8 by 1.3-1.8x (the hints then asked
+# for whole rows; asking for half, a C kernel's best was still 6-12 tokens at D = 256
+# and 16-32 at D = 64).  Baked in at compile time: the on-disk cache is keyed on this
+# file, so change them here only.
 PREFETCH_BYTES = 8192
 MAX_PREFETCH_TOKENS = 32
 
@@ -146,7 +148,7 @@ def _add_rows(weight, indices, start, end, padding_idx, total, lanes):
     prefetch_end = indices.shape[0]
     for position in range(start, end):
         if position + distance < prefetch_end:
-            prefetch_row(weight, indices[position + distance], lanes)
+            prefetch_row_head(weight, indices[position + distance], lanes)
         row = indices[position]
         if row == padding_idx:
             continue
@@ -170,7 +172,7 @@ def _add_weighted_rows(
     prefetch_end = indices.shape[0]
     for position in range(start, end):
         if position + distance < prefetch_end:
-            prefetch_row(weight, indices[position + distance], lanes)
+            prefetch_row_head(weight, indices[position + distance], lanes)
         row = indices[position]
         if row == padding_idx:
             continue
@@ -231,7 +233,7 @@ def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row):
     prefetch_end = indices.shape[0]
     for position in range(start, end):
         if position + distance < prefetch_end:
-            prefetch_row(weight, indices[position + distance], None)
+            prefetch_row_head(weight, indices[position + distance], None)
         row = indices[position]
         if row == padding_idx:
             continue
