@@ -4,9 +4,10 @@ AVX-512 C gather (``benchmarks/ceiling/gather.c``) on the suite's forward worklo
     python -m benchmarks.ceiling [--dims 16 64 256] [--rounds 60]
 
 The C kernel is what this project's best effort at the loop gives with no validation
-and no Python: OpenMP over bags, the row in zmm accumulators, a software prefetch of the
-row ``distance`` tokens ahead (0, 8, 16, 32: the best is reported).  It is built here
-with the system's C compiler (``cc -O3 -march=native -fopenmp``); it needs AVX-512.
+and no Python: OpenMP over bags, the row in zmm accumulators, a software prefetch of
+the row 8, 16 or 32 tokens ahead, its whole row or the leading half of its lines, or no
+prefetch (the best of the seven is reported).  It is built here with the system's C
+compiler (``cc -O3 -march=native -fopenmp``); it needs AVX-512.
 
 All cases of one workload run interleaved, in a new random order each round, after two
 warm-up calls each (the JIT and the pages); medians.  Prints a Markdown table: where
@@ -42,7 +43,8 @@ from benchmarks.common import (
 )
 
 SOURCE = pathlib.Path(__file__).with_name("ceiling") / "gather.c"
-DISTANCES = (0, 8, 16, 32)  # tokens ahead; 0: no prefetch
+DISTANCES = (8, 16, 32)  # tokens ahead
+SHARES = ("whole", "half")  # of the row's lines prefetched
 ROUNDS = 60
 
 
@@ -61,7 +63,8 @@ def c_gather(library: ctypes.CDLL, dim: int):
     """The C function for rows of ``dim`` floats (a multiple of 16: whole lines)."""
     function = getattr(library, f"gather_sum_{dim // 16}")
     pointer, int64 = ctypes.c_void_p, ctypes.c_int64
-    function.argtypes = [pointer, pointer, pointer, int64, pointer, int64, ctypes.c_int]
+    int32 = ctypes.c_int
+    function.argtypes = [pointer, pointer, pointer, int64, pointer, int64, int32, int32]
     function.restype = None
     return function
 
@@ -82,17 +85,29 @@ def interleaved_medians(cases: dict, rounds: int) -> dict[str, float]:
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
+def c_variants(dim: int) -> dict[str, tuple[int, int]]:
+    """The C kernel's prefetch variants: name -> (tokens ahead, lines requested)."""
+    lines = dim // 16
+    variants = {"no prefetch": (0, 0)}
+    for distance in DISTANCES:
+        for share in SHARES:
+            requested = lines if share == "whole" else -(-lines // 2)
+            variants[f"prefetch {distance}, {share}"] = (distance, requested)
+    return variants
+
+
 def workload_cases(function, weight, ids, offsets, out) -> dict:
-    """nbbag, torch (when installed) and the C kernel at each prefetch distance."""
+    """nbbag, torch (when installed) and the C kernel in each prefetch variant (keys
+    "C <variant>")."""
     starts = offsets[:-1]
     addresses = (weight.ctypes.data, ids.ctypes.data, offsets.ctypes.data)
     cases = {
-        f"C{distance}": (
-            lambda distance=distance: function(
-                *addresses, NUM_BAGS, out.ctypes.data, distance, THREADS
+        f"C {name}": (
+            lambda ahead=ahead, lines=lines: function(
+                *addresses, NUM_BAGS, out.ctypes.data, ahead, lines, THREADS
             )
         )
-        for distance in DISTANCES
+        for name, (ahead, lines) in c_variants(weight.shape[1]).items()
     }
     cases["nbbag"] = lambda: nbbag.embedding_bag(weight, ids, starts, mode="sum")
     if torch is not None:
@@ -112,11 +127,11 @@ def measure(library, dim: int, rounds: int) -> list[dict]:
     for dist in DISTS:
         ids = bag_ids(dist, num_ids, V)
         cases = workload_cases(function, weight, ids, offsets, out)
-        cases["C8"]()  # checked against nbbag before anything is timed
+        cases["C prefetch 8, whole"]()  # checked against nbbag before any timing
         expected = nbbag.embedding_bag(weight, ids, offsets[:-1], mode="sum")
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
         medians = interleaved_medians(cases, rounds)
-        best = min((f"C{d}" for d in DISTANCES), key=medians.get)
+        best = min((name for name in medians if name.startswith("C ")), key=medians.get)
         moved = (num_ids + NUM_BAGS) * dim * weight.itemsize  # rows read + out written
         rows.append(dict(dim=dim, dist=dist, best=best, moved=moved, **medians))
     return rows
@@ -133,7 +148,7 @@ def table(rows: list[dict]) -> str:
         c_time, torch_time = row[row["best"]], row.get("torch", float("nan"))
         lines.append(
             f"| {row['dim']} | {row['dist']} | {row['nbbag'] * 1e3:.3f} | "
-            f"{torch_time * 1e3:.3f} | {c_time * 1e3:.3f} (prefetch {row['best'][1:]}) | "
+            f"{torch_time * 1e3:.3f} | {c_time * 1e3:.3f} ({row['best'][2:]}) | "
             f"{row['moved'] / c_time / 1e9:.1f} | {torch_time / row['nbbag']:.2f} | "
             f"{torch_time / c_time:.2f} |"
         )

@@ -24,18 +24,18 @@ def test_interleaved_medians_warms_up_then_times_every_case_each_round():
 
 
 def test_table_reports_the_best_c_kernel_and_the_ratios():
-    row = dict(dim=64, dist="zipf", best="C16", moved=2e9, nbbag=1.0e-3, torch=1.2e-3)
-    row.update(C0=2.0e-3, C8=1.1e-3, C16=1.0e-3, C32=1.5e-3)
+    row = dict(dim=64, dist="zipf", moved=2e9, nbbag=1.0e-3, torch=1.2e-3)
+    row.update({"best": "C prefetch 16, half", "C prefetch 16, half": 1.0e-3})
     lines = ceiling.table([row]).splitlines()
     assert lines[0].startswith("| D | ids |") and len(lines) == 3
     cells = [cell.strip() for cell in lines[2].strip("|").split("|")]
-    assert cells == [
-        "64", "zipf", "1.000", "1.200", "1.000 (prefetch 16)", "2000.0", "1.20", "1.20",
-    ]  # fmt: skip
+    times = ["1.000", "1.200", "1.000 (prefetch 16, half)"]
+    assert cells == ["64", "zipf", *times, "2000.0", "1.20", "1.20"]
 
 
 def test_table_without_torch_leaves_its_ratios_undefined():
-    row = dict(dim=16, dist="uniform", best="C0", moved=1e9, nbbag=1e-3, C0=1e-3)
+    row = dict(dim=16, dist="uniform", moved=1e9, nbbag=1e-3)
+    row.update({"best": "C no prefetch", "C no prefetch": 1e-3})
     cells = ceiling.table([row]).splitlines()[2].strip("|").split("|")
     assert math.isnan(float(cells[3])) and math.isnan(float(cells[6]))
 
@@ -43,3 +43,12 @@ def test_table_without_torch_leaves_its_ratios_undefined():
 def test_main_rejects_a_width_the_c_kernels_do_not_cover():
     with pytest.raises(SystemExit):
         ceiling.main(["--dims", "32"])
+
+
+def test_c_variants_ask_for_whole_rows_or_their_leading_half():
+    variants = ceiling.c_variants(64)
+    assert variants["no prefetch"] == (0, 0)
+    assert variants["prefetch 16, whole"] == (16, 4)
+    assert variants["prefetch 8, half"] == (8, 2)
+    assert ceiling.c_variants(16)["prefetch 32, half"] == (32, 1)
+    assert len(variants) == 1 + len(ceiling.DISTANCES) * len(ceiling.SHARES)

@@ -5,9 +5,9 @@
  *
  * out[b] = the sum of the rows W[ids[p]] of bag b (offsets: B + 1, CSR), for rows of
  * D = 16 * LINES floats (LINES cache lines, 64-byte aligned).  Each row sits in LINES
- * zmm accumulators; the row `distance` tokens ahead is prefetched, all its lines
- * (distance 0: no prefetch).  OpenMP, static schedule over bags: thread t owns its
- * bags' rows of out.
+ * zmm accumulators; the first `prefetched` lines of the row `distance` tokens ahead are
+ * prefetched (none when either is 0).  OpenMP, static schedule over bags: thread t
+ * owns its bags' rows of out.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -15,7 +15,7 @@
 #define DEFINE_GATHER(LINES)                                                          \
     void gather_sum_##LINES(const float *weight, const int64_t *ids,                  \
                             const int64_t *offsets, int64_t num_bags, float *out,     \
-                            int64_t distance, int threads)                            \
+                            int64_t distance, int prefetched, int threads)            \
     {                                                                                 \
         const int64_t width = 16 * LINES, total = offsets[num_bags];                  \
         _Pragma("omp parallel for schedule(static) num_threads(threads)")             \
@@ -26,7 +26,7 @@
             for (int64_t p = offsets[b]; p < offsets[b + 1]; p++) {                   \
                 if (distance > 0 && p + distance < total) {                           \
                     const char *ahead = (const char *)(weight + ids[p + distance] * width); \
-                    for (int l = 0; l < LINES; l++)                                   \
+                    for (int l = 0; l < prefetched; l++)                              \
                         _mm_prefetch(ahead + 64 * l, _MM_HINT_T0);                    \
                 }                                                                     \
                 const float *row = weight + ids[p] * width;                           \
