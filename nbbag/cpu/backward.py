@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from nbbag.cpu.forward import add_row, row_width, store_sum, sum_buffer
+from nbbag.cpu.forward import add_row, store_sum, sum_buffer
 
 SUM, MEAN, MAX, SQRTN = 0, 1, 2, 3  # nbbag.Mode's values
 MAX_RADIX_BITS = 12  # at most 4096 buckets: two passes sort the rows of a 16M-row table
@@ -361,8 +361,6 @@ def row_gradient(
     """
     if argmax.shape[1] == 0:
         total = sum_buffer(out_row, grad_output, lanes)
-        for d in range(row_width(total, lanes)):  # D known at compile time with lanes
-            total[d] = 0
         for i in range(start, end):
             position = positions[i]
             coefficient = coefficients[position]

@@ -97,17 +97,30 @@ def _add_row(total, table, row, scale, lanes):
 
 
 def sum_buffer(out_row, like, lanes):
-    """Where a sum of rows (a bag's output, a row's gradient) is made: ``out_row``
-    itself (``lanes`` None), or a :func:`~nbbag.cpu._intrinsics.stack_row` LLVM keeps
-    in registers (``lanes`` a tuple), copied to ``out_row`` by :func:`store_sum`."""
+    """Where a sum of rows (a bag's output, a row's gradient) is made, zeroed:
+    ``out_row`` itself (``lanes`` None), or a :func:`~nbbag.cpu._intrinsics.stack_row`
+    LLVM keeps in registers (``lanes`` a tuple; zeroed over a width known at compile
+    time), copied to ``out_row`` by :func:`store_sum`."""
     raise NotImplementedError("a Numba overload: call it from a jitted function")
 
 
 @overload(sum_buffer, inline="always")
 def _sum_buffer(out_row, like, lanes):
     if isinstance(lanes, (types.NoneType, types.Omitted)):
-        return lambda out_row, like, lanes: out_row
-    return lambda out_row, like, lanes: stack_row(like, lanes)
+
+        def in_place(out_row, like, lanes):
+            out_row[:] = 0
+            return out_row
+
+        return in_place
+
+    def on_stack(out_row, like, lanes):
+        total = stack_row(like, lanes)
+        for d in range(row_width(total, lanes)):  # a compile-time width: unrolled
+            total[d] = 0
+        return total
+
+    return on_stack
 
 
 def store_sum(total, out_row, lanes):
@@ -135,14 +148,11 @@ def prefetch_distance(row_bytes):
 
 @njit(cache=True, inline="always")
 def _add_rows(weight, indices, start, end, padding_idx, total, lanes):
-    """Set ``total`` to the sum of rows ``indices[start:end]`` (padding left out);
-    return how many tokens were summed.  With ``lanes`` a tuple, the row's width is a
-    compile-time constant here (see :func:`row_width`)."""
-    width = row_width(total, lanes)
-    for d in range(width):
-        total[d] = 0
+    """Add the rows ``indices[start:end]`` (padding left out) to ``total`` (a zeroed
+    :func:`sum_buffer`); return how many tokens were summed.  With ``lanes`` a tuple,
+    the row's width is a compile-time constant here (see :func:`row_width`)."""
     count = 0
-    distance = prefetch_distance(width * weight.itemsize)
+    distance = prefetch_distance(row_width(total, lanes) * weight.itemsize)
     # Prefetch past the bag's end too: with prange's contiguous chunks the next bag
     # belongs to the same thread.
     prefetch_end = indices.shape[0]
@@ -161,14 +171,12 @@ def _add_rows(weight, indices, start, end, padding_idx, total, lanes):
 def _add_weighted_rows(
     weight, indices, per_sample_weights, start, end, padding_idx, total, lanes
 ):
-    """Set ``total`` to sum_i w_i * weight[indices[i]] over ``start:end`` (padding left
-    out); return (sum_i w_i, sum_i w_i**2) over the same tokens."""
-    width = row_width(total, lanes)
-    for d in range(width):
-        total[d] = 0
+    """Add sum_i w_i * weight[indices[i]] over ``start:end`` (padding left out) to
+    ``total`` (a zeroed :func:`sum_buffer`); return (sum_i w_i, sum_i w_i**2) over the
+    same tokens."""
     weight_sum = 0.0
     weight_square_sum = 0.0
-    distance = prefetch_distance(width * weight.itemsize)
+    distance = prefetch_distance(row_width(total, lanes) * weight.itemsize)
     prefetch_end = indices.shape[0]
     for position in range(start, end):
         if position + distance < prefetch_end:
