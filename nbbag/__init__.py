@@ -5,8 +5,11 @@ sqrtn), with torch.nn.functional.embedding_bag's semantics, and get row-sparse
 gradients back.
 """
 
-from nbbag import optim
-from nbbag._validate import BagContext
+from nbbag import (
+    _cache,  # noqa: F401  (before any kernel is defined: see its docstring)
+    optim,
+)
+from nbbag.base.records import BagContext
 from nbbag.functional import embedding_bag, embedding_bag_bwd, embedding_bag_fwd
 from nbbag.layer import EmbeddingBag
 from nbbag.modes import Mode

@@ -1,7 +1,9 @@
-"""Which backend an array belongs to, and loading the GPU backend on demand.
+"""Which backend an array belongs to: the one lookup the front makes before it calls
+the backend's host module (:mod:`nbbag.cpu.api` or :mod:`nbbag.cuda.api`, the same
+function names).
 
 nbbag imports without numba-cuda: nothing here imports ``numba.cuda``.  The GPU
-backend (:mod:`nbbag.cuda`) is loaded the first time a device array arrives.
+backend is loaded the first time a device array arrives.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import importlib
 
 import numpy as np
+
+from nbbag.cpu import api as cpu_api
 
 CUDA_EXTRA_HINT = "GPU arrays need the 'cuda' extra: pip install nbbag[cuda] (numba-cuda)"
 
@@ -24,10 +28,18 @@ def is_device_array(value) -> bool:
 
 
 def cuda_backend():
-    """The GPU front (:mod:`nbbag.cuda.api`); ImportError naming the ``cuda`` extra
-    when numba-cuda is not installed."""
+    """The GPU host module (:mod:`nbbag.cuda.api`); ImportError naming the ``cuda``
+    extra when numba-cuda is not installed."""
     try:
         importlib.import_module("numba_cuda")
     except ImportError as error:
         raise ImportError(CUDA_EXTRA_HINT) from error
     return importlib.import_module("nbbag.cuda.api")
+
+
+def backend_for(array):
+    """The host module of the backend ``array`` (a table) belongs to: the GPU's for a
+    device array, else the CPU's (whose checks refuse what is not a NumPy array)."""
+    if type(array) is np.ndarray or not is_device_array(array):
+        return cpu_api
+    return cuda_backend()

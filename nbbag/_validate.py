@@ -1,284 +1,29 @@
 """The one place that checks and normalises the inputs of the public functions.
 
-Numba does no bounds checks, so an index that slipped through here would be memory
-corruption: everything a kernel trusts is checked before any kernel runs, and nothing
-is modified on the way (an error leaves the weight as it was).  Each error names the
-argument and the offending value.
+Numba does no bounds checks, so an index that slipped through would be memory
+corruption: everything a kernel trusts is checked before it reads it (here, or, for the
+ids and offsets of a read-only forward, inside the kernel that reads them, with these
+messages raised after it), and nothing is modified on the way (an error leaves the
+weight as it was).  Each error names the argument and the offending value.
+
+Backend-neutral: the scalar options and the shapes and dtypes of arrays of either
+backend are checked here, the contents of host arrays with NumPy; the backends check
+the contents of their own arrays with their kernels and raise the errors built here.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple
 
 import numpy as np
 
-from nbbag.cpu.checks import index_range, scan_offsets
-from nbbag.cpu.forward import NO_PADDING
+from nbbag.base.constants import FLOAT_DTYPES, INDEX_DTYPES, NO_PADDING
+from nbbag.base.records import BagContext, ForwardOptions
 from nbbag.modes import Mode
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
-
-class BagBatch(NamedTuple):
-    """Validated forward inputs, in the form the kernels take."""
-
-    weight: np.ndarray  # (V, D) float32/float64, C-contiguous
-    indices: np.ndarray  # (N,) int32/int64, C-contiguous, every value in [0, V)
-    offsets: np.ndarray  # (B + 1,) int64, 0 = offsets[0] <= ... <= offsets[B] <= N
-    per_sample_weights: np.ndarray | None  # (N,) weight's dtype, or None
-    mode: Mode
-    padding_idx: int  # in [0, V), or NO_PADDING
-    max_norm: float | None
-    norm_type: float
-    scale_grad_by_freq: bool
-    indices_shape: tuple  # as the caller gave them: (N,) or (B, L)
-
-    @property
-    def num_bags(self) -> int:
-        return self.offsets.shape[0] - 1
-
-
-class BagContext:
-    """What :func:`nbbag.embedding_bag_bwd` needs from the forward: the validated
-    inputs (references, not copies), the weight's shape then, the winners of ``max``
-    and, for weighted mean/sqrtn, the output."""
-
-    __slots__ = ("batch", "weight_shape", "out", "argmax")
-
-    def __init__(self, batch: BagBatch, out: np.ndarray | None, argmax: np.ndarray | None):
-        self.batch = batch
-        self.weight_shape = batch.weight.shape
-        self.out = out
-        self.argmax = argmax
-
-    @property
-    def indices_shape(self) -> tuple:
-        return self.batch.indices_shape
-
-    def __repr__(self) -> str:
-        return (
-            f"BagContext(mode={self.batch.mode.name.lower()}, bags={self.batch.num_bags}, "
-            f"tokens={self.batch.indices.shape[0]}, weight={self.weight_shape})"
-        )
-
-
-def check_context(ctx):
-    """Check that ``ctx`` is a :class:`BagContext` whose weight still has the forward's
-    shape; return that weight (either backend)."""
-    if not isinstance(ctx, BagContext):
-        raise TypeError(
-            f"ctx must be the BagContext from embedding_bag_fwd, got {type(ctx).__name__}"
-        )
-    weight = ctx.batch.weight
-    if tuple(weight.shape) != tuple(ctx.weight_shape):
-        raise ValueError(
-            f"weight's shape changed from {ctx.weight_shape} at the forward to "
-            f"{weight.shape}: ctx belongs to another table; run the forward again"
-        )
-    return weight
-
-
-def check_grad_output_like(grad_output, ctx) -> None:
-    """Check that ``grad_output`` (an array of either backend) has the forward output's
-    shape and the weight's dtype."""
-    expected = (ctx.batch.num_bags, ctx.weight_shape[1])
-    if tuple(grad_output.shape) != expected:
-        raise ValueError(
-            f"grad_output must have the forward output's shape {expected}, "
-            f"got {tuple(grad_output.shape)}"
-        )
-    if grad_output.dtype != ctx.batch.weight.dtype:
-        raise ValueError(
-            f"grad_output must have the weight's dtype {ctx.batch.weight.dtype}, "
-            f"got {grad_output.dtype}"
-        )
-
-
-def check_grad_output(grad_output, ctx) -> np.ndarray:
-    """Check ``grad_output`` against the forward in ``ctx``; return it C-contiguous."""
-    check_context(ctx)
-    if not isinstance(grad_output, np.ndarray):
-        raise TypeError(
-            f"grad_output must be a NumPy array, got {type(grad_output).__name__}"
-        )
-    check_grad_output_like(grad_output, ctx)
-    return np.ascontiguousarray(grad_output)
-
-
-def check_weights_grad_request(per_sample_weights_grad, batch: BagBatch) -> None:
-    """``per_sample_weights_grad=True`` needs weights in the forward."""
-    if per_sample_weights_grad and batch.per_sample_weights is None:
-        raise ValueError(
-            "per_sample_weights_grad=True needs per_sample_weights in the forward"
-        )
-
-
-def check_table_layout(weight, c_contiguous: bool, copy_hint: str) -> None:
-    """The checks of a table (either backend): float32/float64, 2-D, C-contiguous;
-    ``copy_hint`` ends the message of the last."""
-    if weight.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"weight must be float32 or float64, got dtype {weight.dtype}")
-    if weight.ndim != 2:
-        raise ValueError(
-            f"weight must be 2-D (num_embeddings, dim), got shape {weight.shape}"
-        )
-    if not c_contiguous:
-        raise ValueError(
-            f"weight must be C-contiguous (it is read, and renormed, in place); {copy_hint}"
-        )
-
-
-def check_weight(weight) -> np.ndarray:
-    """Check that ``weight`` is a C-contiguous (V, D) float32/float64 NumPy array."""
-    if not isinstance(weight, np.ndarray):
-        if hasattr(weight, "__cuda_array_interface__"):
-            raise TypeError(
-                f"weight is a GPU array ({type(weight).__name__}); this entry point runs "
-                "on the CPU only: pass a NumPy array (nbbag.embedding_bag, "
-                "embedding_bag_fwd/_bwd and nbbag.optim take GPU arrays)"
-            )
-        raise TypeError(f"weight must be a NumPy array, got {type(weight).__name__}")
-    check_table_layout(
-        weight, weight.flags.c_contiguous, "pass np.ascontiguousarray(weight)"
-    )
-    return weight
-
-
-def as_array(value, name: str) -> np.ndarray:
-    try:
-        return np.asarray(value)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{name} could not be made into an array: {error}") from None
-
-
-def _as_index_array(value, name: str) -> np.ndarray:
-    """``value`` as an int32/int64 array; an empty Python sequence (untyped) is int64."""
-    array = as_array(value, name)
-    if array.size == 0 and not isinstance(value, np.ndarray):
-        array = array.astype(np.int64)
-    if array.dtype not in INDEX_DTYPES:
-        raise TypeError(f"{name} must be int32 or int64, got dtype {array.dtype}")
-    return array
-
-
-def check_indices(indices) -> np.ndarray:
-    """Check the dtype and rank of ``indices``; return them as an array (1-D or 2-D)."""
-    indices = _as_index_array(indices, "indices")
-    if indices.ndim not in (1, 2):
-        raise ValueError(f"indices must be 1-D or 2-D, got shape {indices.shape}")
-    return indices
-
-
-def check_index_range(indices: np.ndarray, num_rows: int) -> None:
-    """Raise IndexError if any of ``indices`` lies outside [0, num_rows)."""
-    flat = indices if indices.ndim == 1 else indices.reshape(-1)
-    if flat.shape[0] == 0:
-        return
-    smallest, largest = index_range(flat)
-    if smallest >= 0 and largest < num_rows:
-        return
-    position = int(np.flatnonzero((flat < 0) | (flat >= num_rows))[0])
-    raise index_error(indices.shape, position, flat[position], num_rows)
-
-
-def index_error(shape: tuple, position: int, value, num_rows: int) -> IndexError:
-    """The error for index ``value`` at flat ``position`` of indices of ``shape``."""
-    where = np.unravel_index(position, shape)
-    where = where[0] if len(where) == 1 else tuple(int(i) for i in where)
-    return IndexError(
-        f"indices[{where}] = {value} is outside [0, {num_rows}): weight has {num_rows} rows"
-    )
-
-
-def check_offsets(offsets, indices: np.ndarray, include_last_offset: bool) -> np.ndarray:
-    """Return the bags' boundaries as int64 offsets of B + 1 entries (CSR form)."""
-    num_indices = indices.size
-    if indices.ndim == 2:
-        if offsets is not None:
-            raise ValueError(
-                f"offsets must be None when indices is 2-D (shape {indices.shape}): "
-                "each row is a bag"
-            )
-        num_bags, length = indices.shape
-        return np.arange(num_bags + 1, dtype=np.int64) * length
-    if offsets is None:
-        raise ValueError("offsets is required when indices is 1-D")
-    offsets = _as_index_array(offsets, "offsets")
-    check_offsets_shape(offsets, include_last_offset)
-    if offsets.shape[0] == 0:  # no bags
-        return np.zeros(1, dtype=np.int64)
-    csr, decrease, past_end = scan_offsets(offsets, num_indices, not include_last_offset)
-    check_offsets_found(csr[0], decrease, past_end, lambda i, j: csr[i:j], num_indices)
-    return csr
-
-
-def check_offsets_shape(offsets, include_last_offset: bool) -> None:
-    """1-D, and not empty with ``include_last_offset`` (either backend)."""
-    if offsets.ndim != 1:
-        raise ValueError(f"offsets must be 1-D, got shape {offsets.shape}")
-    if include_last_offset and offsets.shape[0] == 0:
-        raise ValueError(
-            "offsets must hold at least one entry with include_last_offset=True, got none"
-        )
-
-
-def check_offsets_found(first, decrease: int, past_end: int, read, num_indices: int):
-    """Raise for what a scan of non-empty offsets found (either backend): ``first`` =
-    offsets[0]; ``decrease`` = the first i with offsets[i + 1] < offsets[i];
-    ``past_end`` = the first i with offsets[i] > num_indices (-1: none); ``read(i, j)``
-    gives offsets[i:j] on the host, for the message."""
-    if first != 0:
-        raise ValueError(f"offsets[0] must be 0, got {first}")
-    if decrease >= 0:
-        pair = read(decrease, decrease + 2)
-        raise ValueError(
-            f"offsets must be non-decreasing, got offsets[{decrease}] = {pair[0]} > "
-            f"offsets[{decrease + 1}] = {pair[1]}"
-        )
-    if past_end >= 0:
-        value = read(past_end, past_end + 1)[0]
-        raise ValueError(
-            f"offsets[{past_end}] = {value} is past the end of indices "
-            f"(length {num_indices})"
-        )
-
-
-def check_per_sample_weights(
-    per_sample_weights, indices: np.ndarray, mode: Mode, dtype: np.dtype
-) -> np.ndarray | None:
-    """Return ``per_sample_weights`` flattened, in ``dtype``, or None."""
-    if per_sample_weights is None:
-        return None
-    check_weights_mode(mode)
-    weights = as_array(per_sample_weights, "per_sample_weights")
-    check_weights_like(weights, indices.shape)
-    return np.ascontiguousarray(weights.reshape(-1), dtype=dtype)
-
-
-def check_weights_mode(mode: Mode) -> None:
-    if mode == Mode.MAX:
-        raise ValueError(
-            "per_sample_weights is not supported with mode 'max' "
-            "(use 'sum', 'mean' or 'sqrtn')"
-        )
-
-
-def check_weights_like(weights, indices_shape: tuple) -> None:
-    """Floating point, of the shape of indices (an array of either backend)."""
-    if not np.issubdtype(weights.dtype, np.floating):
-        raise TypeError(
-            f"per_sample_weights must be a floating-point array, got dtype {weights.dtype}"
-        )
-    if tuple(weights.shape) != tuple(indices_shape):
-        raise ValueError(
-            f"per_sample_weights must have the shape of indices {tuple(indices_shape)}, "
-            f"got {tuple(weights.shape)}"
-        )
-
-
+# -- scalars -----------------------------------------------------------------------------
 # The exact builtin types first: an ABC isinstance runs Python code (~5 us a call on
 # the forward's path, when the interpreter's data is out of cache after a kernel).
 def is_integer(value) -> bool:
@@ -305,6 +50,14 @@ def check_real(
         bracket = ")" if high_open else "]"
         raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value}")
     return float(value)
+
+
+def check_flag(value, name: str) -> bool:
+    if type(value) is bool:
+        return value
+    if not isinstance(value, np.bool_):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_padding_idx(padding_idx, num_rows: int) -> int:
@@ -337,20 +90,78 @@ def check_norm_options(max_norm, norm_type) -> tuple[float | None, float]:
     return float(max_norm), float(norm_type)
 
 
-def check_flag(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def check_options(mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type):
-    """The forward's scalar options, checked, in the form the kernels take (either
-    backend): (mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type)."""
+def forward_options(
+    mode, padding_idx, include_last_offset, max_norm, norm_type, scale_grad_by_freq,
+    num_rows: int,
+) -> ForwardOptions:  # fmt: skip
+    """The forward's options, checked, for a table of ``num_rows`` rows."""
     mode = Mode.parse(mode)
     include_last_offset = check_flag(include_last_offset, "include_last_offset")
     scale_grad_by_freq = check_flag(scale_grad_by_freq, "scale_grad_by_freq")
     max_norm, norm_type = check_norm_options(max_norm, norm_type)
-    return mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type
+    padding_idx = check_padding_idx(padding_idx, num_rows)
+    return ForwardOptions(
+        mode, padding_idx, include_last_offset, max_norm, norm_type, scale_grad_by_freq
+    )
+
+
+# -- the table ---------------------------------------------------------------------------
+def check_table_layout(weight, c_contiguous: bool, copy_hint: str) -> None:
+    """The checks of a table (either backend): float32/float64, 2-D, C-contiguous;
+    ``copy_hint`` ends the message of the last."""
+    if weight.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weight must be float32 or float64, got dtype {weight.dtype}")
+    if weight.ndim != 2:
+        raise ValueError(
+            f"weight must be 2-D (num_embeddings, dim), got shape {weight.shape}"
+        )
+    if not c_contiguous:
+        raise ValueError(
+            f"weight must be C-contiguous (it is read, and renormed, in place); {copy_hint}"
+        )
+
+
+def check_weight(weight) -> np.ndarray:
+    """Check that ``weight`` is a C-contiguous (V, D) float32/float64 NumPy array."""
+    if type(weight) is not np.ndarray and not isinstance(weight, np.ndarray):
+        raise TypeError(f"weight must be a NumPy array, got {type(weight).__name__}")
+    check_table_layout(
+        weight, weight.flags.c_contiguous, "pass np.ascontiguousarray(weight)"
+    )
+    return weight
+
+
+def check_writeable(writeable: bool, why: str) -> None:
+    if not writeable:
+        raise ValueError(f"weight must be writeable: {why}")
+
+
+# -- ids, offsets, weights -----------------------------------------------------------
+def as_array(value, name: str) -> np.ndarray:
+    if type(value) is np.ndarray:
+        return value
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{name} could not be made into an array: {error}") from None
+
+
+def _as_index_array(value, name: str) -> np.ndarray:
+    """``value`` as an int32/int64 array; an empty Python sequence (untyped) is int64."""
+    array = as_array(value, name)
+    if array.size == 0 and not isinstance(value, np.ndarray):
+        array = array.astype(np.int64)
+    if array.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{name} must be int32 or int64, got dtype {array.dtype}")
+    return array
+
+
+def check_indices(indices) -> np.ndarray:
+    """Check the dtype and rank of ``indices``; return them as an array (1-D or 2-D)."""
+    indices = _as_index_array(indices, "indices")
+    if indices.ndim not in (1, 2):
+        raise ValueError(f"indices must be 1-D or 2-D, got shape {indices.shape}")
+    return indices
 
 
 def flat_contiguous(array: np.ndarray) -> np.ndarray:
@@ -360,43 +171,183 @@ def flat_contiguous(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.reshape(-1))
 
 
-def validate_forward(
-    weight,
-    indices,
-    offsets,
-    *,
-    mode,
-    per_sample_weights,
-    padding_idx,
-    include_last_offset,
-    max_norm,
-    norm_type,
-    scale_grad_by_freq,
-) -> BagBatch:
-    """Check every forward argument; return them in the form the kernels take."""
-    weight = check_weight(weight)
-    num_rows = weight.shape[0]
-    mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type = check_options(
-        mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type
+def index_error(shape: tuple, position: int, value, num_rows: int) -> IndexError:
+    """The error for index ``value`` at flat ``position`` of indices of ``shape``."""
+    where = np.unravel_index(position, shape)
+    where = where[0] if len(where) == 1 else tuple(int(i) for i in where)
+    return IndexError(
+        f"indices[{where}] = {value} is outside [0, {num_rows}): weight has {num_rows} rows"
     )
-    if max_norm is not None and not weight.flags.writeable:
+
+
+def first_outside(flat: np.ndarray, num_rows: int) -> int:
+    """The first position of ``flat`` outside [0, num_rows), or -1 (NumPy)."""
+    outside = np.flatnonzero((flat < 0) | (flat >= num_rows))
+    return int(outside[0]) if outside.size else -1
+
+
+def check_offsets_shape(offsets, include_last_offset: bool) -> None:
+    """1-D, and not empty with ``include_last_offset`` (either backend)."""
+    if offsets.ndim != 1:
+        raise ValueError(f"offsets must be 1-D, got shape {offsets.shape}")
+    if include_last_offset and offsets.shape[0] == 0:
         raise ValueError(
-            "weight must be writeable with max_norm: rows are renormed in place"
+            "offsets must hold at least one entry with include_last_offset=True, got none"
         )
-    padding_idx = check_padding_idx(padding_idx, num_rows)
-    indices = check_indices(indices)
-    bag_offsets = check_offsets(offsets, indices, include_last_offset)
-    weights = check_per_sample_weights(per_sample_weights, indices, mode, weight.dtype)
-    check_index_range(indices, num_rows)
-    return BagBatch(
-        weight=weight,
-        indices=flat_contiguous(indices),
-        offsets=bag_offsets,
-        per_sample_weights=weights,
-        mode=mode,
-        padding_idx=padding_idx,
-        max_norm=max_norm,
-        norm_type=norm_type,
-        scale_grad_by_freq=scale_grad_by_freq,
-        indices_shape=indices.shape,
+
+
+def bag_offsets(offsets, indices: np.ndarray, include_last_offset: bool):
+    """The bags' boundaries as the kernels take them, their contents not yet checked:
+    ``(offsets, append_end, num_bags)``, where the CSR form is ``offsets`` with N
+    appended when ``append_end``.  2-D indices give their own (B + 1) offsets."""
+    if indices.ndim == 2:
+        if offsets is not None:
+            raise ValueError(
+                f"offsets must be None when indices is 2-D (shape {indices.shape}): "
+                "each row is a bag"
+            )
+        num_bags, length = indices.shape
+        return np.arange(num_bags + 1, dtype=np.int64) * length, False, num_bags
+    if offsets is None:
+        raise ValueError("offsets is required when indices is 1-D")
+    offsets = _as_index_array(offsets, "offsets")
+    check_offsets_shape(offsets, include_last_offset)
+    if offsets.shape[0] == 0:  # no bags: every token is in none
+        return np.zeros(1, dtype=np.int64), False, 0
+    if include_last_offset:
+        return offsets, False, offsets.shape[0] - 1
+    return offsets, True, offsets.shape[0]
+
+
+def check_offsets_found(first, decrease: int, past_end: int, read, num_indices: int):
+    """Raise for what a scan of non-empty offsets found (either backend): ``first`` =
+    offsets[0]; ``decrease`` = the first i with offsets[i + 1] < offsets[i];
+    ``past_end`` = the first i with offsets[i] > num_indices (-1: none); ``read(i, j)``
+    gives offsets[i:j] on the host, for the message."""
+    if first != 0:
+        raise ValueError(f"offsets[0] must be 0, got {first}")
+    if decrease >= 0:
+        pair = read(decrease, decrease + 2)
+        raise ValueError(
+            f"offsets must be non-decreasing, got offsets[{decrease}] = {pair[0]} > "
+            f"offsets[{decrease + 1}] = {pair[1]}"
+        )
+    if past_end >= 0:
+        value = read(past_end, past_end + 1)[0]
+        raise ValueError(
+            f"offsets[{past_end}] = {value} is past the end of indices "
+            f"(length {num_indices})"
+        )
+
+
+def check_offsets_values(offsets: np.ndarray, num_indices: int) -> None:
+    """Raise the error for the first fault of host ``offsets`` (NumPy), if any."""
+    if offsets.shape[0] == 0:
+        return
+
+    def first(mask) -> int:
+        found = np.flatnonzero(mask)
+        return int(found[0]) if found.size else -1
+
+    check_offsets_found(
+        offsets[0],
+        first(offsets[1:] < offsets[:-1]),
+        first(offsets > num_indices),
+        lambda i, j: offsets[i:j],
+        num_indices,
     )
+
+
+def check_bag_contents(indices: np.ndarray, offsets: np.ndarray, num_rows: int) -> None:
+    """Raise the error for the first fault of host ``offsets``, then of ``indices``
+    (any shape), if any: a backend's kernels found one and discarded their output."""
+    check_offsets_values(offsets, indices.size)
+    flat = indices.reshape(-1)
+    position = first_outside(flat, num_rows)
+    if position >= 0:
+        raise index_error(indices.shape, position, flat[position], num_rows)
+
+
+def check_per_sample_weights(
+    per_sample_weights, indices: np.ndarray, mode: Mode, dtype: np.dtype
+) -> np.ndarray | None:
+    """Return ``per_sample_weights`` flattened, C-contiguous, in ``dtype``, or None."""
+    if per_sample_weights is None:
+        return None
+    check_weights_mode(mode)
+    weights = as_array(per_sample_weights, "per_sample_weights")
+    check_weights_like(weights, indices.shape)
+    return np.ascontiguousarray(weights.reshape(-1), dtype=dtype)
+
+
+def check_weights_mode(mode: Mode) -> None:
+    if mode == Mode.MAX:
+        raise ValueError(
+            "per_sample_weights is not supported with mode 'max' "
+            "(use 'sum', 'mean' or 'sqrtn')"
+        )
+
+
+def check_weights_like(weights, indices_shape: tuple) -> None:
+    """Floating point, of the shape of indices (an array of either backend)."""
+    if not np.issubdtype(weights.dtype, np.floating):
+        raise TypeError(
+            f"per_sample_weights must be a floating-point array, got dtype {weights.dtype}"
+        )
+    if tuple(weights.shape) != tuple(indices_shape):
+        raise ValueError(
+            f"per_sample_weights must have the shape of indices {tuple(indices_shape)}, "
+            f"got {tuple(weights.shape)}"
+        )
+
+
+# -- the backward ------------------------------------------------------------------------
+def check_context(ctx):
+    """Check that ``ctx`` is a :class:`BagContext` whose weight still has the forward's
+    shape; return that weight (either backend)."""
+    if not isinstance(ctx, BagContext):
+        raise TypeError(
+            f"ctx must be the BagContext from embedding_bag_fwd, got {type(ctx).__name__}"
+        )
+    weight = ctx.batch.weight
+    if tuple(weight.shape) != tuple(ctx.weight_shape):
+        raise ValueError(
+            f"weight's shape changed from {ctx.weight_shape} at the forward to "
+            f"{tuple(weight.shape)}: ctx belongs to another table; run the forward again"
+        )
+    return weight
+
+
+def check_grad_output_like(grad_output, ctx) -> None:
+    """Check that ``grad_output`` (an array of either backend) has the forward output's
+    shape and the weight's dtype."""
+    expected = (ctx.batch.num_bags, ctx.weight_shape[1])
+    if tuple(grad_output.shape) != expected:
+        raise ValueError(
+            f"grad_output must have the forward output's shape {expected}, "
+            f"got {tuple(grad_output.shape)}"
+        )
+    if grad_output.dtype != ctx.batch.weight.dtype:
+        raise ValueError(
+            f"grad_output must have the weight's dtype {ctx.batch.weight.dtype}, "
+            f"got {grad_output.dtype}"
+        )
+
+
+def check_grad_output(grad_output, ctx) -> np.ndarray:
+    """Check ``grad_output`` against the forward in ``ctx``; return it C-contiguous."""
+    check_context(ctx)
+    if not isinstance(grad_output, np.ndarray):
+        raise TypeError(
+            f"grad_output must be a NumPy array, got {type(grad_output).__name__}"
+        )
+    check_grad_output_like(grad_output, ctx)
+    return np.ascontiguousarray(grad_output)
+
+
+def check_weights_grad_request(per_sample_weights_grad, ctx: BagContext) -> None:
+    """``per_sample_weights_grad=True`` needs weights in the forward."""
+    if per_sample_weights_grad and ctx.batch.per_sample_weights is None:
+        raise ValueError(
+            "per_sample_weights_grad=True needs per_sample_weights in the forward"
+        )

@@ -1,44 +1,14 @@
-"""The functional front door: validate, pick the kernel, run it."""
+"""The functional front door: one lookup of the backend, then its host pipeline
+(:mod:`nbbag.cpu.api` or :mod:`nbbag.cuda.api`); no backend branches here."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import numba
 import numpy as np
 
-from nbbag._device import cuda_backend, is_device_array
-from nbbag._validate import (
-    BagBatch,
-    BagContext,
-    check_grad_output,
-    check_weights_grad_request,
-    validate_forward,
-)
-from nbbag.cpu import backward, forward
+from nbbag._device import backend_for
+from nbbag._validate import check_context, forward_options
+from nbbag.base.records import BagContext
 from nbbag.modes import Mode
-from nbbag.sparse import RowSparseGrad
-
-
-def kernels_by_mode(kernels) -> tuple[dict, dict]:
-    """(unweighted, weighted) bag kernels by mode, from a module of bag kernels:
-    :mod:`nbbag.cpu.forward` or :mod:`nbbag.cuda.forward` (the same names)."""
-    unweighted = {
-        Mode.SUM: kernels.bag_sum,
-        Mode.MEAN: kernels.bag_mean,
-        Mode.SQRTN: kernels.bag_sqrtn,
-        Mode.MAX: kernels.bag_max,
-    }
-    weighted = {
-        Mode.SUM: kernels.bag_weighted_sum,
-        Mode.MEAN: kernels.bag_weighted_mean,
-        Mode.SQRTN: kernels.bag_weighted_sqrtn,
-    }
-    return unweighted, weighted
-
-
-# A kernel per mode, chosen once per call: the inner loops never branch on the mode.
-_UNWEIGHTED_KERNELS, _WEIGHTED_KERNELS = kernels_by_mode(forward)
 
 
 def embedding_bag(
@@ -113,19 +83,10 @@ def embedding_bag(
     array([[24., 28.],
            [36., 40.]], dtype=float32)
     """
-    options = dict(
-        mode=mode,
-        per_sample_weights=per_sample_weights,
-        padding_idx=padding_idx,
-        include_last_offset=include_last_offset,
-        max_norm=max_norm,
-        norm_type=norm_type,
-        scale_grad_by_freq=scale_grad_by_freq,
-    )
-    if is_device_array(weight):
-        return cuda_backend().embedding_bag(weight, indices, offsets, **options)
-    batch = validate_forward(weight, indices, offsets, **options)
-    return _forward(batch)[0]
+    return _run(
+        "embedding_bag", weight, indices, offsets, per_sample_weights, mode, padding_idx,
+        include_last_offset, max_norm, norm_type, scale_grad_by_freq,
+    )  # fmt: skip
 
 
 def embedding_bag_fwd(
@@ -164,26 +125,24 @@ def embedding_bag_fwd(
     >>> grad.rows, grad.values[:, 0]
     (array([1, 2]), array([1., 2.], dtype=float32))
     """
-    options = dict(
-        mode=mode,
-        per_sample_weights=per_sample_weights,
-        padding_idx=padding_idx,
-        include_last_offset=include_last_offset,
-        max_norm=max_norm,
-        norm_type=norm_type,
-        scale_grad_by_freq=scale_grad_by_freq,
-    )
-    if is_device_array(weight):
-        return cuda_backend().embedding_bag_fwd(weight, indices, offsets, **options)
-    batch = validate_forward(weight, indices, offsets, **options)
-    return forward_with_context(batch)
+    return _run(
+        "embedding_bag_fwd", weight, indices, offsets, per_sample_weights, mode,
+        padding_idx, include_last_offset, max_norm, norm_type, scale_grad_by_freq,
+    )  # fmt: skip
 
 
-def forward_with_context(batch: BagBatch) -> tuple[np.ndarray, BagContext]:
-    """The forward on validated inputs, keeping what the backward needs."""
-    out, argmax = _forward(batch, record_argmax=batch.mode == Mode.MAX)
-    keep_out = batch.per_sample_weights is not None and batch.mode != Mode.SUM
-    return out, BagContext(batch, out if keep_out else None, argmax)
+def _run(
+    name, weight, indices, offsets, per_sample_weights, mode, padding_idx,
+    include_last_offset, max_norm, norm_type, scale_grad_by_freq,
+):  # fmt: skip
+    """Check the table and the options, then run the backend's ``name``."""
+    backend = backend_for(weight)
+    weight = backend.check_table(weight)
+    options = forward_options(
+        mode, padding_idx, include_last_offset, max_norm, norm_type, scale_grad_by_freq,
+        weight.shape[0],
+    )  # fmt: skip
+    return getattr(backend, name)(weight, indices, offsets, per_sample_weights, options)
 
 
 def embedding_bag_bwd(
@@ -224,178 +183,7 @@ def embedding_bag_bwd(
         ``grad_output`` of the wrong shape or dtype; a weight whose shape changed since
         the forward; ``per_sample_weights_grad`` without weights in the forward.
     """
-    if isinstance(ctx, BagContext) and is_device_array(ctx.batch.weight):
-        return cuda_backend().embedding_bag_bwd(
-            grad_output,
-            ctx,
-            per_sample_weights_grad=per_sample_weights_grad,
-            deterministic=deterministic,
-        )
-    grad_output = check_grad_output(grad_output, ctx)
-    check_weights_grad_request(per_sample_weights_grad, ctx.batch)
-    grad = _weight_grad(grad_output, ctx)
-    if not per_sample_weights_grad:
-        return grad
-    weights_grad = np.zeros_like(ctx.batch.per_sample_weights)
-    backward.per_sample_weights_grad(*weights_grad_args(grad_output, ctx), weights_grad)
-    return grad, weights_grad.reshape(ctx.indices_shape)
-
-
-def weights_grad_args(grad_output, ctx: BagContext) -> tuple:
-    """``per_sample_weights_grad``'s arguments but the output, either backend."""
-    batch = ctx.batch
-    return (
-        batch.weight,
-        batch.indices,
-        batch.offsets,
-        batch.per_sample_weights,
-        ctx.out if ctx.out is not None else grad_output,  # out: read by mean/sqrtn only
-        grad_output,
-        batch.padding_idx,
-        int(batch.mode),
+    weight = check_context(ctx)
+    return backend_for(weight).embedding_bag_bwd(
+        grad_output, ctx, per_sample_weights_grad, deterministic
     )
-
-
-def _forward(batch: BagBatch, record_argmax: bool = False):
-    """Run the forward kernels on validated inputs; return ``out`` (and, with
-    ``record_argmax``, the max winners)."""
-    weight = batch.weight
-    if batch.max_norm is not None:
-        forward.renorm_rows(
-            weight, np.unique(batch.indices), batch.max_norm, batch.norm_type
-        )
-    out = np.empty((batch.num_bags, weight.shape[1]), dtype=weight.dtype)
-    if record_argmax:
-        argmax = np.empty(out.shape, dtype=np.int64)
-        forward.bag_max_argmax(
-            weight, batch.indices, batch.offsets, out, argmax, batch.padding_idx
-        )
-        return out, argmax
-    # the sum family gets D as a compile-time constant (max reads rows in place)
-    lanes = forward.lanes_for(weight.shape[1])
-    if batch.mode == Mode.MAX:
-        forward.bag_max(weight, batch.indices, batch.offsets, out, batch.padding_idx)
-    elif batch.per_sample_weights is None:
-        kernel = _UNWEIGHTED_KERNELS[batch.mode]
-        kernel(weight, batch.indices, batch.offsets, out, batch.padding_idx, lanes)
-    else:
-        kernel = _WEIGHTED_KERNELS[batch.mode]
-        kernel(
-            weight,
-            batch.indices,
-            batch.offsets,
-            batch.per_sample_weights,
-            out,
-            batch.padding_idx,
-            lanes,
-        )
-    return out, None
-
-
-NO_ARGMAX = np.empty((0, 0), dtype=np.int64)  # row_gradient's "not max"
-
-
-class TokenGroups(NamedTuple):
-    """The tokens of a batch grouped by row: what every row's gradient is made of."""
-
-    bag_of: np.ndarray  # (N,) the bag of each token, -1 for padding / no bag
-    coefficients: np.ndarray  # (N,) each token's coefficient (max: 1 for winners)
-    argmax: np.ndarray  # the forward's max winners (B, D), or NO_ARGMAX
-    rows: np.ndarray  # (U,) sorted rows with at least one token
-    row_ptr: np.ndarray  # (U + 1,) row k's tokens are positions[row_ptr[k]:row_ptr[k+1]]
-    positions: np.ndarray  # token positions grouped by row, increasing within a row
-    value_index: np.ndarray  # (U,) row k's slot among the contributing rows, or -1
-    num_contributing: int
-
-    def token_args(self) -> tuple:
-        """What every row-gradient kernel (``accumulate_rows``, ``apply_fused``) takes
-        after ``grad_output``: (bag_of, coefficients, argmax, positions, row_ptr)."""
-        return self.bag_of, self.coefficients, self.argmax, self.positions, self.row_ptr
-
-
-def coefficients_kernel(kernels, ctx: BagContext, unweighted, bag_of, coefficients):
-    """(kernel, arguments) that fill ``bag_of`` and ``coefficients``, from a module of
-    backward kernels (:mod:`nbbag.cpu.backward` or :mod:`nbbag.cuda.backward`):
-    ``max_token_coefficients`` for max, else ``token_coefficients`` (``unweighted``:
-    the empty array that stands for no weights)."""
-    batch = ctx.batch
-    if batch.mode == Mode.MAX:
-        args = (batch.indices, batch.offsets, ctx.argmax, batch.padding_idx)
-        return kernels.max_token_coefficients, (*args, bag_of, coefficients)
-    weights = batch.per_sample_weights
-    args = (
-        batch.indices,
-        batch.offsets,
-        weights if weights is not None else unweighted,
-        batch.padding_idx,
-        int(batch.mode),
-    )
-    return kernels.token_coefficients, (*args, bag_of, coefficients)
-
-
-def group_tokens(ctx: BagContext) -> TokenGroups:
-    """Each token's bag and coefficient, and the tokens grouped by row (stable)."""
-    batch = ctx.batch
-    num_tokens = batch.indices.shape[0]
-    # The kernels write every token in a bag; bags are contiguous from 0, so only the
-    # tokens past the last offset (include_last_offset) are in none.
-    bag_of = np.empty(num_tokens, dtype=np.int64)
-    coefficients = np.empty(num_tokens, dtype=batch.weight.dtype)  # f32 math for f32
-    bag_of[batch.offsets[-1] :] = -1
-    coefficients[batch.offsets[-1] :] = 0
-    weights = batch.per_sample_weights
-    kernel, args = coefficients_kernel(
-        backward, ctx, np.empty(0, dtype=batch.weight.dtype), bag_of, coefficients
-    )
-    kernel(*args)
-    num_rows = batch.weight.shape[0]
-    # int32 sort keys where they fit: half the bytes of int64 through each radix pass
-    fits_int32 = max(num_rows, num_tokens) < np.iinfo(np.int32).max
-    rows, row_ptr, positions = backward.group_positions_by_row(
-        batch.indices,
-        bag_of,
-        num_rows,
-        numba.get_num_threads(),
-        np.int32 if fits_int32 else np.int64,
-    )
-    if batch.mode == Mode.MAX or weights is not None:
-        # A max loser, a weight of 0 or weights summing to 0 contribute nothing: only
-        # rows with a non-zero coefficient get a gradient.
-        contributes = np.empty(rows.shape[0], dtype=np.bool_)
-        backward.contributing_rows(coefficients, positions, row_ptr, contributes)
-        value_index = np.cumsum(contributes) - 1
-        value_index[~contributes] = -1
-        num_contributing = int(np.count_nonzero(contributes))
-    else:  # every token in a bag has coefficient 1, 1/n or 1/sqrt(n)
-        value_index = np.arange(rows.shape[0])
-        num_contributing = rows.shape[0]
-    argmax = ctx.argmax if batch.mode == Mode.MAX else NO_ARGMAX
-    return TokenGroups(
-        bag_of,
-        coefficients,
-        argmax,
-        rows,
-        row_ptr,
-        positions,
-        value_index,
-        num_contributing,
-    )
-
-
-def _weight_grad(grad_output: np.ndarray, ctx: BagContext) -> RowSparseGrad:
-    """Group the tokens by row, then sum each row's contributions on one thread."""
-    groups = group_tokens(ctx)
-    num_rows, dim = ctx.weight_shape
-    values = np.empty((groups.num_contributing, dim), dtype=ctx.batch.weight.dtype)
-    backward.accumulate_rows(
-        grad_output,
-        *groups.token_args(),
-        groups.value_index,
-        ctx.batch.scale_grad_by_freq,
-        values,
-        forward.lanes_for(dim),
-    )
-    rows = groups.rows
-    if groups.num_contributing < rows.shape[0]:  # only max and weights leave rows out
-        rows = rows[groups.value_index >= 0]
-    return RowSparseGrad._trusted(rows, values, (num_rows, dim))

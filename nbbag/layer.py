@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbbag._memory import aligned_empty
-from nbbag._validate import (
-    BagContext,
-    check_flag,
-    check_norm_options,
-    check_padding_idx,
-    check_weight,
-    validate_forward,
-)
-from nbbag.functional import embedding_bag_bwd, forward_with_context
+from nbbag._device import backend_for
+from nbbag._validate import forward_options
+from nbbag.base.records import BagContext
+from nbbag.cpu.api import table as host_table
+from nbbag.functional import embedding_bag_bwd
 from nbbag.modes import Mode
+from nbbag.rules import catches_up
 from nbbag.sparse import RowSparseGrad
 
 
@@ -33,8 +29,10 @@ class EmbeddingBag:
     dtype : float32 or float64, default float32
     seed : int, optional
         Seeds the initialisation: N(0, 1), as torch's.
-    weight : ndarray (V, D), optional
-        Use this array as the table (not copied: updates to it are the layer's).
+    weight : ndarray or device array (V, D), optional
+        Use this array as the table (not copied: updates to it are the layer's).  A
+        device array (Numba, CuPy, a torch CUDA tensor; needs the ``cuda`` extra)
+        makes a layer on the GPU: its outputs and gradients are then device arrays.
     max_norm, norm_type, scale_grad_by_freq
         As in :func:`nbbag.embedding_bag`.
 
@@ -73,34 +71,19 @@ class EmbeddingBag:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
         shape = (int(num_embeddings), int(embedding_dim))
         # Options are checked now, not at the first forward.
-        mode = Mode.parse(mode)
-        check_padding_idx(padding_idx, shape[0])
-        check_flag(include_last_offset, "include_last_offset")
-        check_flag(scale_grad_by_freq, "scale_grad_by_freq")
-        check_norm_options(max_norm, norm_type)
+        self.options = forward_options(
+            mode, padding_idx, include_last_offset, max_norm, norm_type,
+            scale_grad_by_freq, shape[0],
+        )  # fmt: skip
         if weight is None:
-            if np.dtype(dtype) not in (np.float32, np.float64):
-                raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
-            weight = aligned_empty(shape, dtype)
-            weight[...] = np.random.default_rng(seed).standard_normal(shape)
-            if padding_idx is not None:
-                weight[padding_idx] = 0
-        else:
-            check_weight(weight)
-            if weight.shape != shape:
-                raise ValueError(
-                    f"weight must have shape (num_embeddings, embedding_dim) = {shape}, "
-                    f"got {weight.shape}"
-                )
-        self.weight = weight
-        self.options = {
-            "mode": mode,
-            "padding_idx": padding_idx,
-            "include_last_offset": include_last_offset,
-            "max_norm": max_norm,
-            "norm_type": norm_type,
-            "scale_grad_by_freq": scale_grad_by_freq,
-        }
+            weight = _new_table(shape, dtype, seed, padding_idx)
+        self._backend = backend_for(weight)
+        self.weight = self._backend.check_table(weight)
+        if tuple(self.weight.shape) != shape:
+            raise ValueError(
+                f"weight must have shape (num_embeddings, embedding_dim) = {shape}, "
+                f"got {tuple(self.weight.shape)}"
+            )
         self._ctx: BagContext | None = None
         self.optimizer = None
 
@@ -109,7 +92,8 @@ class EmbeddingBag:
         weight): each forward first brings the rows it reads up to date
         (``optimizer.catch_up``), and :meth:`step` does backward and update in one pass.
         With SGD's momentum or weight decay, training then equals dense torch SGD."""
-        if getattr(optimizer, "weight", None) is not self.weight:
+        weight = getattr(optimizer, "weight", None)
+        if weight is None or not self._backend.same_table(weight, self.weight):
             raise ValueError("optimizer must be built on this layer's weight array")
         self.optimizer = optimizer
 
@@ -121,23 +105,21 @@ class EmbeddingBag:
 
     @property
     def mode(self) -> Mode:
-        return self.options["mode"]
+        return self.options.mode
 
     def __call__(self, indices, offsets=None, per_sample_weights=None) -> np.ndarray:
         """The forward (see :func:`nbbag.embedding_bag`); keeps what backward needs.
 
         With an attached optimizer, the rows the batch reads are first brought up to
         date, after the inputs are checked (bad input changes nothing)."""
-        batch = validate_forward(
-            self.weight,
-            indices,
-            offsets,
-            per_sample_weights=per_sample_weights,
-            **self.options,
+        backend, options = self._backend, self.options
+        if self.optimizer is not None and catches_up(self.optimizer.step_type):
+            # the rows are caught up before the forward reads them: check first
+            backend.check_batch(self.weight, indices, offsets, per_sample_weights, options)
+            self.optimizer.catch_up(indices)
+        out, self._ctx = backend.embedding_bag_fwd(
+            self.weight, indices, offsets, per_sample_weights, options
         )
-        if self.optimizer is not None:
-            self.optimizer._catch_up(batch.indices)
-        out, self._ctx = forward_with_context(batch)
         return out
 
     def backward(
@@ -153,10 +135,10 @@ class EmbeddingBag:
     def _last_context(self) -> BagContext:
         if self._ctx is None:
             raise RuntimeError("backward needs a forward first: call the layer")
-        if self.weight.shape != self._ctx.weight_shape:
+        if tuple(self.weight.shape) != self._ctx.weight_shape:
             raise ValueError(
                 f"weight's shape changed from {self._ctx.weight_shape} at the forward to "
-                f"{self.weight.shape}: run the forward again"
+                f"{tuple(self.weight.shape)}: run the forward again"
             )
         return self._ctx
 
@@ -166,3 +148,14 @@ class EmbeddingBag:
             f"EmbeddingBag({num_rows}, {dim}, mode={self.mode.name.lower()!r}, "
             f"dtype={self.weight.dtype})"
         )
+
+
+def _new_table(shape: tuple[int, int], dtype, seed, padding_idx) -> np.ndarray:
+    """A 64-byte aligned host table, N(0, 1) as torch's, the padding row zero."""
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    weight = host_table(shape, dtype)
+    weight[...] = np.random.default_rng(seed).standard_normal(shape)
+    if padding_idx is not None:
+        weight[padding_idx] = 0
+    return weight

@@ -13,10 +13,10 @@ import numpy as np
 import scipy.sparse
 
 from nbbag._validate import as_array, is_integer
+from nbbag.base.constants import FLOAT_DTYPES
 
 __all__ = ["RowSparseGrad"]
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INT32_MAX = np.iinfo(np.int32).max
 
 

@@ -5,6 +5,7 @@ import pytest
 from numba import njit
 
 from nbbag import kernels, reference
+from nbbag.base.records import TokenGroups
 
 
 @njit
@@ -137,13 +138,15 @@ def test_row_gradients_specialised_for_width_equal_the_generic_ones(
     grad_output = rng.standard_normal((40, width)).astype(dtype)
     rows, row_ptr, positions = kernels.group_positions_by_row(indices, bag_of, 30, 2)
     value_index = np.arange(rows.shape[0])
-    no_argmax = np.empty((0, 0), dtype=np.int64)
-    args = (grad_output, bag_of, coefficients, no_argmax, positions, row_ptr)
-    args += (value_index, scale_grad_by_freq)
+    groups = TokenGroups(
+        bag_of, coefficients, None, rows, row_ptr, positions, value_index, rows.shape[0]
+    )
     generic = np.full((rows.shape[0], width), np.nan, dtype=dtype)
     specialised = np.full((rows.shape[0], width), np.nan, dtype=dtype)
-    kernels.accumulate_rows(*args, generic)
-    kernels.accumulate_rows(*args, specialised, kernels.lanes_for(width))
+    kernels.accumulate_rows(grad_output, groups, scale_grad_by_freq, generic)
+    kernels.accumulate_rows(
+        grad_output, groups, scale_grad_by_freq, specialised, kernels.lanes_for(width)
+    )
     np.testing.assert_array_equal(specialised, generic)
 
 

@@ -1,20 +1,23 @@
 """CPU forward kernels: reduce each bag of embedding rows to one output row.
 
-Two layers, both public through :mod:`nbbag.kernels`:
+Three layers:
 
 * per-bag functions (``sum_rows``, ``weighted_sum_rows``, ``max_rows``) reduce the
   tokens ``start:end`` of one bag into one output row and return what the mode needs to
-  finish (a count or weight sums);
-* bag kernels (``bag_sum``, ``bag_mean``, ...) run one bag per ``prange`` iteration and
-  finish the mode.  Each mode and option has its own kernel, so the inner loop over the
-  embedding dimension never branches on the mode.
+  finish (a count or weight sums); public through :mod:`nbbag.kernels`;
+* one loop over the bags, ``_each_bag`` (one bag per ``prange`` iteration), that every
+  bag kernel runs with its per-bag reduction: ``_reduce_sums`` for the sum family (sum,
+  mean, sqrtn, weighted or not: they differ only in what a bag's sum is divided by) or
+  ``_reduce_max``;
+* the kernels: the public ``bag_sum``, ``bag_mean``, ... (inputs trusted), and the
+  front's ``sum_bags_checked`` / ``max_bags_checked``, which validate the offsets and
+  every id as they read them.
 
 Arguments, in this order everywhere: ``weight`` (V, D) float32/float64 C-contiguous;
-``indices`` (N,) int32/int64 in [0, V); ``offsets`` (B + 1,) int, non-decreasing from 0
-to at most N (bag ``b`` is ``indices[offsets[b]:offsets[b + 1]]``); ``per_sample_weights``
-(N,) of weight's dtype (weighted kernels only); ``out`` (B, D) of weight's dtype;
-``padding_idx`` a row in [0, V) left out of every bag, or -1 for none.  The kernels do no
-validation: :func:`nbbag.embedding_bag` is the safe entry point.
+``indices`` (N,) int32/int64; ``offsets`` (B + 1,) int, non-decreasing from 0 to at
+most N (bag ``b`` is ``indices[offsets[b]:offsets[b + 1]]``); ``per_sample_weights``
+(N,) of weight's dtype, or None; ``out`` (B, D) of weight's dtype; ``padding_idx`` a
+row in [0, V) left out of every bag, or NO_PADDING (-1).
 """
 
 import math
@@ -23,138 +26,44 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from nbbag.cpu._intrinsics import LANE, add_row_lanes, prefetch_row_head, stack_row
-
-# How far ahead rows are prefetched: enough bytes in flight to cover the ~200 ns miss
-# latency (MEASURED.md), in whole rows, at most MAX_PREFETCH_TOKENS tokens ahead.  At
-# D = 256 float32 (1 KB rows) 8 tokens ahead beat 32 by 8-10%; at D = 64, 4 to 32
-# tied; at D = 16 (64-byte rows), 32 beat 4 and 8 by 1.3-1.8x (the hints then asked
-# for whole rows; asking for half, a C kernel's best was still 6-12 tokens at D = 256
-# and 16-32 at D = 64).  Baked in at compile time: the on-disk cache is keyed on this
-# file, so change them here only.
-PREFETCH_BYTES = 8192
-MAX_PREFETCH_TOKENS = 32
-
-NO_PADDING = -1
-
-# Widths the sum kernels are specialised for: multiples of LANE up to LANE * MAX_LANES
-# (a stack row of at most 4 KB).  Each width used compiles its own kernel once (cached
-# on disk); other widths run the generic kernels.
-MAX_LANES = 32
-_LANES = {count * LANE: (0,) * count for count in range(1, MAX_LANES + 1)}
+from nbbag.base.constants import BAD_OFFSETS, NO_PADDING, OK
+from nbbag.cpu import PARALLEL
+from nbbag.cpu._intrinsics import prefetch_row_head
+from nbbag.cpu.rows import (
+    add_row,
+    prefetch_distance,
+    row_width,
+    store_scaled,
+    store_sum,
+    sum_buffer,
+)
+from nbbag.modes import Mode
 
 
-def lanes_for(width: int):
-    """The ``lanes`` argument of the sum-family kernels for rows of ``width`` elements:
-    a tuple of ``width // LANE`` zeros (the kernel then knows D at compile time), or
-    None where ``width`` is not a multiple of ``LANE`` up to ``LANE * MAX_LANES``."""
-    return _LANES.get(width)
-
-
-def row_width(row, lanes):
-    """The number of elements of ``row``: ``len(lanes) * LANE``, a compile-time
-    constant, when ``lanes`` is a tuple; ``row.shape[0]`` when it is None."""
-    if lanes is None:
-        return row.shape[0]
-    return len(lanes) * LANE
-
-
-@overload(row_width, inline="always")
-def _row_width(row, lanes):
-    if isinstance(lanes, (types.NoneType, types.Omitted)):
-        return lambda row, lanes: row.shape[0]
-    return lambda row, lanes: len(lanes) * LANE
-
-
-def add_row(total, table, row, scale, lanes):
-    """``total += table[row]`` (``scale`` None) or ``total += scale * table[row]``:
-    in vectors of LANE elements when ``lanes`` is a tuple (:func:`add_row_lanes`), in
-    a scalar loop when it is None.  Bit-identical either way.  The backward's row
-    gradients use it too: Numba's cache is keyed on each kernel's own file, so after
-    editing it delete the caches (``find nbbag -name '*.nb[ic]' -delete``)."""
+# -- per-bag functions ------------------------------------------------------------------
+def _is_outside(row, num_rows):
+    """Whether an id lies outside [0, num_rows); never, for ``num_rows`` None (inputs
+    trusted: then no test is compiled at all)."""
     raise NotImplementedError("a Numba overload: call it from a jitted function")
 
 
-@overload(add_row, inline="always")
-def _add_row(total, table, row, scale, lanes):
-    if not isinstance(lanes, (types.NoneType, types.Omitted)):
-        return lambda total, table, row, scale, lanes: add_row_lanes(
-            total, table, row, scale, lanes
-        )
-    if isinstance(scale, (types.NoneType, types.Omitted)):
-
-        def add(total, table, row, scale, lanes):
-            for d in range(total.shape[0]):
-                total[d] += table[row, d]
-
-        return add
-
-    def add_scaled(total, table, row, scale, lanes):
-        for d in range(total.shape[0]):
-            total[d] += scale * table[row, d]
-
-    return add_scaled
-
-
-def sum_buffer(out_row, like, lanes):
-    """Where a sum of rows (a bag's output, a row's gradient) is made, zeroed:
-    ``out_row`` itself (``lanes`` None), or a :func:`~nbbag.cpu._intrinsics.stack_row`
-    LLVM keeps in registers (``lanes`` a tuple; zeroed over a width known at compile
-    time), copied to ``out_row`` by :func:`store_sum`."""
-    raise NotImplementedError("a Numba overload: call it from a jitted function")
-
-
-@overload(sum_buffer, inline="always")
-def _sum_buffer(out_row, like, lanes):
-    if isinstance(lanes, (types.NoneType, types.Omitted)):
-
-        def in_place(out_row, like, lanes):
-            out_row[:] = 0
-            return out_row
-
-        return in_place
-
-    def on_stack(out_row, like, lanes):
-        total = stack_row(like, lanes)
-        for d in range(row_width(total, lanes)):  # a compile-time width: unrolled
-            total[d] = 0
-        return total
-
-    return on_stack
-
-
-def store_sum(total, out_row, lanes):
-    """Copy a sum made in :func:`sum_buffer`'s stack row into ``out_row``."""
-    raise NotImplementedError("a Numba overload: call it from a jitted function")
-
-
-@overload(store_sum, inline="always")
-def _store_sum(total, out_row, lanes):
-    if isinstance(lanes, (types.NoneType, types.Omitted)):
-        return lambda total, out_row, lanes: None
-
-    def store(total, out_row, lanes):
-        for d in range(out_row.shape[0]):
-            out_row[d] = total[d]
-
-    return store
+@overload(_is_outside, inline="always")
+def _is_outside_overload(row, num_rows):
+    if isinstance(num_rows, (types.NoneType, types.Omitted)):
+        return lambda row, num_rows: False
+    return lambda row, num_rows: (row < 0) | (row >= num_rows)
 
 
 @njit(cache=True, inline="always")
-def prefetch_distance(row_bytes):
-    """Tokens ahead whose rows are prefetched, for rows of ``row_bytes`` bytes."""
-    return max(1, min(MAX_PREFETCH_TOKENS, PREFETCH_BYTES // max(row_bytes, 1)))
-
-
-@njit(cache=True, inline="always")
-def _add_rows(weight, indices, start, end, padding_idx, total, lanes):
+def _add_rows(weight, indices, start, end, padding_idx, total, lanes, num_rows):
     """Add the rows ``indices[start:end]`` (padding left out) to ``total`` (a zeroed
-    :func:`sum_buffer`); return how many tokens were summed.  With ``lanes`` a tuple,
-    the row's width is a compile-time constant here (see :func:`row_width`)."""
+    :func:`~nbbag.cpu.rows.sum_buffer`); return (how many tokens were summed, the
+    first position whose id is outside [0, num_rows), or -1).  It stops at an id
+    outside the table, before reading its row."""
     count = 0
     distance = prefetch_distance(row_width(total, lanes) * weight.itemsize)
     # Prefetch past the bag's end too: with prange's contiguous chunks the next bag
-    # belongs to the same thread.
+    # belongs to the same thread.  (A hint never faults, whatever the id.)
     prefetch_end = indices.shape[0]
     for position in range(start, end):
         if position + distance < prefetch_end:
@@ -162,18 +71,19 @@ def _add_rows(weight, indices, start, end, padding_idx, total, lanes):
         row = indices[position]
         if row == padding_idx:
             continue
+        if _is_outside(row, num_rows):
+            return count, position
         count += 1
         add_row(total, weight, row, None, lanes)
-    return count
+    return count, -1
 
 
 @njit(cache=True, inline="always")
 def _add_weighted_rows(
-    weight, indices, per_sample_weights, start, end, padding_idx, total, lanes
+    weight, indices, per_sample_weights, start, end, padding_idx, total, lanes, num_rows
 ):
     """Add sum_i w_i * weight[indices[i]] over ``start:end`` (padding left out) to
-    ``total`` (a zeroed :func:`sum_buffer`); return (sum_i w_i, sum_i w_i**2) over the
-    same tokens."""
+    ``total``; return (sum_i w_i, sum_i w_i**2, the first bad position or -1)."""
     weight_sum = 0.0
     weight_square_sum = 0.0
     distance = prefetch_distance(row_width(total, lanes) * weight.itemsize)
@@ -184,11 +94,13 @@ def _add_weighted_rows(
         row = indices[position]
         if row == padding_idx:
             continue
+        if _is_outside(row, num_rows):
+            return weight_sum, weight_square_sum, position
         w = per_sample_weights[position]
         weight_sum += w
         weight_square_sum += w * w
         add_row(total, weight, row, w, lanes)
-    return weight_sum, weight_square_sum
+    return weight_sum, weight_square_sum, -1
 
 
 @njit(cache=True)
@@ -197,12 +109,12 @@ def sum_rows(weight, indices, start, end, padding_idx, out_row, lanes=None):
     and return how many tokens were summed.
 
     ``lanes``: None, or a tuple of ``D // LANE`` entries (any values; see
-    :func:`lanes_for`) when ``LANE`` divides D: then the sum runs in a row on the
-    stack, of D known at compile time, and is copied to ``out_row`` at the end.
+    :func:`nbbag.cpu.rows.lanes_for`) when ``LANE`` divides D: then the sum runs in a
+    row on the stack, of D known at compile time, and is copied to ``out_row`` at the end.
     Ownership: the caller owns ``out_row``; nothing else is written.
     """
     total = sum_buffer(out_row, weight, lanes)
-    count = _add_rows(weight, indices, start, end, padding_idx, total, lanes)
+    count, _ = _add_rows(weight, indices, start, end, padding_idx, total, lanes, None)
     store_sum(total, out_row, lanes)
     return count
 
@@ -218,24 +130,18 @@ def weighted_sum_rows(
     Ownership: the caller owns ``out_row``; nothing else is written.
     """
     total = sum_buffer(out_row, weight, lanes)
-    sums = _add_weighted_rows(
-        weight, indices, per_sample_weights, start, end, padding_idx, total, lanes
+    weight_sum, weight_square_sum, _ = _add_weighted_rows(
+        weight, indices, per_sample_weights, start, end, padding_idx, total, lanes, None
     )
     store_sum(total, out_row, lanes)
-    return sums
+    return weight_sum, weight_square_sum
 
 
 @njit(cache=True)
-def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row):
-    """Write the elementwise max of rows ``indices[start:end]`` (padding left out) into
-    ``out_row`` (zeros if none); return how many tokens took part.
-
-    If ``argmax_row`` is not empty, ``argmax_row[d]`` gets the position (in ``indices``)
-    of the winner of dimension d, the first on ties, or -1 for an empty bag: the
-    backward routes each dimension's gradient to that one token.
-    Ownership: the caller owns ``out_row`` and ``argmax_row``; nothing else is written.
-    """
-    record = argmax_row.shape[0] > 0
+def _max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row, num_rows):
+    """:func:`max_rows`, checking ids against ``num_rows`` (None: trusted); returns
+    (count, the first bad position or -1)."""
+    record = argmax_row is not None and argmax_row.shape[0] > 0
     count = 0
     distance = prefetch_distance(out_row.shape[0] * weight.itemsize)
     prefetch_end = indices.shape[0]
@@ -245,6 +151,8 @@ def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row):
         row = indices[position]
         if row == padding_idx:
             continue
+        if _is_outside(row, num_rows):
+            return count, position
         if count == 0:
             out_row[:] = weight[row]
             if record:
@@ -261,6 +169,23 @@ def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row):
         out_row[:] = 0
         if record:
             argmax_row[:] = -1
+    return count, -1
+
+
+@njit(cache=True)
+def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row=None):
+    """Write the elementwise max of rows ``indices[start:end]`` (padding left out) into
+    ``out_row`` (zeros if none); return how many tokens took part.
+
+    ``argmax_row``: None, or a (D,) int64 array that gets the position (in ``indices``)
+    of the winner of each dimension, the first on ties, or -1 for an empty bag: the
+    backward routes each dimension's gradient to that one token.  (An empty array also
+    means "do not record", as before.)
+    Ownership: the caller owns ``out_row`` and ``argmax_row``; nothing else is written.
+    """
+    count, _ = _max_rows(
+        weight, indices, start, end, padding_idx, out_row, argmax_row, None
+    )
     return count
 
 
@@ -268,75 +193,117 @@ def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row):
 def scale_row(out_row, denominator):
     """Divide ``out_row`` by ``denominator``, or zero it when ``denominator`` is 0
     (an empty bag, or weights that sum to 0: TensorFlow's div_no_nan)."""
-    if denominator == 0:
-        out_row[:] = 0
+    store_scaled(out_row, out_row, denominator)
+
+
+# -- per-bag reductions, one signature for _each_bag -------------------------------------
+@njit(cache=True)
+def _reduce_sums(
+    weight, indices, per_sample_weights, start, end, padding_idx, out, argmax, b, mode,
+    lanes, num_rows,
+):  # fmt: skip
+    """Bag b of the sum family into ``out[b]``: the sum of its rows (weighted when
+    ``per_sample_weights`` is given), divided by 1 (sum), the count or sum of weights
+    (mean) or its square root, of counts or of squared weights (sqrtn).  Returns the
+    first position of the bag whose id is outside [0, num_rows), or -1.  ``argmax`` is
+    not used."""
+    out_row = out[b]
+    total = sum_buffer(out_row, weight, lanes)
+    if per_sample_weights is None:
+        count, bad = _add_rows(
+            weight, indices, start, end, padding_idx, total, lanes, num_rows
+        )
+        weight_sum, weight_square_sum = float(count), float(count)
     else:
-        out_row *= 1.0 / denominator
+        weight_sum, weight_square_sum, bad = _add_weighted_rows(
+            weight, indices, per_sample_weights, start, end, padding_idx, total, lanes,
+            num_rows,
+        )  # fmt: skip
+    if mode == Mode.MEAN:
+        store_scaled(total, out_row, weight_sum)
+    elif mode == Mode.SQRTN:
+        store_scaled(total, out_row, math.sqrt(weight_square_sum))
+    else:
+        store_sum(total, out_row, lanes)
+    return bad
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
+def _reduce_max(
+    weight, indices, per_sample_weights, start, end, padding_idx, out, argmax, b, mode,
+    lanes, num_rows,
+):  # fmt: skip
+    """Bag b's elementwise max into ``out[b]``, its winners into ``argmax[b]`` when
+    ``argmax`` is given; returns the first bad position or -1.  ``per_sample_weights``,
+    ``mode`` and ``lanes`` are not used."""
+    if argmax is None:
+        _, bad = _max_rows(weight, indices, start, end, padding_idx, out[b], None, num_rows)
+    else:
+        _, bad = _max_rows(
+            weight, indices, start, end, padding_idx, out[b], argmax[b], num_rows
+        )
+    return bad
+
+
+@njit(cache=True, inline="always")
+def _each_bag(
+    reduce_bag, weight, indices, per_sample_weights, offsets, out, argmax, padding_idx,
+    mode, lanes, num_rows,
+):  # fmt: skip
+    """Run ``reduce_bag`` on every bag, one bag per prange iteration; return OK, or the
+    first position whose id is outside [0, num_rows) (``num_rows`` None: trusted).
+
+    Ownership: iteration b of the prange writes ``out[b]`` (and ``argmax[b]``) only.
+    """
+    num_tokens = indices.shape[0]
+    first_bad = num_tokens
+    for b in prange(out.shape[0]):
+        bad = reduce_bag(
+            weight, indices, per_sample_weights, offsets[b], offsets[b + 1], padding_idx,
+            out, argmax, b, mode, lanes, num_rows,
+        )  # fmt: skip
+        first_bad = min(first_bad, num_tokens if bad < 0 else bad)
+    return OK if first_bad == num_tokens else first_bad
+
+
+# -- the public bag kernels (inputs trusted) ---------------------------------------------
+@njit(parallel=PARALLEL, cache=True)
 def bag_sum(weight, indices, offsets, out, padding_idx=NO_PADDING, lanes=None):
     """out[b] = sum of the rows of bag b.
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
-    for b in prange(out.shape[0]):
-        sum_rows(weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b], lanes)
+    _each_bag(
+        _reduce_sums, weight, indices, None, offsets, out, None, padding_idx, Mode.SUM,
+        lanes, None,
+    )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def bag_mean(weight, indices, offsets, out, padding_idx=NO_PADDING, lanes=None):
     """out[b] = mean of the rows of bag b (padding not counted).
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
-    for b in prange(out.shape[0]):
-        count = sum_rows(
-            weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b], lanes
-        )
-        scale_row(out[b], count)
+    _each_bag(
+        _reduce_sums, weight, indices, None, offsets, out, None, padding_idx, Mode.MEAN,
+        lanes, None,
+    )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def bag_sqrtn(weight, indices, offsets, out, padding_idx=NO_PADDING, lanes=None):
     """out[b] = sum of the rows of bag b / sqrt(number of rows).
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
-    for b in prange(out.shape[0]):
-        count = sum_rows(
-            weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b], lanes
-        )
-        scale_row(out[b], math.sqrt(count))
+    _each_bag(
+        _reduce_sums, weight, indices, None, offsets, out, None, padding_idx, Mode.SQRTN,
+        lanes, None,
+    )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
-def bag_max(weight, indices, offsets, out, padding_idx=NO_PADDING):
-    """out[b] = elementwise max of the rows of bag b.
-
-    Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
-    """
-    no_argmax = np.empty((out.shape[0], 0), dtype=np.int64)
-    for b in prange(out.shape[0]):
-        max_rows(
-            weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b], no_argmax[b]
-        )
-
-
-@njit(parallel=True, cache=True)
-def bag_max_argmax(weight, indices, offsets, out, argmax, padding_idx=NO_PADDING):
-    """out[b] = elementwise max of the rows of bag b; argmax[b, d] = the position in
-    ``indices`` of the winner of dimension d (first on ties), -1 for an empty bag.
-
-    Ownership: iteration b of the prange writes ``out[b]`` and ``argmax[b]`` only.
-    """
-    for b in prange(out.shape[0]):
-        max_rows(
-            weight, indices, offsets[b], offsets[b + 1], padding_idx, out[b], argmax[b]
-        )
-
-
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def bag_weighted_sum(
     weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING, lanes=None
 ):
@@ -344,20 +311,13 @@ def bag_weighted_sum(
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
-    for b in prange(out.shape[0]):
-        weighted_sum_rows(
-            weight,
-            indices,
-            per_sample_weights,
-            offsets[b],
-            offsets[b + 1],
-            padding_idx,
-            out[b],
-            lanes,
-        )
+    _each_bag(
+        _reduce_sums, weight, indices, per_sample_weights, offsets, out, None,
+        padding_idx, Mode.SUM, lanes, None,
+    )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def bag_weighted_mean(
     weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING, lanes=None
 ):
@@ -365,21 +325,13 @@ def bag_weighted_mean(
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
-    for b in prange(out.shape[0]):
-        weight_sum, _ = weighted_sum_rows(
-            weight,
-            indices,
-            per_sample_weights,
-            offsets[b],
-            offsets[b + 1],
-            padding_idx,
-            out[b],
-            lanes,
-        )
-        scale_row(out[b], weight_sum)
+    _each_bag(
+        _reduce_sums, weight, indices, per_sample_weights, offsets, out, None,
+        padding_idx, Mode.MEAN, lanes, None,
+    )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def bag_weighted_sqrtn(
     weight, indices, offsets, per_sample_weights, out, padding_idx=NO_PADDING, lanes=None
 ):
@@ -387,21 +339,99 @@ def bag_weighted_sqrtn(
 
     Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
     """
-    for b in prange(out.shape[0]):
-        _, weight_square_sum = weighted_sum_rows(
-            weight,
-            indices,
-            per_sample_weights,
-            offsets[b],
-            offsets[b + 1],
-            padding_idx,
-            out[b],
-            lanes,
-        )
-        scale_row(out[b], math.sqrt(weight_square_sum))
+    _each_bag(
+        _reduce_sums, weight, indices, per_sample_weights, offsets, out, None,
+        padding_idx, Mode.SQRTN, lanes, None,
+    )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
+def bag_max(weight, indices, offsets, out, padding_idx=NO_PADDING):
+    """out[b] = elementwise max of the rows of bag b.
+
+    Ownership: iteration b of the prange writes ``out[b]`` and nothing else.
+    """
+    _each_bag(
+        _reduce_max, weight, indices, None, offsets, out, None, padding_idx, Mode.MAX,
+        None, None,
+    )  # fmt: skip
+
+
+@njit(parallel=PARALLEL, cache=True)
+def bag_max_argmax(weight, indices, offsets, out, argmax, padding_idx=NO_PADDING):
+    """out[b] = elementwise max of the rows of bag b; argmax[b, d] = the position in
+    ``indices`` of the winner of dimension d (first on ties), -1 for an empty bag.
+
+    Ownership: iteration b of the prange writes ``out[b]`` and ``argmax[b]`` only.
+    """
+    _each_bag(
+        _reduce_max, weight, indices, None, offsets, out, argmax, padding_idx, Mode.MAX,
+        None, None,
+    )  # fmt: skip
+
+
+# -- the front's kernels: checks as they read --------------------------------------------
+@njit(cache=True)
+def offsets_to_csr(offsets, num_tokens, append_end, csr):
+    """Write ``offsets`` (B or B + 1 entries) into ``csr`` as int64 CSR offsets
+    (``num_tokens`` appended when ``append_end``); return whether they are valid:
+    starting at 0, non-decreasing, none past ``num_tokens``.  A serial O(B) pass.
+
+    Ownership: serial; writes ``csr`` only.
+    """
+    count = offsets.shape[0]
+    previous = 0
+    valid = count == 0 or offsets[0] == 0
+    for i in range(count):
+        value = np.int64(offsets[i])
+        valid = valid and previous <= value <= num_tokens
+        csr[i] = value
+        previous = value
+    if append_end:
+        csr[count] = num_tokens
+    return valid
+
+
+@njit(parallel=PARALLEL, cache=True)
+def sum_bags_checked(
+    weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
+    padding_idx, mode, lanes,
+):  # fmt: skip
+    """The sum family (``mode`` a Mode: sum, mean or sqrtn) on unvalidated offsets and
+    ids: ``offsets`` as the caller gave them, written to ``csr`` by
+    :func:`offsets_to_csr`; every id checked before its row is read.  Returns OK,
+    BAD_OFFSETS (nothing was read) or the first position of an id outside [0, V) (that
+    row was not read; ``out`` is then to be discarded).  ``argmax`` is not used.
+
+    Ownership: iteration b of the prange writes ``out[b]`` only.
+    """
+    if not offsets_to_csr(offsets, indices.shape[0], append_end, csr):
+        return BAD_OFFSETS
+    return _each_bag(
+        _reduce_sums, weight, indices, per_sample_weights, csr, out, argmax, padding_idx,
+        mode, lanes, weight.shape[0],
+    )  # fmt: skip
+
+
+@njit(parallel=PARALLEL, cache=True)
+def max_bags_checked(
+    weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
+    padding_idx, mode, lanes,
+):  # fmt: skip
+    """:func:`sum_bags_checked` for max: ``argmax`` None, or (B, D) int64 to record the
+    winners.  ``per_sample_weights``, ``mode`` and ``lanes`` are not used.
+
+    Ownership: iteration b of the prange writes ``out[b]`` and ``argmax[b]`` only.
+    """
+    if not offsets_to_csr(offsets, indices.shape[0], append_end, csr):
+        return BAD_OFFSETS
+    return _each_bag(
+        _reduce_max, weight, indices, per_sample_weights, csr, out, argmax, padding_idx,
+        mode, lanes, weight.shape[0],
+    )  # fmt: skip
+
+
+@njit(parallel=PARALLEL, cache=True)
 def renorm_rows(weight, rows, max_norm, norm_type):
     """Scale, in place, each ``weight[r]`` (r in ``rows``) whose ``norm_type``-norm
     exceeds ``max_norm`` by ``max_norm / (norm + 1e-7)``, as torch's embedding_renorm_.

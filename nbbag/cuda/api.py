@@ -1,80 +1,97 @@
-"""The GPU front: what :mod:`nbbag.functional` and :mod:`nbbag.optim` call when the
-weight is a device array.  Inputs are validated (:mod:`nbbag.cuda.checks`), outputs
-are allocated once here, and the kernels do the rest on the device."""
+"""The GPU host pipeline: :mod:`nbbag.cpu.api`'s functions, for device tables.
+
+Inputs are validated (:mod:`nbbag.cuda.checks`), outputs are allocated once here, and
+the kernels do the rest on the device.  Which kernel runs a call (mode, weighted or
+not, max's winners or not) is chosen by the lookups below; the kernels are compiled
+for the types they meet (no disk cache on the GPU).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from nbbag import functional
-from nbbag._validate import (
-    BagBatch,
-    BagContext,
-    check_context,
-    check_grad_output_like,
-    check_index_range,
-    check_indices,
-    check_weights_grad_request,
-)
+from nbbag import _validate
+from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
 from nbbag.cuda import arrays, backward, checks, forward, launch, optim
 from nbbag.modes import Mode
 from nbbag.sparse import RowSparseGrad
 
-_UNWEIGHTED_KERNELS, _WEIGHTED_KERNELS = functional.kernels_by_mode(forward)
+NAME = "cuda"
 
-validate_forward = checks.validate_forward
+# mode: (unweighted kernel, weighted kernel or None, the kernel that records max's
+# winners or None)
+_FORWARD = {
+    Mode.SUM: (forward.bag_sum, forward.bag_weighted_sum, None),
+    Mode.MEAN: (forward.bag_mean, forward.bag_weighted_mean, None),
+    Mode.SQRTN: (forward.bag_sqrtn, forward.bag_weighted_sqrtn, None),
+    Mode.MAX: (forward.bag_max, None, forward.bag_max_argmax),
+}
 
 
-def run_forward(batch: BagBatch, record_argmax: bool = False):
-    """The forward kernels on a validated device batch: (out, argmax or None)."""
-    weight = batch.weight
-    if batch.max_norm is not None:
-        # the unique rows, from the backward's sort
+# -- tables ------------------------------------------------------------------------------
+def check_table(weight, writeable_for: str | None = None):
+    """``weight`` as a Numba device array (no copy), checked as a table."""
+    return checks.check_weight(weight)
+
+
+def table(shape: tuple[int, int], dtype):
+    """A new (uninitialised) device table."""
+    return arrays.empty(shape, dtype)
+
+
+# -- the forward -------------------------------------------------------------------------
+def embedding_bag(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
+    batch = checks.validate(weight, indices, offsets, per_sample_weights, options)
+    return _run_forward(batch, False)[0]
+
+
+def embedding_bag_fwd(
+    weight, indices, offsets, per_sample_weights, options: ForwardOptions
+):
+    batch = checks.validate(weight, indices, offsets, per_sample_weights, options)
+    out, argmax = _run_forward(batch, True)
+    keep_out = out if batch.per_sample_weights is not None else None
+    return out, BagContext(batch, keep_out, argmax)
+
+
+def check_batch(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
+    """Every check of a forward, without running it."""
+    checks.validate(weight, indices, offsets, per_sample_weights, options)
+
+
+def _run_forward(batch: BagBatch, keep_context: bool):
+    """The forward kernels on a validated device batch: (out, max's winners or None)."""
+    weight, options = batch.weight, batch.options
+    if options.max_norm is not None:
         rows = backward.unique_rows(batch.indices, weight.shape[0])
         if rows.shape[0]:
             grid, block = launch.linear(rows.shape[0])
-            forward.renorm_rows[grid, block](weight, rows, batch.max_norm, batch.norm_type)
+            forward.renorm_rows[grid, block](
+                weight, rows, options.max_norm, options.norm_type
+            )
     num_bags, dim = batch.num_bags, weight.shape[1]
+    unweighted, weighted, with_winners = _FORWARD[options.mode]
+    records = keep_context and with_winners is not None
     out = arrays.empty((num_bags, dim), weight.dtype)
-    argmax = arrays.empty((num_bags, dim), "int64") if record_argmax else None
+    argmax = arrays.empty((num_bags, dim), np.int64) if records else None
     if num_bags == 0 or dim == 0:
         return out, argmax
     grid, block = launch.grouped(num_bags, dim)
     args = (weight, batch.indices, batch.offsets)
-    if record_argmax:
-        forward.bag_max_argmax[grid, block](*args, out, argmax, batch.padding_idx)
+    if records:
+        with_winners[grid, block](*args, out, argmax, batch.padding_idx)
     elif batch.per_sample_weights is None:
-        kernel = _UNWEIGHTED_KERNELS[batch.mode]
-        kernel[grid, block](*args, out, batch.padding_idx)
+        unweighted[grid, block](*args, out, batch.padding_idx)
     else:
-        kernel = _WEIGHTED_KERNELS[batch.mode]
-        kernel[grid, block](*args, batch.per_sample_weights, out, batch.padding_idx)
+        weighted[grid, block](*args, batch.per_sample_weights, out, batch.padding_idx)
     return out, argmax
 
 
-def embedding_bag(weight, indices, offsets=None, **options):
-    batch = validate_forward(weight, indices, offsets, **options)
-    return run_forward(batch)[0]
-
-
-def forward_with_context(batch: BagBatch):
-    out, argmax = run_forward(batch, record_argmax=batch.mode == Mode.MAX)
-    keep_out = batch.per_sample_weights is not None and batch.mode != Mode.SUM
-    return out, BagContext(batch, out if keep_out else None, argmax)
-
-
-def embedding_bag_fwd(weight, indices, offsets=None, **options):
-    return forward_with_context(validate_forward(weight, indices, offsets, **options))
-
-
-# nbbag.functional.TokenGroups, every array on the device
-TokenGroups = functional.TokenGroups
-
-
-def check_grad_output(grad_output, ctx):
-    """:func:`nbbag._validate.check_grad_output` for the GPU: a device array (a host
-    array is copied over) of the forward output's shape and the weight's dtype."""
-    check_context(ctx)
+# -- the backward ------------------------------------------------------------------------
+def check_grad_output(grad_output, ctx: BagContext):
+    """A device array (a host array is copied over) of the forward output's shape and
+    the weight's dtype."""
+    _validate.check_context(ctx)
     if arrays.is_device(grad_output):
         grad_output = arrays.as_device(grad_output)
     elif isinstance(grad_output, np.ndarray):
@@ -83,78 +100,52 @@ def check_grad_output(grad_output, ctx):
         raise TypeError(
             f"grad_output must be a device or NumPy array, got {type(grad_output).__name__}"
         )
-    check_grad_output_like(grad_output, ctx)
+    _validate.check_grad_output_like(grad_output, ctx)
     if not grad_output.is_c_contiguous():
         raise ValueError("grad_output must be C-contiguous")
     return grad_output
 
 
 def group_tokens(ctx: BagContext) -> TokenGroups:
-    """Each token's bag and coefficient, and the tokens grouped by row, on the device."""
+    """The batch's tokens grouped by row, on the device."""
     batch = ctx.batch
-    num_tokens = batch.indices.shape[0]
-    bag_of = arrays.full(num_tokens, -1, np.int64)  # tokens in no bag stay -1 / 0
-    coefficients = arrays.full(num_tokens, 0, batch.weight.dtype)
-    weights = batch.per_sample_weights
-    num_bags = batch.num_bags
-    if num_bags:
-        grid, block = launch.linear(num_bags)
-        kernel, args = functional.coefficients_kernel(
-            backward, ctx, arrays.empty(0, batch.weight.dtype), bag_of, coefficients
-        )
-        kernel[grid, block](*args)
-    rows, row_ptr, positions = backward.group_positions_by_row(
-        batch.indices, bag_of, batch.weight.shape[0]
-    )
-    num_unique = rows.shape[0]
-    value_index = arrays.empty(num_unique, np.int64)
-    if batch.mode == Mode.MAX or weights is not None:
-        # A max loser, a weight of 0 or weights summing to 0 contribute nothing.
-        contributes = arrays.empty(num_unique, np.int64)
-        num_contributing = 0
-        if num_unique:
-            grid, block = launch.linear(num_unique)
-            backward.contributing_rows[grid, block](
-                coefficients, positions, row_ptr, contributes
-            )
-            prefix, num_contributing = backward.exclusive_scan(contributes)
-            backward.value_slots[grid, block](contributes, prefix, value_index)
-    else:
-        num_contributing = num_unique
-        arrays.arange(value_index)
-    argmax = ctx.argmax if batch.mode == Mode.MAX else arrays.empty((0, 0), np.int64)
-    return TokenGroups(
-        bag_of,
-        coefficients,
-        argmax,
-        rows,
-        row_ptr,
-        positions,
-        value_index,
-        num_contributing,
-    )
+    return backward.group_tokens(
+        batch.weight, batch.indices, batch.offsets, batch.per_sample_weights, ctx.argmax,
+        batch.padding_idx, batch.mode,
+    )  # fmt: skip
 
 
-def weight_grad(grad_output, ctx: BagContext, deterministic: bool = True) -> RowSparseGrad:
+def embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad, deterministic):
+    grad_output = check_grad_output(grad_output, ctx)
+    _validate.check_weights_grad_request(per_sample_weights_grad, ctx)
+    grad = _weight_grad(grad_output, ctx, deterministic)
+    if not per_sample_weights_grad:
+        return grad
+    batch = ctx.batch
+    weights_grad = arrays.full(batch.per_sample_weights.shape[0], 0, batch.weight.dtype)
+    if batch.num_bags:
+        grid, block = launch.linear(batch.num_bags)
+        backward.per_sample_weights_grad[grid, block](
+            batch.weight, batch.indices, batch.offsets, batch.per_sample_weights, ctx.out,
+            grad_output, batch.padding_idx, int(batch.mode), weights_grad,
+        )  # fmt: skip
+    return grad, weights_grad.reshape(ctx.indices_shape)
+
+
+def _weight_grad(grad_output, ctx: BagContext, deterministic: bool) -> RowSparseGrad:
     """The row-sparse gradient on the device: rows (U,) and values (U, D)."""
     groups = group_tokens(ctx)
     num_rows, dim = ctx.weight_shape
-    dtype = ctx.batch.weight.dtype
-    values = arrays.empty((groups.num_contributing, dim), dtype)
+    values = arrays.empty((groups.num_contributing, dim), ctx.batch.weight.dtype)
     num_unique = groups.rows.shape[0]
+    scale = ctx.batch.options.scale_grad_by_freq
     if groups.num_contributing and dim:
         kernel = backward.accumulate_rows
         if not deterministic:
             arrays.fill(values, 0)
             kernel = backward.accumulate_rows_atomic
         grid, block = launch.grouped(num_unique, dim)
-        kernel[grid, block](
-            grad_output,
-            *groups.token_args(),
-            groups.value_index,
-            ctx.batch.scale_grad_by_freq,
-            values,
-        )
+        kernel[grid, block](grad_output, groups, scale, values)
     rows = groups.rows
     if groups.num_contributing < num_unique:
         rows = arrays.empty(groups.num_contributing, np.int64)
@@ -163,38 +154,16 @@ def weight_grad(grad_output, ctx: BagContext, deterministic: bool = True) -> Row
     return RowSparseGrad._trusted(rows, values, (num_rows, dim))
 
 
-def embedding_bag_bwd(
-    grad_output, ctx, *, per_sample_weights_grad=False, deterministic=True
-):
-    grad_output = check_grad_output(grad_output, ctx)
-    batch = ctx.batch
-    check_weights_grad_request(per_sample_weights_grad, batch)
-    grad = weight_grad(grad_output, ctx, deterministic)
-    if not per_sample_weights_grad:
-        return grad
-    weights_grad = arrays.full(batch.per_sample_weights.shape[0], 0, batch.weight.dtype)
-    if batch.num_bags:
-        grid, block = launch.linear(batch.num_bags)
-        backward.per_sample_weights_grad[grid, block](
-            *functional.weights_grad_args(grad_output, ctx), weights_grad
-        )
-    return grad, weights_grad.reshape(ctx.indices_shape)
+# -- optimizer state and steps -----------------------------------------------------------
+def state_array(shape, fill, dtype):
+    return arrays.full(shape, fill, dtype)
 
 
-# -- optimizers ------------------------------------------------------------------------
-def check_optimizer_weight(weight):
-    return checks.check_weight(weight)
-
-
-def state_full(shape, value, dtype):
-    return arrays.full(shape, value, dtype)
-
-
-def state_to_host(array) -> np.ndarray:
+def to_host(array) -> np.ndarray:
     return array.copy_to_host()
 
 
-def state_from_host(target, source: np.ndarray) -> None:
+def copy_into(target, source: np.ndarray) -> None:
     target.copy_to_device(np.ascontiguousarray(source, dtype=target.dtype))
 
 
@@ -202,107 +171,64 @@ def fill(array, value) -> None:
     arrays.fill(array, value)
 
 
-def _device_hyper(optimizer):
-    return arrays.to_device(
-        optim.step_hyper(optimizer._hyper, optimizer.step_count, optimizer.weight.dtype)
-    )
+def same_table(a, b) -> bool:
+    return arrays.same_array(arrays.as_device(a), arrays.as_device(b))
 
 
-def as_device_grad(grad: RowSparseGrad) -> RowSparseGrad:
-    """A RowSparseGrad with device arrays (copied over from the host if need be)."""
-    if arrays.is_device(grad.values):
-        return grad
-    return RowSparseGrad._trusted(
-        arrays.to_device(grad.rows), arrays.to_device(grad.values), grad.shape
-    )
-
-
-def optimizer_step(optimizer, grad: RowSparseGrad) -> None:
-    """One step of ``optimizer`` (holding device state) with a row-sparse gradient."""
-    grad = as_device_grad(grad)
-    if grad.values.dtype != optimizer.weight.dtype:
-        raise ValueError(
-            f"grad must have the weight's dtype {optimizer.weight.dtype}, "
-            f"got {grad.values.dtype}"
+def as_gradient(grad: RowSparseGrad, weight) -> RowSparseGrad:
+    """``grad`` with device arrays (copied over from the host if need be), of the
+    weight's dtype."""
+    if not arrays.is_device(grad.values):
+        grad = RowSparseGrad._trusted(
+            arrays.to_device(grad.rows), arrays.to_device(grad.values), grad.shape
         )
-    optimizer.step_count += 1
+    if grad.values.dtype != weight.dtype:
+        raise ValueError(
+            f"grad must have the weight's dtype {weight.dtype}, got {grad.values.dtype}"
+        )
+    return grad
+
+
+def apply_gradient(step, weight, grad: RowSparseGrad, state, t: int) -> None:
     num_rows, dim = grad.values.shape
     if num_rows == 0 or dim == 0:
         return
     grid, block = launch.grouped(num_rows, dim)
-    optim.apply_row_gradients[grid, block](
-        optimizer.kind,
-        optimizer.weight,
-        grad.rows,
-        grad.values,
-        *optimizer._kernel_state(),
-        _device_hyper(optimizer),
-        optimizer.step_count,
-    )
+    optim.apply_row_gradients[grid, block](step, weight, grad.rows, grad.values, *state, t)
 
 
-def optimizer_step_fused(optimizer, grad_output, ctx: BagContext) -> None:
-    """``optimizer_step(embedding_bag_bwd(grad_output, ctx))`` in one kernel over the
-    batch's rows, each group's gradient row in a scratch row of its own."""
-    grad_output = check_grad_output(grad_output, ctx)
-    if not arrays.same_array(ctx.batch.weight, optimizer.weight):
-        raise ValueError("ctx's forward read another array than this optimizer's weight")
+def apply_fused(step, weight, grad_output, ctx: BagContext, state, t: int) -> None:
     groups = group_tokens(ctx)
-    optimizer.step_count += 1
-    num_rows, dim = groups.rows.shape[0], optimizer.weight.shape[1]
+    num_rows, dim = groups.rows.shape[0], weight.shape[1]
     if num_rows == 0 or dim == 0:
         return
     grid, block = launch.grouped_resident(num_rows, dim)
-    scratch = arrays.empty((grid * block[1], dim), optimizer.weight.dtype)
+    scratch = arrays.empty((grid * block[1], dim), weight.dtype)
     optim.apply_fused[grid, block](
-        optimizer.kind,
-        optimizer.weight,
-        grad_output,
-        *groups.token_args(),
-        groups.rows,
-        groups.value_index,
-        ctx.batch.scale_grad_by_freq,
-        *optimizer._kernel_state(),
-        _device_hyper(optimizer),
-        optimizer.step_count,
-        scratch,
-    )
+        step, weight, grad_output, groups, ctx.batch.options.scale_grad_by_freq, *state,
+        t, scratch,
+    )  # fmt: skip
 
 
-def check_catch_up_indices(indices, num_rows: int):
+def check_rows(indices, num_rows: int):
     """1-D device indices in [0, num_rows), from device or host ``indices``."""
     if arrays.is_device(indices):
         indices = checks.check_device_indices(indices, num_rows)
         return indices.reshape(indices.size)
-    indices = check_indices(indices)
-    check_index_range(indices, num_rows)
-    return arrays.to_device(indices.reshape(-1))
+    indices = _validate.check_indices(indices)
+    checks.check_host_ids(indices, num_rows)
+    return arrays.to_device(np.ascontiguousarray(indices.reshape(-1)))
 
 
-def sgd_catch_up(optimizer, indices) -> None:
-    """SGD's exact catch-up of the rows in (checked, device) ``indices``."""
-    if indices.shape[0] == 0:
+def catch_up(step, weight, rows, state, target_step: int) -> None:
+    if rows.shape[0] == 0:
         return
-    grid, block = launch.linear(indices.shape[0])
-    optim.advance_rows[grid, block](
-        optimizer.weight,
-        indices,
-        optimizer.momentum_buffer,
-        optimizer.last_step,
-        optimizer.step_count,
-        arrays.to_device(optimizer._hyper),  # float64, as the CPU's catch-up
-    )
+    grid, block = launch.linear(rows.shape[0])
+    optim.catch_up_rows[grid, block](step, weight, rows, *state, target_step)
 
 
-def sgd_flush(optimizer) -> None:
-    """SGD's exact catch-up of every row."""
-    if optimizer.weight.shape[0] == 0:
+def catch_up_all(step, weight, state, target_step: int) -> None:
+    if weight.shape[0] == 0:
         return
-    grid, block = launch.linear(optimizer.weight.shape[0])
-    optim.advance_all_rows[grid, block](
-        optimizer.weight,
-        optimizer.momentum_buffer,
-        optimizer.last_step,
-        optimizer.step_count,
-        arrays.to_device(optimizer._hyper),  # float64, as the CPU's catch-up
-    )
+    grid, block = launch.linear(weight.shape[0])
+    optim.catch_up_all_rows[grid, block](step, weight, *state, target_step)

@@ -2,8 +2,9 @@
 
 The CPU pipeline (:mod:`nbbag.cpu.backward`), step for step, on the device:
 
-1. ``token_coefficients`` / ``max_token_coefficients`` (a thread per bag): each token's
-   bag (-1 for padding and for tokens in no bag) and coefficient.
+1. ``token_coefficients`` / ``weighted_token_coefficients`` / ``max_token_coefficients``
+   (a thread per bag): each token's bag (-1 for padding and for tokens in no bag) and
+   coefficient.
 2. ``group_positions_by_row``: a stable LSD radix sort of the tokens by row (count,
    hand out slots digit-major then chunk by chunk, scatter: the CPU ``_radix_pass``
    with a thread per chunk), then the run heads give the unique rows.  No array of
@@ -21,54 +22,53 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from nbbag.cpu import backward as cpu_backward
-from nbbag.cpu.backward import MAX, MEAN, SQRTN, SUM  # noqa: F401  (nbbag.Mode's values)
+from nbbag.base.bags import bag_coefficients, bag_weights_grad, row_contributes
+from nbbag.base.records import TokenGroups
+from nbbag.base.sort import (
+    GPU_RADIX_BITS,
+    chunk_bounds,
+    count_digits,
+    is_row_start,
+    radix_plan,
+    scatter_digits,
+)
 from nbbag.cuda import arrays, launch
 from nbbag.cuda.forward import group_item
-from nbbag.cuda.twin import device_twin
+from nbbag.modes import Mode
 
-RADIX_BITS = 8  # at most 256 buckets a pass: three passes sort a 16M-row table
-RADIX_BUCKETS = 1 << RADIX_BITS
-
-
-# The per-bag and per-row math, one source with the CPU kernels (nbbag.cuda.twin).
-bag_denominator_dev = device_twin(cpu_backward.bag_denominator)
-bag_token_coefficients_dev = device_twin(cpu_backward.bag_token_coefficients)
-bag_max_coefficients_dev = device_twin(cpu_backward.bag_max_coefficients)
-row_contributes_dev = device_twin(cpu_backward.row_contributes)
-chunk_bounds_dev = device_twin(cpu_backward.chunk_bounds)
-count_digits_dev = device_twin(cpu_backward.count_digits)
-scatter_digits_dev = device_twin(cpu_backward.scatter_digits)
-is_row_start_dev = device_twin(cpu_backward.is_row_start)
-bag_weights_grad_dev = device_twin(cpu_backward.bag_weights_grad)
+RADIX_BUCKETS = 1 << GPU_RADIX_BITS
 
 
+# Three kernels where the CPU has one with None for what is absent: a kernel launch
+# cannot take None.  Each passes None on to the shared per-bag function.
 @cuda.jit
-def token_coefficients(
-    indices, offsets, per_sample_weights, padding_idx, mode, bag_of, coefficients
-):
+def token_coefficients(indices, offsets, padding_idx, mode, bag_of, coefficients):
     """For sum, mean and sqrtn: bag_of[p] = the bag of token p (-1 for padding),
-    coefficients[p] = w_p / denominator (0 where the denominator is 0).
-    ``per_sample_weights`` empty means unweighted; tokens in no bag are left alone.
+    coefficients[p] = 1 / the bag's denominator (0 where that is 0).  Tokens in no bag
+    are left alone.
 
     Ownership: thread b writes positions offsets[b]:offsets[b+1] only (grid-stride).
     """
     for b in range(cuda.grid(1), offsets.shape[0] - 1, cuda.gridsize(1)):
-        start, end = offsets[b], offsets[b + 1]
-        denominator = bag_denominator_dev(
-            indices, per_sample_weights, start, end, padding_idx, mode
-        )
-        bag_token_coefficients_dev(
-            indices,
-            per_sample_weights,
-            start,
-            end,
-            padding_idx,
-            b,
-            0.0 if denominator == 0 else 1.0 / denominator,
-            bag_of,
-            coefficients,
-        )
+        bag_coefficients(
+            indices, None, None, offsets[b], offsets[b + 1], padding_idx, mode, b,
+            bag_of, coefficients,
+        )  # fmt: skip
+
+
+@cuda.jit
+def weighted_token_coefficients(
+    indices, offsets, per_sample_weights, padding_idx, mode, bag_of, coefficients
+):
+    """:func:`token_coefficients` with weights: coefficients[p] = w_p / the denominator.
+
+    Ownership: thread b writes positions offsets[b]:offsets[b+1] only (grid-stride).
+    """
+    for b in range(cuda.grid(1), offsets.shape[0] - 1, cuda.gridsize(1)):
+        bag_coefficients(
+            indices, per_sample_weights, None, offsets[b], offsets[b + 1], padding_idx,
+            mode, b, bag_of, coefficients,
+        )  # fmt: skip
 
 
 @cuda.jit
@@ -80,16 +80,10 @@ def max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coeffi
     of bag b lies in bag b; grid-stride).
     """
     for b in range(cuda.grid(1), offsets.shape[0] - 1, cuda.gridsize(1)):
-        bag_max_coefficients_dev(
-            indices,
-            argmax,
-            offsets[b],
-            offsets[b + 1],
-            padding_idx,
-            b,
-            bag_of,
-            coefficients,
-        )
+        bag_coefficients(
+            indices, None, argmax, offsets[b], offsets[b + 1], padding_idx, Mode.MAX, b,
+            bag_of, coefficients,
+        )  # fmt: skip
 
 
 @cuda.jit
@@ -112,8 +106,8 @@ def _radix_count(keys, shift, chunk_slots):
     """
     num_chunks = chunk_slots.shape[0]
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        first, last = chunk_bounds_dev(c, num_chunks, keys.shape[0])
-        count_digits_dev(keys, shift, first, last, chunk_slots[c])
+        first, last = chunk_bounds(c, num_chunks, keys.shape[0])
+        count_digits(keys, shift, first, last, chunk_slots[c])
 
 
 @cuda.jit
@@ -156,8 +150,8 @@ def _radix_scatter(keys, positions, shift, chunk_slots, sorted_keys, sorted_posi
     """
     num_chunks = chunk_slots.shape[0]
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        first, last = chunk_bounds_dev(c, num_chunks, keys.shape[0])
-        scatter_digits_dev(
+        first, last = chunk_bounds(c, num_chunks, keys.shape[0])
+        scatter_digits(
             keys, positions, shift, first, last, chunk_slots[c], sorted_keys,
             sorted_positions,
         )  # fmt: skip
@@ -167,7 +161,7 @@ def _radix_scatter(keys, positions, shift, chunk_slots, sorted_keys, sorted_posi
 def _chunk_sums(flags, num_chunks, sums):
     """sums[c] = the sum of flags over chunk c.  Ownership: thread c writes sums[c]."""
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        first, last = chunk_bounds_dev(c, num_chunks, flags.shape[0])
+        first, last = chunk_bounds(c, num_chunks, flags.shape[0])
         total = 0
         for i in range(first, last):
             total += flags[i]
@@ -190,7 +184,7 @@ def _scan_sums(sums):
 def _chunk_prefix(flags, num_chunks, sums, prefix):
     """prefix[i] = the sum of flags[:i].  Ownership: thread c writes chunk c of prefix."""
     for c in range(cuda.grid(1), num_chunks, cuda.gridsize(1)):
-        first, last = chunk_bounds_dev(c, num_chunks, flags.shape[0])
+        first, last = chunk_bounds(c, num_chunks, flags.shape[0])
         running = sums[c]
         for i in range(first, last):
             prefix[i] = running
@@ -220,7 +214,7 @@ def _run_heads(keys, num_rows, heads):
     Ownership: thread i writes heads[i] (grid-stride).
     """
     for i in range(cuda.grid(1), keys.shape[0], cuda.gridsize(1)):
-        head = keys[i] < num_rows and is_row_start_dev(keys, i)
+        head = keys[i] < num_rows and is_row_start(keys, i)
         heads[i] = 1 if head else 0
 
 
@@ -241,25 +235,29 @@ def _write_runs(keys, num_rows, heads, head_index, rows, row_ptr):
             row_ptr[rows.shape[0]] = i + 1
 
 
-def group_positions_by_row(indices, bag_of, num_rows: int):
+def group_positions_by_row(
+    indices, bag_of, num_rows: int, num_chunks=0, sort_type=np.int64
+):
     """Group the tokens in a bag (bag_of[p] >= 0) by row, on the device.
 
     Returns ``(rows, row_ptr, positions)`` as device arrays, as the CPU function:
     ``rows`` (U,) sorted unique, ``positions[row_ptr[k]:row_ptr[k + 1]]`` the tokens
-    of ``rows[k]``, increasing.  Stable, so the same for any launch configuration.
+    of ``rows[k]``, increasing.  Stable, so the same for any launch configuration and
+    any ``num_chunks`` (0, the default: :func:`nbbag.cuda.launch.chunks`'s choice).
+    ``sort_type`` is the integer type keys and positions are sorted in.
     """
     total = indices.shape[0]
-    keys = arrays.empty(total, np.int64)
-    positions = arrays.empty(total, np.int64)
+    keys = arrays.empty(total, sort_type)
+    positions = arrays.empty(total, sort_type)
     if total:
         grid, block = launch.linear(total)
         _sort_keys[grid, block](indices, bag_of, num_rows, keys, positions)
-        key_bits, digit_bits = cpu_backward.radix_plan(num_rows, RADIX_BITS)
-        num_chunks = launch.chunks(total)
-        chunk_slots = arrays.empty((num_chunks, 1 << digit_bits), np.int64)
-        sorted_keys = arrays.empty(total, np.int64)
-        sorted_positions = arrays.empty(total, np.int64)
-        grid, block = launch.linear(num_chunks)
+        key_bits, digit_bits = radix_plan(num_rows, GPU_RADIX_BITS)
+        chunks = num_chunks if num_chunks > 0 else launch.chunks(total)
+        chunk_slots = arrays.empty((chunks, 1 << digit_bits), np.int64)
+        sorted_keys = arrays.empty(total, sort_type)
+        sorted_positions = arrays.empty(total, sort_type)
+        grid, block = launch.linear(chunks)
         for shift in range(0, key_bits, digit_bits):
             _radix_count[grid, block](keys, shift, chunk_slots)
             _radix_slots[1, 1 << digit_bits](chunk_slots)
@@ -293,7 +291,7 @@ def contributing_rows(coefficients, positions, row_ptr, contributes):
     Ownership: thread k writes contributes[k] (grid-stride).
     """
     for k in range(cuda.grid(1), row_ptr.shape[0] - 1, cuda.gridsize(1)):
-        found = row_contributes_dev(coefficients, positions, row_ptr[k], row_ptr[k + 1])
+        found = row_contributes(coefficients, positions, row_ptr[k], row_ptr[k + 1])
         contributes[k] = 1 if found else 0
 
 
@@ -305,6 +303,68 @@ def value_slots(contributes, prefix, value_index):
     """
     for k in range(cuda.grid(1), contributes.shape[0], cuda.gridsize(1)):
         value_index[k] = prefix[k] if contributes[k] else -1
+
+
+def _coefficients(
+    indices, offsets, per_sample_weights, argmax, padding_idx, mode, bag_of, coefficients
+) -> None:
+    """Every token's bag and coefficient: the coefficient kernel of the batch's kind."""
+    num_bags = offsets.shape[0] - 1
+    if not num_bags:
+        return
+    grid, block = launch.linear(num_bags)
+    if argmax is not None:
+        max_token_coefficients[grid, block](
+            indices, offsets, argmax, padding_idx, bag_of, coefficients
+        )
+    elif per_sample_weights is not None:
+        weighted_token_coefficients[grid, block](
+            indices, offsets, per_sample_weights, padding_idx, int(mode), bag_of,
+            coefficients,
+        )  # fmt: skip
+    else:
+        token_coefficients[grid, block](
+            indices, offsets, padding_idx, int(mode), bag_of, coefficients
+        )
+
+
+def group_tokens(
+    weight, indices, offsets, per_sample_weights, argmax, padding_idx, mode,
+    num_chunks=0, sort_type=np.int64,
+) -> TokenGroups:  # fmt: skip
+    """The batch's tokens grouped by row, on the device, as the CPU function
+    (``argmax``: the forward's winners for max, else None).  A TokenGroups whose
+    ``argmax`` is an empty (0, 0) array but for max: a kernel launch cannot take None."""
+    num_tokens = indices.shape[0]
+    bag_of = arrays.full(num_tokens, -1, np.int64)  # tokens in no bag stay -1 / 0
+    coefficients = arrays.full(num_tokens, 0, weight.dtype)
+    _coefficients(
+        indices, offsets, per_sample_weights, argmax, padding_idx, mode, bag_of,
+        coefficients,
+    )  # fmt: skip
+    rows, row_ptr, positions = group_positions_by_row(
+        indices, bag_of, weight.shape[0], num_chunks, sort_type
+    )
+    num_unique = rows.shape[0]
+    value_index = arrays.empty(num_unique, np.int64)
+    if argmax is not None or per_sample_weights is not None:
+        # A max loser, a weight of 0 or weights summing to 0 contribute nothing.
+        contributes = arrays.empty(num_unique, np.int64)
+        num_contributing = 0
+        if num_unique:
+            grid, block = launch.linear(num_unique)
+            contributing_rows[grid, block](coefficients, positions, row_ptr, contributes)
+            prefix, num_contributing = exclusive_scan(contributes)
+            value_slots[grid, block](contributes, prefix, value_index)
+    else:
+        num_contributing = num_unique
+        arrays.arange(value_index)
+    if argmax is None:
+        argmax = arrays.empty((0, 0), np.int64)
+    return TokenGroups(
+        bag_of, coefficients, argmax, rows, row_ptr, positions, value_index,
+        num_contributing,
+    )  # fmt: skip
 
 
 @cuda.jit
@@ -319,15 +379,16 @@ def compact_rows(rows, value_index, kept):
 
 
 @cuda.jit(device=True)
-def row_gradient_dim_dev(
-    grad_output, bag_of, coefficients, argmax, positions, start, end, scale_by_freq, d
-):
-    """Dimension d of the gradient of the row whose tokens are positions[start:end]:
-    sum of coefficients[p] * grad_output[bag_of[p], d] in position order or, for max
-    (argmax with columns), of grad_output[b, d] where token p won dimension d of its
-    bag b; divided by the token count with ``scale_by_freq``.  Writes nothing."""
+def row_gradient_dim_dev(grad_output, groups, start, end, scale_grad_by_freq, d):
+    """Dimension d of the gradient of the row whose tokens are
+    groups.positions[start:end]: the sum of coefficients[p] * grad_output[bag_of[p], d]
+    in position order or, for max (argmax with columns), of grad_output[b, d] where
+    token p won dimension d of its bag b; divided by the token count with
+    ``scale_grad_by_freq``.  Writes nothing."""
+    positions, bag_of, argmax = groups.positions, groups.bag_of, groups.argmax
     total = 0.0
     if argmax.shape[1] == 0:
+        coefficients = groups.coefficients
         for i in range(start, end):
             position = positions[i]
             coefficient = coefficients[position]
@@ -339,73 +400,43 @@ def row_gradient_dim_dev(
             b = bag_of[position]
             if argmax[b, d] == position:
                 total += grad_output[b, d]
-    if scale_by_freq:
+    if scale_grad_by_freq:
         total *= 1.0 / (end - start)
     return total
 
 
 @cuda.jit(device=True)
-def row_gradient_dev(
-    grad_output, bag_of, coefficients, argmax, positions, start, end, scale_by_freq,
-    out_row,
-):  # fmt: skip
+def row_gradient_dev(grad_output, groups, start, end, scale_grad_by_freq, out_row):
     """The CPU ``row_gradient``'s twin for a thread group: out_row = the gradient of
-    the row whose tokens are positions[start:end] (``row_gradient_dim_dev`` for each
-    dimension).
+    the row whose tokens are groups.positions[start:end] (``row_gradient_dim_dev`` for
+    each dimension).
 
     Ownership: the caller's group owns out_row; lane l writes dimensions l, l + group...
     """
     for d in range(cuda.threadIdx.x, out_row.shape[0], cuda.blockDim.x):
         out_row[d] = row_gradient_dim_dev(
-            grad_output, bag_of, coefficients, argmax, positions, start, end,
-            scale_by_freq, d,
-        )  # fmt: skip
+            grad_output, groups, start, end, scale_grad_by_freq, d
+        )
 
 
 @cuda.jit
-def accumulate_rows(
-    grad_output,
-    bag_of,
-    coefficients,
-    argmax,
-    positions,
-    row_ptr,
-    value_index,
-    scale_grad_by_freq,
-    values,
-):
+def accumulate_rows(grad_output, groups, scale_grad_by_freq, values):
     """values[value_index[k]] = the gradient of row k (row_gradient_dim_dev), for the
     rows with value_index[k] >= 0.  Launch with ``launch.grouped(U, D)``.
 
     Ownership: group k writes values[value_index[k]]; lane l, dimensions l, l + group...
     """
     k = group_item()
+    row_ptr, value_index = groups.row_ptr, groups.value_index
     if k < row_ptr.shape[0] - 1 and value_index[k] >= 0:
         row_gradient_dev(
-            grad_output,
-            bag_of,
-            coefficients,
-            argmax,
-            positions,
-            row_ptr[k],
-            row_ptr[k + 1],
-            scale_grad_by_freq,
+            grad_output, groups, row_ptr[k], row_ptr[k + 1], scale_grad_by_freq,
             values[value_index[k]],
-        )
+        )  # fmt: skip
 
 
 @cuda.jit
-def accumulate_rows_atomic(
-    grad_output,
-    bag_of,
-    coefficients,
-    argmax,
-    positions,
-    row_ptr,
-    value_index,
-    scale_grad_by_freq,
-    values,
-):
+def accumulate_rows_atomic(grad_output, groups, scale_grad_by_freq, values):
     """accumulate_rows by scatter-add: each token's contribution is atomically added
     into its row of ``values`` (zeroed by the caller), in no fixed order: the last
     bits differ from run to run.  Launch with ``launch.grouped(U, D)``.
@@ -414,22 +445,13 @@ def accumulate_rows_atomic(
     ``atomic.add``, one token per group member at a time.
     """
     k = group_item()
+    row_ptr, value_index = groups.row_ptr, groups.value_index
     if k < row_ptr.shape[0] - 1 and value_index[k] >= 0:
         slot = value_index[k]
         start, end = row_ptr[k], row_ptr[k + 1]
         for i in range(start + cuda.threadIdx.x, end, cuda.blockDim.x):
             for d in range(values.shape[1]):
-                part = row_gradient_dim_dev(
-                    grad_output,
-                    bag_of,
-                    coefficients,
-                    argmax,
-                    positions,
-                    i,
-                    i + 1,
-                    False,
-                    d,
-                )
+                part = row_gradient_dim_dev(grad_output, groups, i, i + 1, False, d)
                 if scale_grad_by_freq:
                     part *= 1.0 / (end - start)
                 cuda.atomic.add(values, (slot, d), part)
@@ -437,33 +459,15 @@ def accumulate_rows_atomic(
 
 @cuda.jit
 def per_sample_weights_grad(
-    weight,
-    indices,
-    offsets,
-    per_sample_weights,
-    out,
-    grad_output,
-    padding_idx,
-    mode,
+    weight, indices, offsets, per_sample_weights, out, grad_output, padding_idx, mode,
     weights_grad,
-):
+):  # fmt: skip
     """The gradient with respect to each per-sample weight (see the CPU kernel).
 
     Ownership: thread b writes positions offsets[b]:offsets[b+1] only (grid-stride).
     """
     for b in range(cuda.grid(1), offsets.shape[0] - 1, cuda.gridsize(1)):
-        start, end = offsets[b], offsets[b + 1]
-        bag_weights_grad_dev(
-            weight,
-            indices,
-            per_sample_weights,
-            out,
-            grad_output,
-            start,
-            end,
-            padding_idx,
-            mode,
-            b,
-            bag_denominator_dev(indices, per_sample_weights, start, end, padding_idx, mode),
-            weights_grad,
-        )
+        bag_weights_grad(
+            weight, indices, per_sample_weights, out, grad_output, offsets[b],
+            offsets[b + 1], padding_idx, mode, b, weights_grad,
+        )  # fmt: skip

@@ -13,21 +13,22 @@ import numpy as np
 from numba import cuda
 
 from nbbag._validate import (
-    INDEX_DTYPES,
-    BagBatch,
-    check_index_range,
+    bag_offsets,
     check_indices,
-    check_offsets,
     check_offsets_found,
     check_offsets_shape,
-    check_options,
-    check_padding_idx,
+    check_offsets_values,
     check_per_sample_weights,
     check_table_layout,
     check_weights_like,
     check_weights_mode,
     index_error,
 )
+from nbbag._validate import (
+    first_outside as host_first_outside,
+)
+from nbbag.base.constants import INDEX_DTYPES
+from nbbag.base.records import BagBatch, ForwardOptions
 from nbbag.cuda import arrays, launch
 
 
@@ -145,67 +146,55 @@ def check_device_per_sample_weights(per_sample_weights, indices_shape, mode, dty
     return arrays.cast(weights.reshape(weights.size), dtype)
 
 
-def validate_forward(
-    weight,
-    indices,
-    offsets,
-    *,
-    mode,
-    per_sample_weights,
-    padding_idx,
-    include_last_offset,
-    max_norm,
-    norm_type,
-    scale_grad_by_freq,
-) -> BagBatch:
-    """:func:`nbbag._validate.validate_forward` for a device ``weight``: the same
-    checks and messages; every array of the result is on the device."""
-    weight = check_weight(weight)
-    num_rows = weight.shape[0]
-    mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type = check_options(
-        mode, include_last_offset, scale_grad_by_freq, max_norm, norm_type
+def host_csr(offsets, indices, include_last_offset: bool) -> np.ndarray:
+    """Host ``offsets`` (or those of 2-D ``indices``), checked, as int64 CSR offsets."""
+    raw, append_end, _ = bag_offsets(
+        None if offsets is None else np.asarray(offsets), indices, include_last_offset
     )
-    padding_idx = check_padding_idx(padding_idx, num_rows)
-    if arrays.is_device(indices):
-        indices = check_device_indices(indices, num_rows)
-        device_indices = True
-    else:
-        indices = check_indices(indices)
-        device_indices = False
+    check_offsets_values(raw, indices.size)
+    csr = raw.astype(np.int64)
+    return np.append(csr, indices.size) if append_end else csr
+
+
+def check_host_ids(indices: np.ndarray, num_rows: int) -> None:
+    """IndexError for the first host id outside [0, num_rows)."""
+    flat = indices.reshape(-1)
+    position = host_first_outside(flat, num_rows) if flat.shape[0] else -1
+    if position >= 0:
+        raise index_error(indices.shape, position, flat[position], num_rows)
+
+
+def validate(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
+    """Every check of a forward on a device ``weight``, with the CPU path's messages;
+    every array of the resulting :class:`BagBatch` is on the device.  Host inputs are
+    checked on the host, then copied over; device inputs are checked on the device."""
+    num_rows = weight.shape[0]
+    on_device = arrays.is_device(indices)
+    indices = (
+        check_device_indices(indices, num_rows) if on_device else check_indices(indices)
+    )
     if offsets is not None and arrays.is_device(offsets):
         if indices.ndim == 2:
             raise ValueError(
                 f"offsets must be None when indices is 2-D (shape {indices.shape}): "
                 "each row is a bag"
             )
-        bag_offsets = check_device_offsets(offsets, indices, include_last_offset)
+        csr = check_device_offsets(offsets, indices, options.include_last_offset)
     else:
-        if offsets is not None:
-            offsets = np.asarray(offsets)
-        bag_offsets = arrays.to_device(check_offsets(offsets, indices, include_last_offset))
+        csr = arrays.to_device(host_csr(offsets, indices, options.include_last_offset))
     if per_sample_weights is not None and arrays.is_device(per_sample_weights):
         weights = check_device_per_sample_weights(
-            per_sample_weights, indices.shape, mode, weight.dtype
+            per_sample_weights, indices.shape, options.mode, weight.dtype
         )
     else:
-        weights = check_per_sample_weights(per_sample_weights, indices, mode, weight.dtype)
+        weights = check_per_sample_weights(
+            per_sample_weights, indices, options.mode, weight.dtype
+        )
         weights = None if weights is None else arrays.to_device(weights)
-    if not device_indices:
-        check_index_range(indices, num_rows)
-        indices_shape = indices.shape
-        indices = arrays.to_device(indices.reshape(-1))
+    indices_shape = tuple(indices.shape)
+    if on_device:
+        flat = indices.reshape(indices.size)
     else:
-        indices_shape = tuple(indices.shape)
-        indices = indices.reshape(indices.size)
-    return BagBatch(
-        weight=weight,
-        indices=indices,
-        offsets=bag_offsets,
-        per_sample_weights=weights,
-        mode=mode,
-        padding_idx=padding_idx,
-        max_norm=max_norm,
-        norm_type=norm_type,
-        scale_grad_by_freq=scale_grad_by_freq,
-        indices_shape=indices_shape,
-    )
+        check_host_ids(indices, num_rows)
+        flat = arrays.to_device(np.ascontiguousarray(indices.reshape(-1)))
+    return BagBatch(weight, flat, csr, weights, options, indices_shape)

@@ -17,9 +17,7 @@ import math
 
 from numba import cuda
 
-from nbbag.cpu.backward import MEAN, SQRTN, SUM  # nbbag.Mode's values
-
-NO_PADDING = -1
+from nbbag.modes import Mode
 
 
 @cuda.jit(device=True, inline=True)
@@ -85,9 +83,9 @@ def scale_dev(total, denominator):
 def finish_dev(total, weight_sum, weight_square_sum, mode):
     """What a bag's dimension becomes from its reduction: the sum, sum / sum_i w_i
     (mean) or sum / sqrt(sum_i w_i**2) (sqrtn); w_i = 1 without weights."""
-    if mode == MEAN:
+    if mode == Mode.MEAN:
         return scale_dev(total, weight_sum)
-    if mode == SQRTN:
+    if mode == Mode.SQRTN:
         return scale_dev(total, math.sqrt(weight_square_sum))
     return total
 
@@ -130,7 +128,7 @@ def bag_sum(weight, indices, offsets, out, padding_idx):
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
-    bag_unweighted_dev(weight, indices, offsets, out, padding_idx, SUM)
+    bag_unweighted_dev(weight, indices, offsets, out, padding_idx, Mode.SUM)
 
 
 @cuda.jit
@@ -139,7 +137,7 @@ def bag_mean(weight, indices, offsets, out, padding_idx):
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
-    bag_unweighted_dev(weight, indices, offsets, out, padding_idx, MEAN)
+    bag_unweighted_dev(weight, indices, offsets, out, padding_idx, Mode.MEAN)
 
 
 @cuda.jit
@@ -148,7 +146,7 @@ def bag_sqrtn(weight, indices, offsets, out, padding_idx):
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
-    bag_unweighted_dev(weight, indices, offsets, out, padding_idx, SQRTN)
+    bag_unweighted_dev(weight, indices, offsets, out, padding_idx, Mode.SQRTN)
 
 
 @cuda.jit
@@ -187,7 +185,9 @@ def bag_weighted_sum(weight, indices, offsets, per_sample_weights, out, padding_
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
-    bag_weighted_dev(weight, indices, offsets, per_sample_weights, out, padding_idx, SUM)
+    bag_weighted_dev(
+        weight, indices, offsets, per_sample_weights, out, padding_idx, Mode.SUM
+    )
 
 
 @cuda.jit
@@ -196,7 +196,9 @@ def bag_weighted_mean(weight, indices, offsets, per_sample_weights, out, padding
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
-    bag_weighted_dev(weight, indices, offsets, per_sample_weights, out, padding_idx, MEAN)
+    bag_weighted_dev(
+        weight, indices, offsets, per_sample_weights, out, padding_idx, Mode.MEAN
+    )
 
 
 @cuda.jit
@@ -206,7 +208,9 @@ def bag_weighted_sqrtn(weight, indices, offsets, per_sample_weights, out, paddin
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
-    bag_weighted_dev(weight, indices, offsets, per_sample_weights, out, padding_idx, SQRTN)
+    bag_weighted_dev(
+        weight, indices, offsets, per_sample_weights, out, padding_idx, Mode.SQRTN
+    )
 
 
 @cuda.jit

@@ -4,6 +4,8 @@ These are the Numba-compiled CPU kernels behind :func:`nbbag.embedding_bag`, wit
 signatures.  They write into an output the caller allocates, and they trust their
 inputs: no bounds checks (Numba does none), so validate first or use the front door.
 Each is callable from Python and from your own ``@njit`` functions.
+:mod:`nbbag.kernels.cuda` has the GPU kernels, with the same names and arguments
+where they share a name (the CPU's trailing ``lanes`` is a CPU-only option).
 
 Conventions (argument order is the same in every kernel)::
 
@@ -14,6 +16,7 @@ Conventions (argument order is the same in every kernel)::
     per_sample_weights  (N,)   weight's dtype (weighted kernels only)
     out                 (B, D) weight's dtype; every element is written
     padding_idx         a row in [0, V) left out of every bag, or -1 (the default)
+    mode                nbbag.Mode (or its int value)
 
 Bag kernels (one bag per parallel iteration)::
 
@@ -39,41 +42,44 @@ Per-bag functions (serial; reduce tokens start:end into one row, for your own lo
     weight_sum, weight_square_sum = weighted_sum_rows(weight, indices, per_sample_weights,
                                                       start, end, padding_idx, out_row,
                                                       lanes=None)
-    count = max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row)
-        # argmax_row: (D,) int64 to record the winners, or an empty array not to
+    count = max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row=None)
+        # argmax_row: (D,) int64 to record the winners, or None not to
     scale_row(out_row, denominator)            # divide, or zero when denominator == 0
 
-Backward kernels (see nbbag.cpu.backward for the pipeline; mode is nbbag.Mode's value)::
+Backward kernels (see nbbag.cpu.backward for the pipeline)::
 
-    token_coefficients(indices, offsets, per_sample_weights, padding_idx, mode,
-                       bag_of, coefficients)       # per_sample_weights empty: unweighted
+    token_coefficients(indices, offsets, padding_idx, mode, bag_of, coefficients)
+    weighted_token_coefficients(indices, offsets, per_sample_weights, padding_idx, mode,
+                                bag_of, coefficients)
     max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coefficients)
     rows, row_ptr, positions = group_positions_by_row(indices, bag_of, num_rows,
-                                                     num_chunks,  # any >= 1
-                                                     sort_type=np.int64)  # or np.int32
+                                                      num_chunks=1,  # the threads
+                                                      sort_type=np.int64)  # or int32
     contributing_rows(coefficients, positions, row_ptr, contributes)
-    accumulate_rows(grad_output, bag_of, coefficients, argmax, positions, row_ptr,
-                    value_index, scale_grad_by_freq, values, lanes=None)
-        # argmax (0, 0) but for max; lanes = lanes_for(D), as for the forward
-    row_gradient(grad_output, bag_of, coefficients, argmax, positions, start, end,
-                 scale_grad_by_freq, out_row, lanes=None)    # one row's gradient
+    groups = group_tokens(weight, indices, offsets, per_sample_weights, argmax,
+                          padding_idx, mode, num_chunks=1, sort_type=np.int64)
+        # all of the above in one call: a TokenGroups record (nbbag.base.records);
+        # per_sample_weights and argmax None where absent
+    accumulate_rows(grad_output, groups, scale_grad_by_freq, values, lanes=None)
+        # values (groups.num_contributing, D); lanes = lanes_for(D), as for the forward
+    row_gradient(grad_output, groups, start, end, scale_grad_by_freq, out_row,
+                 lanes=None)                               # one row's gradient
     per_sample_weights_grad(weight, indices, offsets, per_sample_weights, out,
                             grad_output, padding_idx, mode, weights_grad)
 
-Optimizer kernels (see nbbag.cpu.optim; kind: SGD, ADAGRAD, ROW_WISE_ADAGRAD, ADAM;
-hyper: a float64 array indexed by LR, MOMENTUM, WEIGHT_DECAY, EPS, BETA1, BETA2; state
-arrays an optimizer does not use are passed empty)::
+Optimizer kernels (see nbbag.cpu.optim).  ``step`` is a rule's step record
+(nbbag.rules: ``AdagradStep(lr, eps)`` ..., its numbers in the weight's dtype),
+``element_state`` / ``row_state`` the tuples of the rule's (V, D) and (V,) state
+arrays that the record's ``reads`` names, ``t`` the step number from 1::
 
-    step_hyper(hyper, step, weight)  # hyper for update_row: weight's dtype + ADAM_STEP_SIZE
-    update_row(kind, row, grad_row, weight, state, second_state, row_state, last_step,
-               step_hyper(hyper, step, weight), step)   # one row, step counted from 1
-    apply_row_gradients(kind, weight, rows, values, state, second_state, row_state,
-                        last_step, hyper, step)
-    apply_fused(kind, weight, grad_output, bag_of, coefficients, argmax, positions,
-                row_ptr, rows, value_index, scale_grad_by_freq, state, second_state,
-                row_state, last_step, hyper, step, scratch, lanes=None)
+    update_row(step, row, grad_row, weight, element_state, row_state, t)
+    apply_row_gradients(step, weight, rows, values, element_state, row_state, t)
+    apply_fused(step, weight, grad_output, groups, scale_grad_by_freq, element_state,
+                row_state, t, scratch, lanes=None)  # scratch (chunks, FUSED_BLOCK, >= D)
+    catch_up_rows(step, weight, indices, element_state, row_state, target_step)
+    catch_up_all_rows(step, weight, element_state, row_state, target_step)
     rows, behind = rows_behind(indices, last_step, target_step)
-    advance_rows(weight, rows, behind, momentum_buffer, hyper)   # SGD's exact catch-up
+    advance_rows(step, weight, rows, behind, element_state)  # SGD's exact catch-up
 
 Example, from a user's own ``@njit`` function::
 
@@ -86,20 +92,21 @@ Example, from a user's own ``@njit`` function::
         return out * 2
 """
 
+from nbbag.base.constants import NO_PADDING
+from nbbag.cpu._intrinsics import LANE
 from nbbag.cpu.backward import (
     accumulate_rows,
     contributing_rows,
     group_positions_by_row,
+    group_tokens,
     max_token_coefficients,
     per_sample_weights_grad,
     row_gradient,
     token_coefficients,
+    weighted_token_coefficients,
 )
 from nbbag.cpu.checks import index_range
 from nbbag.cpu.forward import (
-    LANE,
-    MAX_LANES,
-    NO_PADDING,
     bag_max,
     bag_max_argmax,
     bag_mean,
@@ -108,7 +115,6 @@ from nbbag.cpu.forward import (
     bag_weighted_mean,
     bag_weighted_sqrtn,
     bag_weighted_sum,
-    lanes_for,
     max_rows,
     renorm_rows,
     row_norm,
@@ -117,44 +123,26 @@ from nbbag.cpu.forward import (
     weighted_sum_rows,
 )
 from nbbag.cpu.optim import (
-    ADAGRAD,
-    ADAM,
-    ADAM_STEP_SIZE,
-    BETA1,
-    BETA2,
-    EPS,
-    LR,
-    MOMENTUM,
-    ROW_WISE_ADAGRAD,
-    SGD,
-    WEIGHT_DECAY,
+    FUSED_BLOCK,
     advance_rows,
     apply_fused,
     apply_row_gradients,
+    catch_up_all_rows,
+    catch_up_rows,
     rows_behind,
-    step_hyper,
     update_row,
 )
+from nbbag.cpu.rows import MAX_LANES, lanes_for
 
 __all__ = [
-    "ADAGRAD",
-    "ADAM",
-    "ADAM_STEP_SIZE",
-    "BETA1",
-    "BETA2",
-    "EPS",
+    "FUSED_BLOCK",
     "LANE",
-    "LR",
     "MAX_LANES",
-    "MOMENTUM",
     "NO_PADDING",
-    "ROW_WISE_ADAGRAD",
-    "SGD",
-    "WEIGHT_DECAY",
+    "accumulate_rows",
     "advance_rows",
     "apply_fused",
     "apply_row_gradients",
-    "accumulate_rows",
     "bag_max",
     "bag_max_argmax",
     "bag_mean",
@@ -163,21 +151,24 @@ __all__ = [
     "bag_weighted_mean",
     "bag_weighted_sqrtn",
     "bag_weighted_sum",
+    "catch_up_all_rows",
+    "catch_up_rows",
     "contributing_rows",
     "group_positions_by_row",
+    "group_tokens",
     "index_range",
     "lanes_for",
-    "max_token_coefficients",
     "max_rows",
+    "max_token_coefficients",
     "per_sample_weights_grad",
     "renorm_rows",
     "row_gradient",
     "row_norm",
     "rows_behind",
     "scale_row",
-    "step_hyper",
     "sum_rows",
     "token_coefficients",
     "update_row",
     "weighted_sum_rows",
+    "weighted_token_coefficients",
 ]

@@ -20,14 +20,16 @@ dimension ``d`` of the tokens ``start:end`` and writes nothing)::
         weight, indices, per_sample_weights, start, end, padding_idx, d)
     best, winner = max_dim_dev(weight, indices, start, end, padding_idx, d)
     value = scale_dev(total, denominator)       # 0 where denominator == 0
-    value = row_gradient_dim_dev(grad_output, bag_of, coefficients, argmax, positions,
-                                 start, end, scale_grad_by_freq, d)
-    row_gradient_dev(grad_output, bag_of, coefficients, argmax, positions, start, end,
-                     scale_grad_by_freq, out_row)   # the calling group writes out_row
+    value = row_gradient_dim_dev(grad_output, groups, start, end, scale_grad_by_freq, d)
+    row_gradient_dev(grad_output, groups, start, end, scale_grad_by_freq, out_row)
+        # the calling group writes out_row
 
 Backward (see :mod:`nbbag.cuda.backward`) and optimizer kernels (see
-:mod:`nbbag.cuda.optim`; ``hyper`` from ``step_hyper`` as a device array) keep the CPU
-kernels' names and arguments.
+:mod:`nbbag.cuda.optim`) take the CPU kernels' names and arguments (where the CPU
+takes None for an absent array, the GPU has a kernel of its own: a kernel launch
+cannot take None; ``groups.argmax`` is then an empty (0, 0) array).  The per-bag and
+per-element math (:mod:`nbbag.base.bags`, :mod:`nbbag.rules`) is shared with the CPU
+kernels, compiled for either target from one source.
 """
 
 from nbbag._device import cuda_backend
@@ -39,11 +41,13 @@ from nbbag.cuda.backward import (  # noqa: E402
     accumulate_rows_atomic,
     contributing_rows,
     group_positions_by_row,
+    group_tokens,
     max_token_coefficients,
     per_sample_weights_grad,
     row_gradient_dev,
     row_gradient_dim_dev,
     token_coefficients,
+    weighted_token_coefficients,
 )
 from nbbag.cuda.forward import (  # noqa: E402
     bag_max,
@@ -61,28 +65,15 @@ from nbbag.cuda.forward import (  # noqa: E402
     weighted_sum_dim_dev,
 )
 from nbbag.cuda.optim import (  # noqa: E402
-    ADAGRAD,
-    ADAM,
-    HYPER_SIZE,
-    ROW_WISE_ADAGRAD,
-    SGD,
-    advance_all_rows,
-    advance_rows,
     apply_fused,
     apply_row_gradients,
-    step_hyper,
+    catch_up_all_rows,
+    catch_up_rows,
 )
 
 __all__ = [
-    "ADAGRAD",
-    "ADAM",
-    "HYPER_SIZE",
-    "ROW_WISE_ADAGRAD",
-    "SGD",
     "accumulate_rows",
     "accumulate_rows_atomic",
-    "advance_all_rows",
-    "advance_rows",
     "apply_fused",
     "apply_row_gradients",
     "bag_max",
@@ -93,8 +84,11 @@ __all__ = [
     "bag_weighted_mean",
     "bag_weighted_sqrtn",
     "bag_weighted_sum",
+    "catch_up_all_rows",
+    "catch_up_rows",
     "contributing_rows",
     "group_positions_by_row",
+    "group_tokens",
     "max_dim_dev",
     "max_token_coefficients",
     "per_sample_weights_grad",
@@ -102,8 +96,8 @@ __all__ = [
     "row_gradient_dev",
     "row_gradient_dim_dev",
     "scale_dev",
-    "step_hyper",
     "sum_dim_dev",
     "token_coefficients",
     "weighted_sum_dim_dev",
+    "weighted_token_coefficients",
 ]

@@ -1,0 +1,237 @@
+"""The CPU host pipeline: what the front (:mod:`nbbag.functional`, :mod:`nbbag.layer`,
+:mod:`nbbag.optim`) calls for NumPy tables.  :mod:`nbbag.cuda.api` has the same
+functions for device tables.
+
+Inputs are checked (:mod:`nbbag._validate`), outputs allocated once here, and the
+kernel variant that runs each call is chosen by :mod:`nbbag.cpu.variants`.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from nbbag import _validate as checks
+from nbbag._memory import aligned_empty, aligned_full, padded_length
+from nbbag.base.constants import OK
+from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
+from nbbag.cpu import backward, optim, variants
+from nbbag.cpu.checks import index_range
+from nbbag.cpu.forward import offsets_to_csr, renorm_rows
+from nbbag.sparse import RowSparseGrad
+
+NAME = "cpu"
+
+
+# -- tables ------------------------------------------------------------------------------
+def check_table(weight, writeable_for: str | None = None) -> np.ndarray:
+    """``weight`` checked as a table; ``writeable_for`` says why it must be writeable."""
+    weight = checks.check_weight(weight)
+    if writeable_for is not None:
+        checks.check_writeable(weight.flags.writeable, writeable_for)
+    return weight
+
+
+def table(shape: tuple[int, int], dtype) -> np.ndarray:
+    """A new (uninitialised) table, 64-byte aligned."""
+    return aligned_empty(shape, dtype)
+
+
+# -- the forward -------------------------------------------------------------------------
+def embedding_bag(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
+    """The forward's output (``weight`` checked by :func:`check_table`)."""
+    return _forward(weight, indices, offsets, per_sample_weights, options, False)[0]
+
+
+def embedding_bag_fwd(
+    weight, indices, offsets, per_sample_weights, options: ForwardOptions
+):
+    """The forward's output and its :class:`~nbbag.base.records.BagContext`."""
+    return _forward(weight, indices, offsets, per_sample_weights, options, True)
+
+
+def _forward(weight, indices, offsets, per_sample_weights, options, keep_context):
+    if options.max_norm is not None:
+        checks.check_writeable(
+            weight.flags.writeable, "rows are renormed in place with max_norm"
+        )
+    indices = checks.check_indices(indices)
+    offsets, append_end, num_bags = checks.bag_offsets(
+        offsets, indices, options.include_last_offset
+    )
+    weights = checks.check_per_sample_weights(
+        per_sample_weights, indices, options.mode, weight.dtype
+    )
+    flat = checks.flat_contiguous(indices)
+    num_rows, dim = weight.shape
+    if options.max_norm is not None:  # a write: everything is checked before it
+        _check_contents(indices, flat, offsets, append_end, num_rows)
+        renorm_rows(weight, np.unique(flat), options.max_norm, options.norm_type)
+    variant = variants.forward_variant(options.mode, dim, flat.shape[0], keep_context)
+    out = np.empty((num_bags, dim), dtype=weight.dtype)
+    csr = np.empty(num_bags + 1, dtype=np.int64)
+    status, argmax = variant.run(
+        weight, flat, offsets, append_end, csr, weights, out, options.padding_idx
+    )
+    if status != OK:
+        checks.check_bag_contents(indices, offsets, num_rows)
+    if not keep_context:
+        return out, None
+    batch = BagBatch(weight, flat, csr, weights, options, indices.shape)
+    return out, BagContext(batch, out if weights is not None else None, argmax)
+
+
+def check_batch(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
+    """Every check of a forward, the offsets' and ids' values included, without running
+    it: for callers that write before the forward reads (an optimizer's catch-up)."""
+    indices = checks.check_indices(indices)
+    offsets, append_end, _ = checks.bag_offsets(
+        offsets, indices, options.include_last_offset
+    )
+    checks.check_per_sample_weights(per_sample_weights, indices, options.mode, weight.dtype)
+    flat = checks.flat_contiguous(indices)
+    _check_contents(indices, flat, offsets, append_end, weight.shape[0])
+
+
+def _check_contents(indices, flat, offsets, append_end, num_rows) -> None:
+    """Raise for the first bad offset, then the first id outside the table."""
+    csr = np.empty(offsets.shape[0] + append_end, dtype=np.int64)
+    if not offsets_to_csr(offsets, flat.shape[0], append_end, csr):
+        checks.check_offsets_values(offsets, flat.shape[0])
+    if _first_bad_id(flat, num_rows) >= 0:
+        checks.check_bag_contents(indices, offsets, num_rows)
+
+
+def _first_bad_id(flat, num_rows: int) -> int:
+    """The first position of ``flat`` outside [0, num_rows), or -1."""
+    if flat.shape[0] == 0:
+        return -1
+    smallest, largest = index_range(flat)  # parallel, and no temporary arrays
+    if smallest >= 0 and largest < num_rows:
+        return -1
+    return checks.first_outside(flat, num_rows)
+
+
+# -- the backward ------------------------------------------------------------------------
+def check_grad_output(grad_output, ctx: BagContext) -> np.ndarray:
+    return checks.check_grad_output(grad_output, ctx)
+
+
+def group_tokens(ctx: BagContext) -> TokenGroups:
+    """The batch's tokens grouped by row (:mod:`nbbag.cpu.backward`)."""
+    batch = ctx.batch
+    return variants.group_tokens(
+        batch.weight, batch.indices, batch.offsets, batch.per_sample_weights, ctx.argmax,
+        batch.padding_idx, batch.mode,
+    )  # fmt: skip
+
+
+def embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad, deterministic):
+    """The row-sparse gradient (and the weights' gradient when asked for); the CPU
+    backward is always deterministic."""
+    grad_output = check_grad_output(grad_output, ctx)
+    checks.check_weights_grad_request(per_sample_weights_grad, ctx)
+    groups = group_tokens(ctx)
+    values = np.empty(
+        (groups.num_contributing, ctx.weight_shape[1]), ctx.batch.weight.dtype
+    )
+    variants.accumulate_rows(
+        grad_output, groups, ctx.batch.options.scale_grad_by_freq, values
+    )
+    grad = RowSparseGrad._trusted(backward.compact_rows(groups), values, ctx.weight_shape)
+    if not per_sample_weights_grad:
+        return grad
+    return grad, _weights_grad(grad_output, ctx)
+
+
+def _weights_grad(grad_output, ctx: BagContext) -> np.ndarray:
+    batch = ctx.batch
+    weights_grad = np.zeros_like(batch.per_sample_weights)
+    backward.per_sample_weights_grad(
+        batch.weight, batch.indices, batch.offsets, batch.per_sample_weights, ctx.out,
+        grad_output, batch.padding_idx, int(batch.mode), weights_grad,
+    )  # fmt: skip
+    return weights_grad.reshape(ctx.indices_shape)
+
+
+# -- optimizer state and steps -----------------------------------------------------------
+def state_array(shape, fill, dtype) -> np.ndarray:
+    """A state array: 64-byte aligned when 2-D (its random rows are read and written
+    beside the weight's)."""
+    if len(shape) == 2 and shape[0]:
+        return aligned_full(shape, fill, dtype)
+    return np.full(shape, fill, dtype=dtype)
+
+
+def to_host(array) -> np.ndarray:
+    return array.copy()
+
+
+def copy_into(target: np.ndarray, source: np.ndarray) -> None:
+    np.copyto(target, source, casting="same_kind")
+
+
+def fill(array: np.ndarray, value) -> None:
+    array.fill(value)
+
+
+def same_table(a, b) -> bool:
+    return a is b
+
+
+def as_gradient(grad: RowSparseGrad, weight: np.ndarray) -> RowSparseGrad:
+    """``grad`` with host arrays in the weight's dtype."""
+    if not isinstance(grad.values, np.ndarray):
+        grad = RowSparseGrad._trusted(*grad._host_arrays(), grad.shape)
+    if grad.values.dtype != weight.dtype:
+        grad = RowSparseGrad._trusted(
+            grad.rows, grad.values.astype(weight.dtype), grad.shape
+        )
+    return grad
+
+
+def apply_gradient(step, weight, grad: RowSparseGrad, state, t: int) -> None:
+    """Step ``t`` of a rule (its step record ``step``) with a row-sparse gradient;
+    ``state`` is (per-element state arrays, per-row state arrays)."""
+    variants.apply_row_gradients(step, weight, grad.rows, grad.values, state, t)
+
+
+def apply_fused(step, weight, grad_output, ctx: BagContext, state, t: int) -> None:
+    """Step ``t`` with the gradient of ``ctx``'s forward, computed row by row."""
+    groups = group_tokens(ctx)
+    # A block of scratch rows per thread, each row padded to whole cache lines:
+    # threads never write the same line.
+    scratch = aligned_empty(
+        (
+            numba.get_num_threads(),
+            optim.FUSED_BLOCK,
+            padded_length(weight.shape[1], weight.itemsize),
+        ),
+        weight.dtype,
+    )
+    variants.apply_fused(
+        step, weight, grad_output, groups, ctx.batch.options.scale_grad_by_freq, state, t,
+        scratch,
+    )  # fmt: skip
+
+
+def check_rows(indices, num_rows: int) -> np.ndarray:
+    """``indices`` (any shape) checked against the table, as a flat array."""
+    indices = checks.check_indices(indices)
+    flat = checks.flat_contiguous(indices)
+    position = _first_bad_id(flat, num_rows)
+    if position >= 0:
+        raise checks.index_error(indices.shape, position, flat[position], num_rows)
+    return flat
+
+
+def catch_up(step, weight, rows, state, target_step: int) -> None:
+    """Bring ``rows`` (checked, repeats allowed) up to ``target_step``."""
+    element_state, row_state = state
+    optim.catch_up_rows(step, weight, rows, element_state, row_state, target_step)
+
+
+def catch_up_all(step, weight, state, target_step: int) -> None:
+    """Bring every row up to ``target_step``."""
+    element_state, row_state = state
+    optim.catch_up_all_rows(step, weight, element_state, row_state, target_step)

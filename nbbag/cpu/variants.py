@@ -1,0 +1,161 @@
+"""The one place the CPU chooses a kernel variant: which kernel runs a call, and the
+compile-time arguments it is specialised with.
+
+What varies, and where it is decided:
+
+* the mode: a table from :class:`nbbag.Mode` to the kernel (the sum family shares one
+  kernel, max has its own; whether the forward records max's winners for the backward
+  comes from the same table);
+* weighted or not, max's winners or not: the arrays are passed, or None (Numba compiles
+  a specialisation for each);
+* D: ``lanes`` (:func:`nbbag.cpu.rows.lanes_for`), where the sum kernels and the
+  row gradients are compiled for that width;
+* the work: a call whose work (ids x D) is below SERIAL_WORK runs a serial twin of the
+  kernel (the same source compiled without ``parallel``): starting the thread pool's
+  parallel region costs ~1.7 us here, more than a tiny batch's whole work;
+* the dtype of the sort keys (int32 where V and N fit: half the bytes of int64).
+
+The host pipeline (:mod:`nbbag.cpu.api`) asks for a variant and calls it; it never sees
+``lanes`` or a mode.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numba
+import numpy as np
+from numba import njit
+
+from nbbag.cpu import backward, forward, optim
+from nbbag.cpu.rows import lanes_for
+from nbbag.modes import Mode
+
+# Work (ids x D, or tokens x D for the backward) below which a serial twin runs.
+SERIAL_WORK = 16_384
+_INT32_LIMIT = np.iinfo(np.int32).max
+
+
+def serial_twin(kernel):
+    """``kernel`` (a ``parallel=True`` dispatcher) compiled without ``parallel``: its
+    ``prange`` loops run as plain loops on the calling thread.  A function of its own
+    name, so that Numba's disk cache keeps the two apart."""
+    source = kernel.py_func
+    twin = types.FunctionType(
+        source.__code__,
+        source.__globals__,
+        f"{source.__name__}_serial",
+        source.__defaults__,
+        source.__closure__,
+    )
+    twin.__qualname__ = f"{source.__qualname__}_serial"
+    twin.__module__ = source.__module__
+    twin.__doc__ = f"{source.__name__}, run serially (see serial_twin)."
+    options = {
+        key: value
+        for key, value in kernel.targetoptions.items()
+        if key not in ("parallel", "nopython")
+    }
+    return njit(**options)(twin)
+
+
+def _pair(kernel):
+    """(parallel, serial) versions of ``kernel``."""
+    return kernel, serial_twin(kernel)
+
+
+# mode: ((parallel, serial) kernel, whether the backward needs max's winners)
+_FORWARD = {
+    Mode.SUM: (_pair(forward.sum_bags_checked), False),
+    Mode.MEAN: (_pair(forward.sum_bags_checked), False),
+    Mode.SQRTN: (_pair(forward.sum_bags_checked), False),
+    Mode.MAX: (_pair(forward.max_bags_checked), True),
+}
+_GROUP_TOKENS = _pair(backward.group_tokens)  # its parallel kernels run serially too
+_ACCUMULATE = _pair(backward.accumulate_rows)
+_FUSED = _pair(optim.apply_fused)
+_APPLY = _pair(optim.apply_row_gradients)
+
+
+class Forward:
+    """The forward of one (mode, D, size) class of call: ``run`` checks the offsets and
+    ids as it reads them and returns (status, max's winners or None)."""
+
+    __slots__ = ("kernel", "mode", "lanes", "records_winners")
+
+    def __init__(self, mode: Mode, dim: int, serial: bool, keep_context: bool):
+        kernels, winners = _FORWARD[mode]
+        self.kernel = kernels[serial]
+        self.mode = int(mode)
+        self.lanes = lanes_for(dim)
+        self.records_winners = winners and keep_context
+
+    def run(
+        self,
+        weight,
+        indices,
+        offsets,
+        append_end,
+        csr,
+        per_sample_weights,
+        out,
+        padding_idx,
+    ):
+        argmax = np.empty(out.shape, dtype=np.int64) if self.records_winners else None
+        status = self.kernel(
+            weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
+            padding_idx, self.mode, self.lanes,
+        )  # fmt: skip
+        return status, argmax
+
+
+_FORWARDS: dict[tuple, Forward] = {}
+
+
+def is_serial(num_tokens: int, dim: int) -> bool:
+    return num_tokens * dim < SERIAL_WORK
+
+
+def forward_variant(mode: Mode, dim: int, num_tokens: int, keep_context: bool) -> Forward:
+    """The forward kernel for this call (memoised)."""
+    key = (mode, dim, num_tokens * dim < SERIAL_WORK, keep_context)
+    variant = _FORWARDS.get(key)
+    if variant is None:
+        variant = _FORWARDS[key] = Forward(mode, dim, key[2], keep_context)
+    return variant
+
+
+def group_tokens(weight, indices, offsets, per_sample_weights, argmax, padding_idx, mode):
+    """:func:`nbbag.cpu.backward.group_tokens`, serial for small batches, sorting in
+    int32 where V and N fit."""
+    num_tokens = indices.shape[0]
+    num_rows, dim = weight.shape
+    sort_type = np.int32 if max(num_rows, num_tokens) < _INT32_LIMIT else np.int64
+    kernel = _GROUP_TOKENS[is_serial(num_tokens, dim)]
+    return kernel(
+        weight, indices, offsets, per_sample_weights, argmax, padding_idx, int(mode),
+        numba.get_num_threads(), sort_type,
+    )  # fmt: skip
+
+
+def accumulate_rows(grad_output, groups, scale_grad_by_freq, values) -> None:
+    """:func:`nbbag.cpu.backward.accumulate_rows`, specialised for D."""
+    dim = values.shape[1]
+    kernel = _ACCUMULATE[is_serial(groups.positions.shape[0], dim)]
+    kernel(grad_output, groups, scale_grad_by_freq, values, lanes_for(dim))
+
+
+def apply_fused(step, weight, grad_output, groups, scale_grad_by_freq, state, t, scratch):
+    """:func:`nbbag.cpu.optim.apply_fused`, specialised for D."""
+    dim = weight.shape[1]
+    kernel = _FUSED[is_serial(groups.positions.shape[0], dim)]
+    kernel(
+        step, weight, grad_output, groups, scale_grad_by_freq, *state, t, scratch,
+        lanes_for(dim),
+    )  # fmt: skip
+
+
+def apply_row_gradients(step, weight, rows, values, state, t) -> None:
+    """:func:`nbbag.cpu.optim.apply_row_gradients`."""
+    kernel = _APPLY[is_serial(rows.shape[0], weight.shape[1])]
+    kernel(step, weight, rows, values, *state, t)

@@ -1,0 +1,413 @@
+"""Each optimizer as one record: its hyperparameters, its state, and its update rule.
+
+Everything that dispatches on the optimizer is derived from these records: the front
+(:mod:`nbbag.optim`) builds the state arrays, checks hyperparameters and writes
+``state_dict`` from a :class:`Rule`; the CPU and GPU kernels (:mod:`nbbag.cpu.optim`,
+:mod:`nbbag.cuda.optim`) apply the rule's step record.
+
+A *step record* is a NamedTuple of what the kernels need for one step (the
+hyperparameters, in the weight's dtype, and any per-step constant).  Its class names
+the state arrays its kernels read and write (``reads``, in the rule's order) and
+carries the update, in three shared functions (:mod:`nbbag.base.shared`: one source for both
+targets) that every kernel calls in this order for each row it updates::
+
+    begun = begin(step, row, grad_row, row_state, t)     # reads only
+    for each element i of the row:
+        element(step, begun, w, state_rows, i, grad_row[i])
+    end(step, begun, row, row_state, t)                    # writes the row's scalars
+
+``t`` is the step number, counted from 1; ``w`` is the row of the weight,
+``state_rows`` a tuple of the same row of each per-element state array, ``row_state``
+the tuple of per-row state arrays (one value per row).  On the GPU a group of threads
+shares a row: all of them run ``begin``, each runs ``element`` on its own elements, one
+runs ``end`` after the others have read the row, so ``begin`` may not write.
+
+A rule that keeps rows exact while they go untouched (SGD with momentum or weight
+decay) also has ``advance(step, steps)`` (what ``steps`` gradient-free steps do, per
+row) and ``advance_element(step, advanced, w, state_rows, i)``, and keeps as its first
+per-row state the step each row was last brought up to date at.  The catch-up kernels
+use these.
+
+Adding an optimizer: a step record class with its three functions and a :class:`Rule`
+here, a class in :mod:`nbbag.optim` that gives its signature, and its tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from numba.extending import overload
+
+from nbbag.base.shared import shared
+
+
+class Hyper(NamedTuple):
+    """A hyperparameter: its name and the interval it must lie in."""
+
+    name: str
+    low: float = 0.0
+    high: float = math.inf
+    high_open: bool = False
+
+
+class State(NamedTuple):
+    """A state array: (V, D) for ``per="element"``, (V,) for ``per="row"``; of the
+    weight's dtype unless ``dtype`` is given; filled with ``fill``, a number or the name
+    of a constructor option."""
+
+    name: str
+    per: str
+    dtype: str | None = None
+    fill: float | str = 0.0
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An optimizer: its hyperparameters, its state and its step record.
+
+    ``step(values, t)`` is the step record of step ``t`` (counted from 1) for the
+    hyperparameters ``values`` (a dict by name, in float64); the kernels specialise on
+    its class.  ``step_tracker`` names the per-row state that holds the step each row
+    was last brought up to date at, if any.
+    """
+
+    name: str
+    hypers: tuple[Hyper, ...]
+    state: tuple[State, ...]
+    step: Callable[[dict, int], NamedTuple]
+    step_tracker: str | None = None
+
+    def hyper(self, name: str) -> Hyper:
+        return next(h for h in self.hypers if h.name == name)
+
+
+def catches_up(step_type: type) -> bool:
+    """Whether a step record's rule changes rows that have no gradient."""
+    return hasattr(step_type, "advance")
+
+
+# -- the rules ---------------------------------------------------------------------------
+class PlainSGDStep(NamedTuple):
+    """SGD without momentum or weight decay: w -= lr g."""
+
+    lr: float
+
+    reads = ()
+
+    @staticmethod
+    @shared
+    def begin(step, row, grad_row, row_state, t):
+        return 0.0
+
+    @staticmethod
+    @shared
+    def element(step, begun, w, state_rows, i, g):
+        w[i] -= step.lr * g
+
+    @staticmethod
+    @shared
+    def end(step, begun, row, row_state, t):
+        pass
+
+
+@shared
+def _momentum_advance(step, steps):
+    """(steps, a, b, c, d): ``steps`` gradient-free steps are w_k = a w + b u,
+    u_k = c w + d u; binary powering in float64, O(log steps)."""
+    lr, momentum = float(step.lr), float(step.momentum)
+    weight_decay = float(step.weight_decay)
+    a, b, c, d = 1.0, 0.0, 0.0, 1.0
+    pa, pb, pc, pd = 1.0 - lr * weight_decay, -lr * momentum, weight_decay, momentum
+    remaining = steps
+    while remaining > 0:
+        if remaining & 1:
+            a, b, c, d = a * pa + b * pc, a * pb + b * pd, c * pa + d * pc, c * pb + d * pd
+        pa, pb, pc, pd = (
+            pa * pa + pb * pc,
+            pa * pb + pb * pd,
+            pc * pa + pd * pc,
+            pc * pb + pd * pd,
+        )
+        remaining >>= 1
+    return steps, a, b, c, d
+
+
+@shared
+def _momentum_advance_element(step, advanced, w, state_rows, i):
+    steps, a, b, c, d = advanced
+    if steps > 0:
+        u = state_rows[0]
+        w_i, u_i = w[i], u[i]
+        w[i] = a * w_i + b * u_i
+        u[i] = c * w_i + d * u_i
+
+
+@shared
+def _momentum_begin(step, row, grad_row, row_state, t):
+    """The steps the row skipped before this one (its last_step is row_state[0])."""
+    return _momentum_advance(step, t - 1 - row_state[0][row])
+
+
+@shared
+def _momentum_element(step, begun, w, state_rows, i, g):
+    _momentum_advance_element(step, begun, w, state_rows, i)
+    u = state_rows[0]
+    u[i] = step.momentum * u[i] + (g + step.weight_decay * w[i])
+    w[i] -= step.lr * u[i]
+
+
+@shared
+def _momentum_end(step, begun, row, row_state, t):
+    row_state[0][row] = t
+
+
+class MomentumSGDStep(NamedTuple):
+    """torch's SGD with momentum and/or L2 weight decay, exact for untouched rows.
+
+    With no gradient one step is linear in a weight element w and its momentum u::
+
+        u' = m u + wd w            w' = w - lr u' = (1 - lr wd) w - lr m u
+
+    so k skipped steps are one 2x2 matrix power, the same for every element of a row,
+    applied when the row is next updated (``begin``) or caught up (``advance``).
+    """
+
+    lr: float
+    momentum: float
+    weight_decay: float
+
+    reads = ("momentum_buffer", "last_step")
+    advance = staticmethod(_momentum_advance)
+    advance_element = staticmethod(_momentum_advance_element)
+    begin = staticmethod(_momentum_begin)
+    element = staticmethod(_momentum_element)
+    end = staticmethod(_momentum_end)
+
+
+def _sgd_step(values: dict, t: int):
+    if values["momentum"] or values["weight_decay"]:
+        return MomentumSGDStep(values["lr"], values["momentum"], values["weight_decay"])
+    return PlainSGDStep(values["lr"])
+
+
+SGD = Rule(
+    name="SGD",
+    hypers=(
+        Hyper("lr"),
+        Hyper("momentum", high=1.0),
+        Hyper("weight_decay"),
+    ),
+    state=(
+        State("momentum_buffer", "element"),
+        State("last_step", "row", dtype="int64"),
+    ),
+    step=_sgd_step,
+    step_tracker="last_step",
+)
+
+
+class AdagradStep(NamedTuple):
+    """Adagrad, per element: s += g**2; w -= lr g / (sqrt(s) + eps)."""
+
+    lr: float
+    eps: float
+
+    reads = ("state_sum",)
+
+    @staticmethod
+    @shared
+    def begin(step, row, grad_row, row_state, t):
+        return 0.0
+
+    @staticmethod
+    @shared
+    def element(step, begun, w, state_rows, i, g):
+        squares = state_rows[0]
+        squares[i] += g * g
+        w[i] -= step.lr * g / (math.sqrt(squares[i]) + step.eps)
+
+    @staticmethod
+    @shared
+    def end(step, begun, row, row_state, t):
+        pass
+
+
+ADAGRAD = Rule(
+    name="Adagrad",
+    hypers=(Hyper("lr"), Hyper("eps")),
+    state=(State("state_sum", "element", fill="initial_accumulator_value"),),
+    step=lambda values, t: AdagradStep(values["lr"], values["eps"]),
+)
+
+
+class RowWiseAdagradStep(NamedTuple):
+    """FBGEMM's exact row-wise Adagrad: s[r] += mean(g**2) over the row (in float64);
+    w -= lr g / (sqrt(s[r]) + eps)."""
+
+    lr: float
+    eps: float
+
+    reads = ("state_sum",)
+
+    @staticmethod
+    @shared
+    def begin(step, row, grad_row, row_state, t):
+        """(the row's new accumulator, the row's multiplier)."""
+        mean_square = 0.0
+        for i in range(grad_row.shape[0]):
+            mean_square += float(grad_row[i]) * grad_row[i]
+        accumulator = row_state[0][row]
+        if grad_row.shape[0] > 0:
+            accumulator += mean_square / grad_row.shape[0]
+        return accumulator, step.lr / (math.sqrt(accumulator) + step.eps)
+
+    @staticmethod
+    @shared
+    def element(step, begun, w, state_rows, i, g):
+        w[i] -= begun[1] * g
+
+    @staticmethod
+    @shared
+    def end(step, begun, row, row_state, t):
+        row_state[0][row] = begun[0]
+
+
+ROW_WISE_ADAGRAD = Rule(
+    name="RowWiseAdagrad",
+    hypers=(Hyper("lr"), Hyper("eps")),
+    state=(State("state_sum", "row", dtype="float64"),),
+    step=lambda values, t: RowWiseAdagradStep(values["lr"], values["eps"]),
+)
+
+
+class AdamStep(NamedTuple):
+    """Lazy Adam (torch's SparseAdam): only rows with a gradient move their moments;
+    ``step_size`` = lr sqrt(1 - beta2**t) / (1 - beta1**t), the bias correction of
+    the global step t."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    step_size: float
+
+    reads = ("exp_avg", "exp_avg_sq")
+
+    @staticmethod
+    @shared
+    def begin(step, row, grad_row, row_state, t):
+        """(1 - beta1, 1 - beta2), in float64 as the update reads them."""
+        return 1.0 - step.beta1, 1.0 - step.beta2
+
+    @staticmethod
+    @shared
+    def element(step, begun, w, state_rows, i, g):
+        exp_avg, exp_avg_sq = state_rows
+        keep1, keep2 = begun
+        exp_avg[i] += (g - exp_avg[i]) * keep1
+        exp_avg_sq[i] += (g * g - exp_avg_sq[i]) * keep2
+        w[i] -= step.step_size * exp_avg[i] / (math.sqrt(exp_avg_sq[i]) + step.eps)
+
+    @staticmethod
+    @shared
+    def end(step, begun, row, row_state, t):
+        pass
+
+
+def _adam_step(values: dict, t: int) -> AdamStep:
+    beta1, beta2 = values["beta1"], values["beta2"]
+    step_size = values["lr"] * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+    return AdamStep(values["lr"], beta1, beta2, values["eps"], step_size)
+
+
+ADAM = Rule(
+    name="Adam",
+    hypers=(
+        Hyper("lr"),
+        Hyper("beta1", high=1.0, high_open=True),
+        Hyper("beta2", high=1.0, high_open=True),
+        Hyper("eps"),
+    ),
+    state=(State("exp_avg", "element"), State("exp_avg_sq", "element")),
+    step=_adam_step,
+)
+
+
+# -- dispatch: a kernel calls these with a step record; they call its class's function ---
+# The Python bodies run where device code runs as Python (the CUDA simulator); compiled
+# code (CPU and GPU alike) picks the function at typing time from the record's class.
+def begin(step, row, grad_row, row_state, t):
+    return type(step).begin(step, row, grad_row, row_state, t)
+
+
+def element(step, begun, w, state_rows, i, g):
+    type(step).element(step, begun, w, state_rows, i, g)
+
+
+def end(step, begun, row, row_state, t):
+    type(step).end(step, begun, row, row_state, t)
+
+
+def advance(step, steps):
+    return type(step).advance(step, steps)
+
+
+def advance_element(step, advanced, w, state_rows, i):
+    type(step).advance_element(step, advanced, w, state_rows, i)
+
+
+@overload(begin)
+def _begin(step, row, grad_row, row_state, t):
+    function = step.instance_class.begin
+    return lambda step, row, grad_row, row_state, t: function(
+        step, row, grad_row, row_state, t
+    )
+
+
+@overload(element)
+def _element(step, begun, w, state_rows, i, g):
+    function = step.instance_class.element
+    return lambda step, begun, w, state_rows, i, g: function(
+        step, begun, w, state_rows, i, g
+    )
+
+
+@overload(end)
+def _end(step, begun, row, row_state, t):
+    function = step.instance_class.end
+    return lambda step, begun, row, row_state, t: function(step, begun, row, row_state, t)
+
+
+@overload(advance)
+def _advance(step, steps):
+    function = step.instance_class.advance
+    return lambda step, steps: function(step, steps)
+
+
+@overload(advance_element)
+def _advance_element(step, advanced, w, state_rows, i):
+    function = step.instance_class.advance_element
+    return lambda step, advanced, w, state_rows, i: function(
+        step, advanced, w, state_rows, i
+    )
+
+
+def state_rows(element_state, row):
+    """The tuple of row ``row`` of each per-element state array (no copies); a rule
+    keeps at most two."""
+    return tuple(state[row] for state in element_state)
+
+
+@overload(state_rows)
+def _state_rows(element_state, row):
+    count = len(element_state)
+    if count == 0:
+        return lambda element_state, row: ()
+    if count == 1:
+        return lambda element_state, row: (element_state[0][row],)
+    if count == 2:
+        return lambda element_state, row: (element_state[0][row], element_state[1][row])
+    raise TypeError(f"a rule keeps at most two per-element state arrays, got {count}")
