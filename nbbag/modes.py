@@ -16,10 +16,15 @@ class Mode(IntEnum):
     @classmethod
     def parse(cls, mode: Mode | str) -> Mode:
         """Return the Mode for ``mode`` (a Mode or a case-insensitive name)."""
+        # Exact types and a plain dict first: Enum's own lookups and isinstance run
+        # Python code (~12 us a call when the interpreter's data is out of cache after
+        # a kernel, measured).
+        if type(mode) is str:
+            found = _BY_NAME.get(mode)
+            if found is not None:
+                return found
         if isinstance(mode, cls):
             return mode
-        # A plain dict: Enum's own lookups run Python code, ~12 us a call when the
-        # interpreter's data is out of cache after a kernel (measured).
         found = _BY_NAME.get(mode.lower()) if isinstance(mode, str) else None
         if found is not None:
             return found

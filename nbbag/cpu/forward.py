@@ -10,8 +10,8 @@ Three layers:
   mean, sqrtn, weighted or not: they differ only in what a bag's sum is divided by) or
   ``_reduce_max``;
 * the kernels: the public ``bag_sum``, ``bag_mean``, ... (inputs trusted), and the
-  front's ``sum_bags_checked`` / ``max_bags_checked``, which validate the offsets and
-  every id as they read them.
+  front's ``sum_bags_checked``, ``mean_bags_checked``, ... , which validate the
+  offsets and every id as they read them.
 
 Arguments, in this order everywhere: ``weight`` (V, D) float32/float64 C-contiguous;
 ``indices`` (N,) int32/int64; ``offsets`` (B + 1,) int, non-decreasing from 0 to at
@@ -23,10 +23,10 @@ row in [0, V) left out of every bag, or NO_PADDING (-1).
 import math
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
 from nbbag.base.constants import BAD_OFFSETS, NO_PADDING, OK
+from nbbag.base.sort import chunk_bounds
 from nbbag.cpu import PARALLEL
 from nbbag.cpu._intrinsics import prefetch_row_head
 from nbbag.cpu.rows import (
@@ -39,27 +39,38 @@ from nbbag.cpu.rows import (
 )
 from nbbag.modes import Mode
 
+# Chunks of bags the front's kernels cut a batch into: several per thread, so that the
+# threads share the work evenly whatever it costs per bag, without asking for the
+# thread count (~0.8 us from Python).
+CHECKED_CHUNKS = 64
+
 
 # -- per-bag functions ------------------------------------------------------------------
-def _is_outside(row, num_rows):
-    """Whether an id lies outside [0, num_rows); never, for ``num_rows`` None (inputs
-    trusted: then no test is compiled at all)."""
-    raise NotImplementedError("a Numba overload: call it from a jitted function")
-
-
-@overload(_is_outside, inline="always")
-def _is_outside_overload(row, num_rows):
-    if isinstance(num_rows, (types.NoneType, types.Omitted)):
-        return lambda row, num_rows: False
-    return lambda row, num_rows: (row < 0) | (row >= num_rows)
+@njit(cache=True)
+def _first_outside(indices, start, end, num_rows):
+    """The first position of ``indices[start:end]`` whose id lies outside
+    [0, num_rows), or -1 (always, for ``num_rows`` None: inputs trusted).  A min/max
+    pass first, which LLVM vectorises: on good input it is all there is.  (Checking
+    each id in the loop that adds the rows cost that loop 10-25% at D = 64.)"""
+    if num_rows is None or start >= end:
+        return -1
+    smallest = indices[start]
+    largest = indices[start]
+    for position in range(start, end):
+        smallest = min(smallest, indices[position])
+        largest = max(largest, indices[position])
+    if smallest >= 0 and largest < num_rows:
+        return -1
+    for position in range(start, end):
+        if indices[position] < 0 or indices[position] >= num_rows:
+            return position
+    return -1
 
 
 @njit(cache=True, inline="always")
-def _add_rows(weight, indices, start, end, padding_idx, total, lanes, num_rows):
+def _add_rows(weight, indices, start, end, padding_idx, total, lanes):
     """Add the rows ``indices[start:end]`` (padding left out) to ``total`` (a zeroed
-    :func:`~nbbag.cpu.rows.sum_buffer`); return (how many tokens were summed, the
-    first position whose id is outside [0, num_rows), or -1).  It stops at an id
-    outside the table, before reading its row."""
+    :func:`~nbbag.cpu.rows.sum_buffer`); return how many tokens were summed."""
     count = 0
     distance = prefetch_distance(row_width(total, lanes) * weight.itemsize)
     # Prefetch past the bag's end too: with prange's contiguous chunks the next bag
@@ -71,19 +82,17 @@ def _add_rows(weight, indices, start, end, padding_idx, total, lanes, num_rows):
         row = indices[position]
         if row == padding_idx:
             continue
-        if _is_outside(row, num_rows):
-            return count, position
         count += 1
         add_row(total, weight, row, None, lanes)
-    return count, -1
+    return count
 
 
 @njit(cache=True, inline="always")
 def _add_weighted_rows(
-    weight, indices, per_sample_weights, start, end, padding_idx, total, lanes, num_rows
+    weight, indices, per_sample_weights, start, end, padding_idx, total, lanes
 ):
     """Add sum_i w_i * weight[indices[i]] over ``start:end`` (padding left out) to
-    ``total``; return (sum_i w_i, sum_i w_i**2, the first bad position or -1)."""
+    ``total``; return (sum_i w_i, sum_i w_i**2)."""
     weight_sum = 0.0
     weight_square_sum = 0.0
     distance = prefetch_distance(row_width(total, lanes) * weight.itemsize)
@@ -94,13 +103,11 @@ def _add_weighted_rows(
         row = indices[position]
         if row == padding_idx:
             continue
-        if _is_outside(row, num_rows):
-            return weight_sum, weight_square_sum, position
         w = per_sample_weights[position]
         weight_sum += w
         weight_square_sum += w * w
         add_row(total, weight, row, w, lanes)
-    return weight_sum, weight_square_sum, -1
+    return weight_sum, weight_square_sum
 
 
 @njit(cache=True)
@@ -114,7 +121,7 @@ def sum_rows(weight, indices, start, end, padding_idx, out_row, lanes=None):
     Ownership: the caller owns ``out_row``; nothing else is written.
     """
     total = sum_buffer(out_row, weight, lanes)
-    count, _ = _add_rows(weight, indices, start, end, padding_idx, total, lanes, None)
+    count = _add_rows(weight, indices, start, end, padding_idx, total, lanes)
     store_sum(total, out_row, lanes)
     return count
 
@@ -130,17 +137,24 @@ def weighted_sum_rows(
     Ownership: the caller owns ``out_row``; nothing else is written.
     """
     total = sum_buffer(out_row, weight, lanes)
-    weight_sum, weight_square_sum, _ = _add_weighted_rows(
-        weight, indices, per_sample_weights, start, end, padding_idx, total, lanes, None
+    weight_sum, weight_square_sum = _add_weighted_rows(
+        weight, indices, per_sample_weights, start, end, padding_idx, total, lanes
     )
     store_sum(total, out_row, lanes)
     return weight_sum, weight_square_sum
 
 
 @njit(cache=True)
-def _max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row, num_rows):
-    """:func:`max_rows`, checking ids against ``num_rows`` (None: trusted); returns
-    (count, the first bad position or -1)."""
+def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row=None):
+    """Write the elementwise max of rows ``indices[start:end]`` (padding left out) into
+    ``out_row`` (zeros if none); return how many tokens took part.
+
+    ``argmax_row``: None, or a (D,) int64 array that gets the position (in ``indices``)
+    of the winner of each dimension, the first on ties, or -1 for an empty bag: the
+    backward routes each dimension's gradient to that one token.  (An empty array also
+    means "do not record", as before.)
+    Ownership: the caller owns ``out_row`` and ``argmax_row``; nothing else is written.
+    """
     record = argmax_row is not None and argmax_row.shape[0] > 0
     count = 0
     distance = prefetch_distance(out_row.shape[0] * weight.itemsize)
@@ -151,8 +165,6 @@ def _max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row, num
         row = indices[position]
         if row == padding_idx:
             continue
-        if _is_outside(row, num_rows):
-            return count, position
         if count == 0:
             out_row[:] = weight[row]
             if record:
@@ -169,23 +181,6 @@ def _max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row, num
         out_row[:] = 0
         if record:
             argmax_row[:] = -1
-    return count, -1
-
-
-@njit(cache=True)
-def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row=None):
-    """Write the elementwise max of rows ``indices[start:end]`` (padding left out) into
-    ``out_row`` (zeros if none); return how many tokens took part.
-
-    ``argmax_row``: None, or a (D,) int64 array that gets the position (in ``indices``)
-    of the winner of each dimension, the first on ties, or -1 for an empty bag: the
-    backward routes each dimension's gradient to that one token.  (An empty array also
-    means "do not record", as before.)
-    Ownership: the caller owns ``out_row`` and ``argmax_row``; nothing else is written.
-    """
-    count, _ = _max_rows(
-        weight, indices, start, end, padding_idx, out_row, argmax_row, None
-    )
     return count
 
 
@@ -200,68 +195,69 @@ def scale_row(out_row, denominator):
 @njit(cache=True)
 def _reduce_sums(
     weight, indices, per_sample_weights, start, end, padding_idx, out, argmax, b, mode,
-    lanes, num_rows,
+    lanes,
 ):  # fmt: skip
     """Bag b of the sum family into ``out[b]``: the sum of its rows (weighted when
     ``per_sample_weights`` is given), divided by 1 (sum), the count or sum of weights
-    (mean) or its square root, of counts or of squared weights (sqrtn).  Returns the
-    first position of the bag whose id is outside [0, num_rows), or -1.  ``argmax`` is
+    (mean) or its square root, of counts or of squared weights (sqrtn).  ``argmax`` is
     not used."""
     out_row = out[b]
     total = sum_buffer(out_row, weight, lanes)
     if per_sample_weights is None:
-        count, bad = _add_rows(
-            weight, indices, start, end, padding_idx, total, lanes, num_rows
-        )
+        count = _add_rows(weight, indices, start, end, padding_idx, total, lanes)
         weight_sum, weight_square_sum = float(count), float(count)
     else:
-        weight_sum, weight_square_sum, bad = _add_weighted_rows(
-            weight, indices, per_sample_weights, start, end, padding_idx, total, lanes,
-            num_rows,
-        )  # fmt: skip
+        weight_sum, weight_square_sum = _add_weighted_rows(
+            weight, indices, per_sample_weights, start, end, padding_idx, total, lanes
+        )
     if mode == Mode.MEAN:
         store_scaled(total, out_row, weight_sum)
     elif mode == Mode.SQRTN:
         store_scaled(total, out_row, math.sqrt(weight_square_sum))
     else:
         store_sum(total, out_row, lanes)
-    return bad
 
 
 @njit(cache=True)
 def _reduce_max(
     weight, indices, per_sample_weights, start, end, padding_idx, out, argmax, b, mode,
-    lanes, num_rows,
+    lanes,
 ):  # fmt: skip
     """Bag b's elementwise max into ``out[b]``, its winners into ``argmax[b]`` when
-    ``argmax`` is given; returns the first bad position or -1.  ``per_sample_weights``,
-    ``mode`` and ``lanes`` are not used."""
+    ``argmax`` is given.  ``per_sample_weights``, ``mode`` and ``lanes`` are not
+    used."""
     if argmax is None:
-        _, bad = _max_rows(weight, indices, start, end, padding_idx, out[b], None, num_rows)
+        max_rows(weight, indices, start, end, padding_idx, out[b], None)
     else:
-        _, bad = _max_rows(
-            weight, indices, start, end, padding_idx, out[b], argmax[b], num_rows
-        )
-    return bad
+        max_rows(weight, indices, start, end, padding_idx, out[b], argmax[b])
 
 
 @njit(cache=True, inline="always")
 def _each_bag(
     reduce_bag, weight, indices, per_sample_weights, offsets, out, argmax, padding_idx,
-    mode, lanes, num_rows,
+    mode, lanes, num_rows, num_chunks,
 ):  # fmt: skip
-    """Run ``reduce_bag`` on every bag, one bag per prange iteration; return OK, or the
-    first position whose id is outside [0, num_rows) (``num_rows`` None: trusted).
+    """Run ``reduce_bag`` on every bag, the bags cut into ``num_chunks`` contiguous
+    chunks, one chunk per prange iteration.  With ``num_rows`` (not None) a chunk's ids
+    are checked first (:func:`_first_outside`) and a chunk holding an id outside
+    [0, num_rows) is skipped.  Returns OK, or the first position of such an id
+    (``out`` is then to be discarded).
 
-    Ownership: iteration b of the prange writes ``out[b]`` (and ``argmax[b]``) only.
+    Ownership: iteration c of the prange writes ``out[b]`` (and ``argmax[b]``) for the
+    bags b of chunk c only.
     """
+    num_bags = out.shape[0]
     num_tokens = indices.shape[0]
     first_bad = num_tokens
-    for b in prange(out.shape[0]):
-        bad = reduce_bag(
-            weight, indices, per_sample_weights, offsets[b], offsets[b + 1], padding_idx,
-            out, argmax, b, mode, lanes, num_rows,
-        )  # fmt: skip
+    for c in prange(num_chunks):
+        first, last = chunk_bounds(c, num_chunks, num_bags)
+        bad = _first_outside(indices, offsets[first], offsets[last], num_rows)
+        if bad < 0:
+            for b in range(first, last):
+                reduce_bag(
+                    weight, indices, per_sample_weights, offsets[b], offsets[b + 1],
+                    padding_idx, out, argmax, b, mode, lanes,
+                )  # fmt: skip
         first_bad = min(first_bad, num_tokens if bad < 0 else bad)
     return OK if first_bad == num_tokens else first_bad
 
@@ -275,7 +271,7 @@ def bag_sum(weight, indices, offsets, out, padding_idx=NO_PADDING, lanes=None):
     """
     _each_bag(
         _reduce_sums, weight, indices, None, offsets, out, None, padding_idx, Mode.SUM,
-        lanes, None,
+        lanes, None, out.shape[0],
     )  # fmt: skip
 
 
@@ -287,7 +283,7 @@ def bag_mean(weight, indices, offsets, out, padding_idx=NO_PADDING, lanes=None):
     """
     _each_bag(
         _reduce_sums, weight, indices, None, offsets, out, None, padding_idx, Mode.MEAN,
-        lanes, None,
+        lanes, None, out.shape[0],
     )  # fmt: skip
 
 
@@ -299,7 +295,7 @@ def bag_sqrtn(weight, indices, offsets, out, padding_idx=NO_PADDING, lanes=None)
     """
     _each_bag(
         _reduce_sums, weight, indices, None, offsets, out, None, padding_idx, Mode.SQRTN,
-        lanes, None,
+        lanes, None, out.shape[0],
     )  # fmt: skip
 
 
@@ -313,7 +309,7 @@ def bag_weighted_sum(
     """
     _each_bag(
         _reduce_sums, weight, indices, per_sample_weights, offsets, out, None,
-        padding_idx, Mode.SUM, lanes, None,
+        padding_idx, Mode.SUM, lanes, None, out.shape[0],
     )  # fmt: skip
 
 
@@ -327,7 +323,7 @@ def bag_weighted_mean(
     """
     _each_bag(
         _reduce_sums, weight, indices, per_sample_weights, offsets, out, None,
-        padding_idx, Mode.MEAN, lanes, None,
+        padding_idx, Mode.MEAN, lanes, None, out.shape[0],
     )  # fmt: skip
 
 
@@ -341,7 +337,7 @@ def bag_weighted_sqrtn(
     """
     _each_bag(
         _reduce_sums, weight, indices, per_sample_weights, offsets, out, None,
-        padding_idx, Mode.SQRTN, lanes, None,
+        padding_idx, Mode.SQRTN, lanes, None, out.shape[0],
     )  # fmt: skip
 
 
@@ -353,7 +349,7 @@ def bag_max(weight, indices, offsets, out, padding_idx=NO_PADDING):
     """
     _each_bag(
         _reduce_max, weight, indices, None, offsets, out, None, padding_idx, Mode.MAX,
-        None, None,
+        None, None, out.shape[0],
     )  # fmt: skip
 
 
@@ -366,7 +362,7 @@ def bag_max_argmax(weight, indices, offsets, out, argmax, padding_idx=NO_PADDING
     """
     _each_bag(
         _reduce_max, weight, indices, None, offsets, out, argmax, padding_idx, Mode.MAX,
-        None, None,
+        None, None, out.shape[0],
     )  # fmt: skip
 
 
@@ -392,42 +388,86 @@ def offsets_to_csr(offsets, num_tokens, append_end, csr):
     return valid
 
 
-@njit(parallel=PARALLEL, cache=True)
-def sum_bags_checked(
-    weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
-    padding_idx, mode, lanes,
+@njit(cache=True, inline="always")
+def _checked_bags(
+    reduce_bag, mode, weight, indices, offsets, append_end, csr, per_sample_weights, out,
+    argmax, padding_idx, lanes,
 ):  # fmt: skip
-    """The sum family (``mode`` a Mode: sum, mean or sqrtn) on unvalidated offsets and
-    ids: ``offsets`` as the caller gave them, written to ``csr`` by
-    :func:`offsets_to_csr`; every id checked before its row is read.  Returns OK,
-    BAD_OFFSETS (nothing was read) or the first position of an id outside [0, V) (that
-    row was not read; ``out`` is then to be discarded).  ``argmax`` is not used.
-
-    Ownership: iteration b of the prange writes ``out[b]`` only.
-    """
+    """The shape of the front's kernels: ``offsets`` as the caller gave them, written
+    to ``csr`` by :func:`offsets_to_csr`, then :func:`_each_bag` checking every id, in
+    up to CHECKED_CHUNKS chunks of bags (a few per thread: each chunk's ids are checked
+    in one vectorised pass).
+    Returns OK, BAD_OFFSETS (nothing was read) or the first position of an id outside
+    [0, V) (no row outside the table was read; ``out`` is then to be discarded)."""
     if not offsets_to_csr(offsets, indices.shape[0], append_end, csr):
         return BAD_OFFSETS
     return _each_bag(
-        _reduce_sums, weight, indices, per_sample_weights, csr, out, argmax, padding_idx,
-        mode, lanes, weight.shape[0],
+        reduce_bag, weight, indices, per_sample_weights, csr, out, argmax, padding_idx,
+        mode, lanes, weight.shape[0], min(out.shape[0], CHECKED_CHUNKS),
+    )  # fmt: skip
+
+
+# One kernel per mode: the mode a constant, so that LLVM folds what a bag's sum is
+# divided by (a mode passed at run time made the sum 20% slower at D = 64).
+@njit(parallel=PARALLEL, cache=True)
+def sum_bags_checked(
+    weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
+    padding_idx, lanes,
+):  # fmt: skip
+    """The sum (weighted when ``per_sample_weights`` is given) on unvalidated offsets
+    and ids (see :func:`_checked_bags`).  ``argmax`` is not used.
+
+    Ownership: iteration b of the prange writes ``out[b]`` only.
+    """
+    return _checked_bags(
+        _reduce_sums, Mode.SUM, weight, indices, offsets, append_end, csr,
+        per_sample_weights, out, argmax, padding_idx, lanes,
+    )  # fmt: skip
+
+
+@njit(parallel=PARALLEL, cache=True)
+def mean_bags_checked(
+    weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
+    padding_idx, lanes,
+):  # fmt: skip
+    """:func:`sum_bags_checked` for the mean.
+
+    Ownership: iteration b of the prange writes ``out[b]`` only.
+    """
+    return _checked_bags(
+        _reduce_sums, Mode.MEAN, weight, indices, offsets, append_end, csr,
+        per_sample_weights, out, argmax, padding_idx, lanes,
+    )  # fmt: skip
+
+
+@njit(parallel=PARALLEL, cache=True)
+def sqrtn_bags_checked(
+    weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
+    padding_idx, lanes,
+):  # fmt: skip
+    """:func:`sum_bags_checked` for sqrtn.
+
+    Ownership: iteration b of the prange writes ``out[b]`` only.
+    """
+    return _checked_bags(
+        _reduce_sums, Mode.SQRTN, weight, indices, offsets, append_end, csr,
+        per_sample_weights, out, argmax, padding_idx, lanes,
     )  # fmt: skip
 
 
 @njit(parallel=PARALLEL, cache=True)
 def max_bags_checked(
     weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
-    padding_idx, mode, lanes,
+    padding_idx, lanes,
 ):  # fmt: skip
     """:func:`sum_bags_checked` for max: ``argmax`` None, or (B, D) int64 to record the
-    winners.  ``per_sample_weights``, ``mode`` and ``lanes`` are not used.
+    winners.  ``per_sample_weights`` (None) and ``lanes`` are not used.
 
     Ownership: iteration b of the prange writes ``out[b]`` and ``argmax[b]`` only.
     """
-    if not offsets_to_csr(offsets, indices.shape[0], append_end, csr):
-        return BAD_OFFSETS
-    return _each_bag(
-        _reduce_max, weight, indices, per_sample_weights, csr, out, argmax, padding_idx,
-        mode, lanes, weight.shape[0],
+    return _checked_bags(
+        _reduce_max, Mode.MAX, weight, indices, offsets, append_end, csr,
+        per_sample_weights, out, argmax, padding_idx, lanes,
     )  # fmt: skip
 
 
