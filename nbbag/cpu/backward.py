@@ -217,20 +217,25 @@ def _sort_by_key(keys, positions, num_rows, num_chunks):
     num_chunks = max(1, min(num_chunks, total // MIN_CHUNK_TOKENS))  # small: one chunk
     key_bits, digit_bits = radix_plan(num_rows, CPU_RADIX_BITS)
     chunk_slots = np.empty((num_chunks, 1 << digit_bits), dtype=np.int64)
-    sorted_keys = np.empty_like(keys)
-    sorted_positions = np.empty_like(positions)
+    sorted_keys = np.empty(total, dtype=keys.dtype)
+    sorted_positions = np.empty(total, dtype=positions.dtype)
     for shift in range(0, key_bits, digit_bits):
         _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positions)
         keys, sorted_keys = sorted_keys, keys
         positions, sorted_positions = sorted_positions, positions
 
-    count = np.searchsorted(keys, num_rows)  # tokens in a bag; the absent ones follow
+    # Plain loops, not np.searchsorted and np.cumsum: each NumPy function a kernel uses
+    # is compiled with it (~0.3 s each on a cold cache).
+    count = total  # tokens in a bag; the tokens in none (key num_rows) sort last
+    while count > 0 and keys[count - 1] == num_rows:
+        count -= 1
     # The rows and where each starts, in parallel: each chunk counts the row starts in
     # its part of the sorted keys, then writes them from its offset.
-    chunk_rows = np.empty(num_chunks + 1, dtype=np.int64)
-    chunk_rows[0] = 0
-    _count_row_starts(keys, count, chunk_rows[1:])
-    first_row = np.cumsum(chunk_rows)
+    first_row = np.empty(num_chunks + 1, dtype=np.int64)
+    first_row[0] = 0
+    _count_row_starts(keys, count, first_row[1:])
+    for c in range(num_chunks):
+        first_row[c + 1] += first_row[c]
     num_unique = first_row[num_chunks]
     rows = np.empty(num_unique, dtype=np.int64)
     row_ptr = np.empty(num_unique + 1, dtype=np.int64)
@@ -302,19 +307,20 @@ def group_tokens(
     )  # fmt: skip
     rows, row_ptr, positions = _sort_by_key(keys, positions, num_rows, num_chunks)
     num_unique = rows.shape[0]
+    value_index = np.empty(num_unique, dtype=np.int64)
+    num_contributing = 0
     if per_sample_weights is None and argmax is None:
         # every token in a bag has coefficient 1, 1/n or 1/sqrt(n): every row counts
-        value_index = np.arange(num_unique)
+        for k in range(num_unique):
+            value_index[k] = k
         num_contributing = num_unique
     else:
         # a max loser, a weight of 0 or weights summing to 0 contribute nothing
         contributes = np.empty(num_unique, dtype=np.bool_)
         _contributing_rows(coefficients, positions, row_ptr, contributes)
-        value_index = np.cumsum(contributes) - 1
-        num_contributing = 0 if num_unique == 0 else value_index[num_unique - 1] + 1
         for k in range(num_unique):
-            if not contributes[k]:
-                value_index[k] = -1
+            value_index[k] = num_contributing if contributes[k] else -1
+            num_contributing += contributes[k]
     return TokenGroups(
         bag_of, coefficients, argmax, rows, row_ptr, positions, value_index,
         num_contributing,
@@ -355,7 +361,9 @@ def _row_gradient_of(groups, grad_output, start, end, out_row, lanes):
     raise NotImplementedError("a Numba overload: call it from a jitted function")
 
 
-@overload(_row_gradient_of, inline="always")
+# Not inline="always": an inlined overload hides its arguments' types from the inline
+# functions it calls, whose ``is None`` tests then fold the wrong way.
+@overload(_row_gradient_of)
 def _row_gradient_of_overload(groups, grad_output, start, end, out_row, lanes):
     if isinstance(groups.types[groups.fields.index("argmax")], types.NoneType):
         return lambda groups, grad_output, start, end, out_row, lanes: _sum_row_gradient(

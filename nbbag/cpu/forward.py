@@ -32,7 +32,6 @@ from nbbag.cpu._intrinsics import prefetch_row_head
 from nbbag.cpu.rows import (
     add_row,
     prefetch_distance,
-    row_width,
     store_scaled,
     store_sum,
     sum_buffer,
@@ -72,7 +71,7 @@ def _add_rows(weight, indices, start, end, padding_idx, total, lanes):
     """Add the rows ``indices[start:end]`` (padding left out) to ``total`` (a zeroed
     :func:`~nbbag.cpu.rows.sum_buffer`); return how many tokens were summed."""
     count = 0
-    distance = prefetch_distance(row_width(total, lanes) * weight.itemsize)
+    distance = prefetch_distance(total.shape[0] * weight.itemsize)  # constant on the stack
     # Prefetch past the bag's end too: with prange's contiguous chunks the next bag
     # belongs to the same thread.  (A hint never faults, whatever the id.)
     prefetch_end = indices.shape[0]
@@ -95,7 +94,7 @@ def _add_weighted_rows(
     ``total``; return (sum_i w_i, sum_i w_i**2)."""
     weight_sum = 0.0
     weight_square_sum = 0.0
-    distance = prefetch_distance(row_width(total, lanes) * weight.itemsize)
+    distance = prefetch_distance(total.shape[0] * weight.itemsize)  # constant on the stack
     prefetch_end = indices.shape[0]
     for position in range(start, end):
         if position + distance < prefetch_end:
@@ -367,7 +366,7 @@ def bag_max_argmax(weight, indices, offsets, out, argmax, padding_idx=NO_PADDING
 
 
 # -- the front's kernels: checks as they read --------------------------------------------
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def offsets_to_csr(offsets, num_tokens, append_end, csr):
     """Write ``offsets`` (B or B + 1 entries) into ``csr`` as int64 CSR offsets
     (``num_tokens`` appended when ``append_end``); return whether they are valid:

@@ -9,8 +9,7 @@ operations element by element), 1.3-2.6x faster at D = 16 and 256 (V = 1M, Zipf 
 :mod:`nbbag.cpu.variants` is the one place that builds it.
 """
 
-from numba import njit, types
-from numba.extending import overload
+from numba import njit
 
 from nbbag.cpu._intrinsics import LANE, add_row_lanes, stack_row
 
@@ -37,95 +36,46 @@ def lanes_for(width: int):
     return _LANES.get(width)
 
 
-def _absent(value_type) -> bool:
-    return isinstance(value_type, (types.NoneType, types.Omitted))
-
-
-def row_width(row, lanes):
-    """The number of elements of ``row``: ``len(lanes) * LANE``, a compile-time
-    constant, when ``lanes`` is a tuple; ``row.shape[0]`` when it is None."""
-    if lanes is None:
-        return row.shape[0]
-    return len(lanes) * LANE
-
-
-@overload(row_width, inline="always")
-def _row_width(row, lanes):
-    if _absent(lanes):
-        return lambda row, lanes: row.shape[0]
-    return lambda row, lanes: len(lanes) * LANE
-
-
+# The helpers below are inlined into their callers' Numba IR (compiled with them, not
+# on their own), where a ``lanes`` (or ``scale``) of None removes the branches that test
+# it.
+@njit(cache=True, inline="always")
 def add_row(total, table, row, scale, lanes):
     """``total += table[row]`` (``scale`` None) or ``total += scale * table[row]``:
     in vectors of LANE elements when ``lanes`` is a tuple (:func:`add_row_lanes`), in
     a scalar loop when it is None.  Bit-identical either way."""
-    raise NotImplementedError("a Numba overload: call it from a jitted function")
-
-
-@overload(add_row, inline="always")
-def _add_row(total, table, row, scale, lanes):
-    if not _absent(lanes):
-        return lambda total, table, row, scale, lanes: add_row_lanes(
-            total, table, row, scale, lanes
-        )
-    if _absent(scale):
-
-        def add(total, table, row, scale, lanes):
-            for d in range(total.shape[0]):
-                total[d] += table[row, d]
-
-        return add
-
-    def add_scaled(total, table, row, scale, lanes):
+    if lanes is not None:
+        add_row_lanes(total, table, row, scale, lanes)
+    elif scale is None:
+        for d in range(total.shape[0]):
+            total[d] += table[row, d]
+    else:
         for d in range(total.shape[0]):
             total[d] += scale * table[row, d]
 
-    return add_scaled
 
-
+@njit(cache=True, inline="always")
 def sum_buffer(out_row, like, lanes):
     """Where a sum of rows (a bag's output, a row's gradient) is made, zeroed:
     ``out_row`` itself (``lanes`` None), or a stack row LLVM keeps in registers
-    (``lanes`` a tuple; zeroed over a width known at compile time), copied to
-    ``out_row`` by :func:`store_sum` or :func:`store_scaled`."""
-    raise NotImplementedError("a Numba overload: call it from a jitted function")
+    (``lanes`` a tuple: its width a compile-time constant, so the zeroing unrolls),
+    copied to ``out_row`` by :func:`store_sum` or :func:`store_scaled`."""
+    if lanes is None:
+        out_row[:] = 0
+        return out_row
+    total = stack_row(like, lanes)
+    for d in range(total.shape[0]):
+        total[d] = 0
+    return total
 
 
-@overload(sum_buffer, inline="always")
-def _sum_buffer(out_row, like, lanes):
-    if _absent(lanes):
-
-        def in_place(out_row, like, lanes):
-            out_row[:] = 0
-            return out_row
-
-        return in_place
-
-    def on_stack(out_row, like, lanes):
-        total = stack_row(like, lanes)
-        for d in range(row_width(total, lanes)):  # a compile-time width: unrolled
-            total[d] = 0
-        return total
-
-    return on_stack
-
-
+@njit(cache=True, inline="always")
 def store_sum(total, out_row, lanes):
-    """Copy a sum made in :func:`sum_buffer`'s stack row into ``out_row``."""
-    raise NotImplementedError("a Numba overload: call it from a jitted function")
-
-
-@overload(store_sum, inline="always")
-def _store_sum(total, out_row, lanes):
-    if _absent(lanes):
-        return lambda total, out_row, lanes: None
-
-    def store(total, out_row, lanes):
+    """Copy a sum made in :func:`sum_buffer`'s stack row into ``out_row`` (nothing to
+    do where it was made in place)."""
+    if lanes is not None:
         for d in range(out_row.shape[0]):
             out_row[d] = total[d]
-
-    return store
 
 
 @njit(cache=True, inline="always")

@@ -9,9 +9,14 @@ What varies, and where it is decided:
   a specialisation for each);
 * D: ``lanes`` (:func:`nbbag.cpu.rows.lanes_for`), where the sum kernels and the
   row gradients are compiled for that width;
-* the work: a call whose work (ids x D) is below SERIAL_WORK runs a serial twin of the
-  kernel (the same source compiled without ``parallel``): starting the thread pool's
-  parallel region costs ~1.7 us here, more than a tiny batch's whole work;
+* the work: a forward whose work (ids x D) is below SERIAL_WORK runs a serial twin of
+  its kernel (the same source compiled without ``parallel``): starting the thread
+  pool's parallel region costs ~1.7 us here, more than a tiny batch's whole work; and a
+  batch of fewer than SERIAL_SORT_TOKENS tokens is grouped by row serially (the sort's
+  parallel kernel costs ~2.5 s more to compile, which the batches of a typical training
+  run never win back: 56 us a step at 11k tokens).  The optimizers' updates always run
+  in parallel: a parallel loop tells LLVM that the kernel's arrays do not alias, and
+  their element loops vectorise only then (a serial Adagrad update was 6x slower);
 * the dtype of the sort keys (int32 where V and N fit: half the bytes of int64).
 
 The host pipeline (:mod:`nbbag.cpu.api`) asks for a variant and calls it; it never sees
@@ -30,10 +35,11 @@ from nbbag.cpu import backward, forward, optim
 from nbbag.cpu.rows import lanes_for
 from nbbag.modes import Mode
 
-# Work (ids x D, or tokens x D for the backward) below which a serial twin runs: at
-# D = 64, 20 ids a bag, 32 bags ran in 4.4 us serially and 5.4 us in parallel, 64 bags
-# in 9.2 and 7.9 us.
+# Work (ids x D) below which the forward runs serially: at D = 64, 20 ids a bag, 32 bags
+# ran in 4.4 us serially and 5.4 us in parallel, 64 bags in 9.2 and 7.9 us.
 SERIAL_WORK = 65_536
+# Tokens below which a batch is grouped by row serially (see above).
+SERIAL_SORT_TOKENS = 65_536
 _INT32_LIMIT = np.iinfo(np.int32).max
 
 
@@ -57,7 +63,7 @@ def serial_twin(kernel):
         for key, value in kernel.targetoptions.items()
         if key not in ("parallel", "nopython")
     }
-    return njit(**options)(twin)
+    return njit(cache=True, **options)(twin)  # caching is not a target option
 
 
 def _pair(kernel):
@@ -72,10 +78,7 @@ _FORWARD = {
     Mode.SQRTN: (_pair(forward.sqrtn_bags_checked), False),
     Mode.MAX: (_pair(forward.max_bags_checked), True),
 }
-_GROUP_TOKENS = _pair(backward.group_tokens)  # its parallel kernels run serially too
-_ACCUMULATE = _pair(backward.accumulate_rows)
-_FUSED = _pair(optim.apply_fused)
-_APPLY = _pair(optim.apply_row_gradients)
+_GROUP_TOKENS = _pair(backward.group_tokens)
 
 
 class Forward:
@@ -112,10 +115,6 @@ class Forward:
 _FORWARDS: dict[tuple, Forward] = {}
 
 
-def is_serial(num_tokens: int, dim: int) -> bool:
-    return num_tokens * dim < SERIAL_WORK
-
-
 def forward_variant(mode: Mode, dim: int, num_tokens: int, keep_context: bool) -> Forward:
     """The forward kernel for this call (memoised)."""
     key = (mode, dim, num_tokens * dim < SERIAL_WORK, keep_context)
@@ -129,9 +128,9 @@ def group_tokens(weight, indices, offsets, per_sample_weights, argmax, padding_i
     """:func:`nbbag.cpu.backward.group_tokens`, serial for small batches, sorting in
     int32 where V and N fit."""
     num_tokens = indices.shape[0]
-    num_rows, dim = weight.shape
+    num_rows = weight.shape[0]
     sort_type = np.int32 if max(num_rows, num_tokens) < _INT32_LIMIT else np.int64
-    kernel = _GROUP_TOKENS[is_serial(num_tokens, dim)]
+    kernel = _GROUP_TOKENS[num_tokens < SERIAL_SORT_TOKENS]
     return kernel(
         weight, indices, offsets, per_sample_weights, argmax, padding_idx, int(mode),
         numba.get_num_threads(), sort_type,
@@ -140,22 +139,19 @@ def group_tokens(weight, indices, offsets, per_sample_weights, argmax, padding_i
 
 def accumulate_rows(grad_output, groups, scale_grad_by_freq, values) -> None:
     """:func:`nbbag.cpu.backward.accumulate_rows`, specialised for D."""
-    dim = values.shape[1]
-    kernel = _ACCUMULATE[is_serial(groups.positions.shape[0], dim)]
-    kernel(grad_output, groups, scale_grad_by_freq, values, lanes_for(dim))
+    backward.accumulate_rows(
+        grad_output, groups, scale_grad_by_freq, values, lanes_for(values.shape[1])
+    )
 
 
 def apply_fused(step, weight, grad_output, groups, scale_grad_by_freq, state, t, scratch):
     """:func:`nbbag.cpu.optim.apply_fused`, specialised for D."""
-    dim = weight.shape[1]
-    kernel = _FUSED[is_serial(groups.positions.shape[0], dim)]
-    kernel(
+    optim.apply_fused(
         step, weight, grad_output, groups, scale_grad_by_freq, *state, t, scratch,
-        lanes_for(dim),
+        lanes_for(weight.shape[1]),
     )  # fmt: skip
 
 
 def apply_row_gradients(step, weight, rows, values, state, t) -> None:
     """:func:`nbbag.cpu.optim.apply_row_gradients`."""
-    kernel = _APPLY[is_serial(rows.shape[0], weight.shape[1])]
-    kernel(step, weight, rows, values, *state, t)
+    optim.apply_row_gradients(step, weight, rows, values, *state, t)
