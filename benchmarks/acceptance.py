@@ -1,8 +1,10 @@
-"""The performance issue's acceptance items, computed from one run's medians.
+"""The performance issues' acceptance items, computed from one run's medians.
 
-Each check is a ratio (or a fraction) against a target: "on par" is a ratio >= 1.0,
-"flat" is max / min <= 1.2 over the sizes measured.  A check whose benchmarks are not
-in the run is reported as not measured, never as passed.
+Items 1-4 are the performance issue's; item 6 is the host-layer issue's call-cost
+target, on tiny batches.  Each check is a ratio (or a fraction) against a target: "on
+par" is a ratio >= 1.0, "flat" is max / min <= 1.2 over the sizes measured.  A check
+whose benchmarks are not in the run is reported as not measured, never as passed; a
+check without a target (``scored=False``) only reports its value.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from benchmarks.results import Results, gbps
 FORWARD_DIM = 64
 FLAT = 1.2  # max / min of a time that should not grow with V
 BANDWIDTH_FRACTION = 0.70
+TINY_BAG_COUNTS = (1, 32)
+TINY_NOTE = "host-layer issue: call-cost target"
 
 
 @dataclass(frozen=True)
 class Check:
     """One acceptance check: its item number, what it compares, the value, the
-    target and whether it passed (None: not measured)."""
+    target and whether it passed (None: not measured, or no target: ``scored`` False)."""
 
     item: int
     what: str
@@ -27,10 +31,13 @@ class Check:
     target: str
     passed: bool | None
     note: str = ""
+    scored: bool = True
 
     @property
     def verdict(self) -> str:
-        """ "pass", "FAIL" or "not measured"."""
+        """ "pass", "FAIL", "reported" (no target) or "not measured"."""
+        if self.value is not None and not self.scored:
+            return "reported"
         if self.passed is None:
             return "not measured"
         return "pass" if self.passed else "FAIL"
@@ -120,11 +127,31 @@ def bandwidth_checks(results: Results) -> list[Check]:
     return checks
 
 
+def _reported(item: int, what: str, value: float | None, note: str = "") -> Check:
+    return Check(item, what, value, "none", None, note, scored=False)
+
+
+def tiny_checks(results: Results) -> list[Check]:
+    """Item 6: the forward on tiny batches against torch (the call-cost target), and
+    the tiny training step's ratio, reported without a target."""
+    checks = []
+    for num_bags in TINY_BAG_COUNTS:
+        value = _ratio(results, "torch", op="tiny-forward", num_bags=num_bags)
+        what = f"tiny forward B={num_bags}: torch/nbbag"
+        checks.append(_at_least(6, what, value, 1.0, TINY_NOTE))
+    for num_bags in TINY_BAG_COUNTS:
+        value = _ratio(results, "torch", op="tiny-step", num_bags=num_bags)
+        what = f"tiny step B={num_bags} (fwd+bwd+Adagrad): torch/nbbag"
+        checks.append(_reported(6, what, value))
+    return checks
+
+
 def acceptance_checks(results: Results) -> list[Check]:
-    """Every check of items 1-4, in order."""
+    """Every check of items 1-4 and 6, in order."""
     return (
         forward_checks(results)
         + step_checks(results)
         + scaling_checks(results)
         + bandwidth_checks(results)
+        + tiny_checks(results)
     )

@@ -7,13 +7,15 @@ Two environment variables shape a run:
   scaling sweep up to V = 10**6 and a smaller copy; its numbers are rough.
 
 The forward workload is V = 1,000,000 rows x D float32 (64-byte aligned), 4096 bags of
-~50 ids each, uniform or Zipf(1.05).
+~50 ids each, uniform or Zipf(1.05).  The tiny-batch workload is V = 100,000 rows x D =
+64, B = 1 or 32 bags of exactly 20 uniform ids.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass
 
 import numba
@@ -32,6 +34,9 @@ MAX_BAG_LEN = 100  # bag lengths uniform in [1, 100): mean ~50
 ZIPF_A = 1.05
 DISTS = ("uniform", "zipf")
 SEED = 20240601
+TINY_V = 100_000
+TINY_BAG_LEN = 20
+TINY_BAG_COUNTS = (1, 32)
 
 numba.set_num_threads(THREADS)
 
@@ -74,6 +79,54 @@ def time_case(benchmark, call, cost: str = "fast", setup=None):
         iterations=1,
         warmup_rounds=policy.warmup_rounds,
     )
+
+
+def calls_per_round(call, seconds: float, limit: int = 100_000) -> int:
+    """How many calls of ``call`` take about ``seconds``, from a short timed loop.
+
+    For calls of a few microseconds, where one call per round would be below the
+    timer's resolution.  ``call`` runs for about ``seconds`` (at least 3 times): a
+    shorter loop misjudges calls whose first repetitions are slower.
+
+    Parameters
+    ----------
+    call : callable
+        The call to time; already warmed up (compiled).
+    seconds : float
+        The wanted duration of one round.
+    limit : int, default 100_000
+        The most calls a round may hold.
+
+    Returns
+    -------
+    int
+        Between 1 and ``limit``.
+    """
+    count, start = 0, time.perf_counter()
+    while True:
+        call()
+        count += 1
+        elapsed = time.perf_counter() - start
+        if count >= 3 and elapsed >= seconds:
+            break
+    return max(1, min(limit, round(seconds * count / elapsed)))
+
+
+def repeated(call, count: int):
+    """A function that runs ``call`` ``count`` times (one round of a tiny case)."""
+
+    def run():
+        for _ in range(count):
+            call()
+
+    return run
+
+
+def time_calls(benchmark, call, count: int, cost: str = "fast"):
+    """Time rounds of ``count`` calls of ``call`` under the rounds policy, and record
+    ``calls_per_round`` in ``extra_info`` (the report divides the round's median)."""
+    benchmark.extra_info["calls_per_round"] = count
+    return time_case(benchmark, repeated(call, count), cost)
 
 
 def aligned_table(num_rows: int, dim: int, seed: int = SEED) -> np.ndarray:
@@ -159,6 +212,19 @@ class Workload:
     def starts(self) -> np.ndarray:
         """The B bag starts, as ``embedding_bag`` takes them."""
         return self.offsets[:-1]
+
+
+class TinyBatch:
+    """B bags of ``TINY_BAG_LEN`` uniform ids into a ``TINY_V``-row table, their starts
+    (torch's offsets), a fixed grad_output (B, D) and the distinct rows."""
+
+    def __init__(self, num_bags: int, dim: int = D, seed: int = SEED):
+        rng = np.random.default_rng(seed + num_bags)
+        num_ids = num_bags * TINY_BAG_LEN
+        self.ids = rng.integers(0, TINY_V, size=num_ids, dtype=np.int64)
+        self.starts = np.arange(0, num_ids, TINY_BAG_LEN, dtype=np.int64)
+        self.grad_output = rng.standard_normal((num_bags, dim), dtype=np.float32)
+        self.rows = np.unique(self.ids)
 
 
 def cpu_model() -> str:

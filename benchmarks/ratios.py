@@ -5,7 +5,8 @@ nbbag is faster.  The peers are torch and, where a group has one, a dense NumPy
 baseline (its columns appear only when some group has it).  Groups with nbbag alone
 (such as ``to_scipy``) get a second table: one row per size V.  Groups with peers at
 several sizes V (such as ``step-scaling``) get a third: one row per V, the impls side by
-side.
+side.  A case timed as a loop of calls (``calls_per_round`` in its extra_info, the tiny
+batches) is shown per call.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ PEERS = ("torch", "dense")  # the column order; any other peer follows, sorted
 
 
 def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1e3:.3f}"
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e3:.3f}" if seconds >= 1e-4 else f"{seconds * 1e3:.5f}"
+
+
+def _median(bench: dict) -> float:
+    """The median per call: the rounds' median over ``calls_per_round`` (default 1)."""
+    calls = bench.get("extra_info", {}).get("calls_per_round") or 1
+    return bench["stats"]["median"] / calls
 
 
 def _impl(bench: dict) -> str | None:
@@ -56,7 +65,7 @@ def _print_scaling(scaling: dict[str, list[dict]]) -> None:
     for group, benches in scaling.items():
         by_size: dict[int, dict[str, float]] = defaultdict(dict)
         for bench in benches:
-            by_size[bench["extra_info"]["V"]][_impl(bench)] = bench["stats"]["median"]
+            by_size[bench["extra_info"]["V"]][_impl(bench)] = _median(bench)
         for size, by_impl in sorted(by_size.items()):
             ours = by_impl.get("nbbag")
             cells = [group, f"{size:,}", _ms(ours)]
@@ -73,7 +82,7 @@ def _print_sizes(alone: dict[str, list[dict]]) -> None:
         for bench in benches:
             size = bench.get("extra_info", {}).get("V")
             size = "-" if size is None else f"{size:,}"
-            print(f"| {group} | {size} | {_ms(bench['stats']['median'])} |")
+            print(f"| {group} | {size} | {_ms(_median(bench))} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         elif not no_peer and len(sizes) > 1:
             scaling[group] = benches
         else:
-            medians[group] = {_impl(bench): bench["stats"]["median"] for bench in benches}
+            medians[group] = {_impl(bench): _median(bench) for bench in benches}
 
     if medians:
         _print_ratios(medians)

@@ -1,4 +1,9 @@
-"""A pytest-benchmark JSON file as the report reads it: one median per case."""
+"""A pytest-benchmark JSON file as the report reads it: one median per case.
+
+A case whose round is a loop of calls (the tiny batches: ``calls_per_round`` in its
+extra_info) gets the median per call, the round's median divided by the loop's length,
+so that every ratio compares calls, whatever each side's loop length.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Entry:
-    """One benchmark: its group, impl (path), median in seconds and extra_info."""
+    """One benchmark: its group, impl (path), median in seconds per call and
+    extra_info."""
 
     group: str
     impl: str
@@ -65,7 +71,14 @@ def gbps(entry: Entry) -> float:
     return entry.extra["bytes_moved"] / entry.median / 1e9
 
 
+def per_call_median(bench: dict) -> float:
+    """The median of ``bench`` (one benchmark of the JSON) per call, in seconds: its
+    rounds' median divided by its extra_info's ``calls_per_round`` (1 when absent)."""
+    calls = (bench.get("extra_info") or {}).get("calls_per_round") or 1
+    return bench["stats"]["median"] / calls
+
+
 def _entry(bench: dict) -> Entry:
     extra = bench.get("extra_info") or {}
     impl = extra.get("impl") or (bench.get("params") or {}).get("impl") or "nbbag"
-    return Entry(bench.get("group") or bench["name"], impl, bench["stats"]["median"], extra)
+    return Entry(bench.get("group") or bench["name"], impl, per_call_median(bench), extra)

@@ -8,10 +8,17 @@ from benchmarks.results import Entry, Results, gbps
 PEERS = ("torch", "dense")
 SCALING_PATHS = ("nbbag", "nbbag-grad", "nbbag-scipy", "torch", "dense")
 COMMAND = "python -m benchmarks.report"
+TINY_OPS = {"tiny-forward": "forward (sum)", "tiny-step": "step (fwd+bwd+Adagrad)"}
+TINY_TITLE = "Tiny batches (D = 64, 20 ids a bag, V = 100k): per call"
+EMPTY = "None in this run."
 
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.3f}"
+
+
+def _us(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e6:.2f}"
 
 
 def _ratio(theirs: float | None, ours: float | None) -> str:
@@ -20,7 +27,9 @@ def _ratio(theirs: float | None, ours: float | None) -> str:
 
 def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
     """A Markdown table: the first ``text_columns`` columns left-aligned, the numbers
-    right-aligned."""
+    right-aligned; a sentence instead where there are no rows (a partial run)."""
+    if not rows:
+        return [EMPTY]
     align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -45,6 +54,7 @@ def machine_lines(results: Results) -> list[str]:
         f"- versions: python {get('python_version')}, numba {get('numba_version')}, "
         f"numpy {get('numpy_version')}, torch {get('torch_version')}",
         "- medians of each benchmark's rounds; a ratio peer/nbbag > 1: nbbag is faster",
+        "- tiny batches: a round is a loop of calls, its median divided by the calls",
     ]
 
 
@@ -63,8 +73,10 @@ def acceptance_lines(checks: list[Check]) -> list[str]:
     ]
     passed = sum(c.passed is True for c in checks)
     measured = sum(c.passed is not None for c in checks)
+    reported = sum(not c.scored for c in checks)
+    also = f", {reported} of them without a target" if reported else ""
     lines = [
-        f"{passed} of {measured} measured checks pass ({len(checks)} checks in all).",
+        f"{passed} of {measured} measured checks pass ({len(checks)} checks in all{also}).",
         "",
     ]
     header = ["item", "check", "value", "target", "result", "note"]
@@ -87,10 +99,11 @@ def _ratio_rows(group: str, entries: list[Entry]) -> list[list[str]]:
 
 def ratio_lines(results: Results) -> list[str]:
     """One row per group (and size V where a group has several), nbbag against the
-    peers; the scaling sweep and the copy have tables of their own."""
+    peers; the scaling sweep, the copy and the tiny batches have tables of their own."""
     rows = []
     for group, entries in results.groups().items():
-        if entries[0].extra.get("op") not in ("step-scaling", "copy"):
+        op = entries[0].extra.get("op")
+        if op not in ("step-scaling", "copy") and op not in TINY_OPS:
             rows += _ratio_rows(group, entries)
     header = [
         "group",
@@ -101,6 +114,20 @@ def ratio_lines(results: Results) -> list[str]:
         "dense (ms)",
         "dense/nbbag",
     ]
+    return _table(header, rows)
+
+
+def tiny_lines(results: Results) -> list[str]:
+    """The tiny batches: one row per op and B, nbbag's and torch's time per call (us)."""
+    rows = []
+    for entries in results.groups().values():
+        extra = entries[0].extra
+        if extra.get("op") in TINY_OPS:
+            medians = {entry.impl: entry.median for entry in entries}
+            ours, theirs = medians.get("nbbag"), medians.get("torch")
+            op, num_bags = TINY_OPS[extra["op"]], str(extra.get("num_bags", "-"))
+            rows.append([op, num_bags, _us(ours), _us(theirs), _ratio(theirs, ours)])
+    header = ["op", "B", "nbbag (us)", "torch (us)", "torch/nbbag"]
     return _table(header, rows)
 
 
@@ -177,6 +204,7 @@ def render(results: Results, checks: list[Check], figures: dict[str, bool]) -> s
         " running it.",
     ]
     lines += ["", "### Ratios per group", ""] + ratio_lines(results)
+    lines += ["", f"### {TINY_TITLE}", ""] + tiny_lines(results)
     lines += [
         "",
         "### Scaling: one SGD step for the same batch as V grows",

@@ -12,7 +12,7 @@ pytest.importorskip("tqdm")
 from benchmarks import report  # noqa: E402
 from benchmarks.acceptance import acceptance_checks  # noqa: E402
 from benchmarks.results import Results  # noqa: E402
-from benchmarks.tables import ratio_lines, scaling_lines  # noqa: E402
+from benchmarks.tables import TINY_TITLE, ratio_lines, scaling_lines, tiny_lines  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GB = 1e9
@@ -43,6 +43,16 @@ def _scaling(impl, times):
     return [
         _bench("step-scaling", impl, t, op="step-scaling", V=v)
         for v, t in zip(sizes, times, strict=True)
+    ]
+
+
+def _tiny(op, num_bags, nbbag_call_s, torch_call_s):
+    """A tiny group: rounds of many calls, the median per round in ``stats``."""
+    extra = dict(op=f"tiny-{op}", mode="sum", dim=64, V=100_000, num_bags=num_bags)
+    group = f"tiny-{op}-B{num_bags}"
+    return [
+        _bench(group, "nbbag", nbbag_call_s * 200, calls_per_round=200, **extra),
+        _bench(group, "torch", torch_call_s * 50, calls_per_round=50, **extra),
     ]
 
 
@@ -112,6 +122,63 @@ def test_tables(run_data):
     assert (
         "| 1,000,000 | 11.500 | 20.000 | - | 40.000 | 2000.000 | 3.48 | 173.91 |" in scaling
     )
+
+
+@pytest.fixture
+def tiny_data() -> dict:
+    """A partial run, as ``-k tiny`` gives: the tiny groups alone."""
+    benches = _tiny("forward", 1, 4e-6, 5e-6)  # passes: 1.25
+    benches += _tiny("forward", 32, 10e-6, 8e-6)  # fails: 0.80
+    benches += _tiny("step", 1, 50e-6, 250e-6)
+    benches += _tiny("step", 32, 100e-6, 1e-3)
+    machine = {"cpu_model": "Test CPU", "logical_cores": 2, "quick": True}
+    return {"machine_info": machine, "datetime": "2026-01-02", "benchmarks": benches}
+
+
+def test_tiny_checks(tiny_data):
+    checks = _checks(tiny_data)
+    one = checks["tiny forward B=1: torch/nbbag"]
+    assert one.verdict == "pass" and one.value == pytest.approx(1.25)  # per call
+    assert one.item == 6 and one.target == ">= 1" and "call-cost" in one.note
+    many = checks["tiny forward B=32: torch/nbbag"]
+    assert many.verdict == "FAIL" and many.value == pytest.approx(0.8)
+    step = checks["tiny step B=32 (fwd+bwd+Adagrad): torch/nbbag"]
+    assert step.verdict == "reported" and step.value == pytest.approx(10)
+    assert step.passed is None and not step.scored
+    assert checks["forward sum, D=64, uniform: torch/nbbag"].verdict == "not measured"
+    absent = _checks({"benchmarks": []})["tiny step B=1 (fwd+bwd+Adagrad): torch/nbbag"]
+    assert absent.verdict == "not measured"
+
+
+def test_tiny_lines_are_per_call(tiny_data, run_data):
+    results = Results(tiny_data)
+    assert results.median("nbbag", op="tiny-forward", num_bags=1) == pytest.approx(4e-6)
+    lines = tiny_lines(results)
+    assert "| forward (sum) | 1 | 4.00 | 5.00 | 1.25 |" in lines
+    assert "| step (fwd+bwd+Adagrad) | 32 | 100.00 | 1000.00 | 10.00 |" in lines
+    assert tiny_lines(Results(run_data)) == ["None in this run."]
+    combined = Results({"benchmarks": run_data["benchmarks"] + tiny_data["benchmarks"]})
+    assert "tiny" not in "\n".join(ratio_lines(combined))
+
+
+def test_write_report_of_a_partial_run(tmp_path, tiny_data):
+    json_path = tmp_path / "bench.json"
+    json_path.write_text(json.dumps(tiny_data))
+    assert report.main(["--from-json", str(json_path), "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert f"### {TINY_TITLE}" in text
+    assert "| forward (sum) | 32 | 10.00 | 8.00 | 0.80 |" in text
+    assert (
+        "1 of 2 measured checks pass (31 checks in all, 2 of them without a target)" in text
+    )
+    row = "| 6 | tiny forward B=1: torch/nbbag | 1.25 | >= 1 | pass | host-layer issue"
+    assert row in text
+    assert (
+        "| 6 | tiny step B=1 (fwd+bwd+Adagrad): torch/nbbag | 5.00 | none | reported |"
+        in text
+    )
+    assert "scaling.png: no data in this run" in text
+    assert text.count("None in this run.") == 4  # ratios, scaling, copy, forward GB/s
 
 
 def test_replace_block_keeps_text_outside_the_markers():
