@@ -133,7 +133,8 @@ def aligned_table(num_rows: int, dim: int, seed: int = SEED) -> np.ndarray:
     """A random (num_rows, dim) float32 table whose first byte is 64-byte aligned.
 
     NumPy puts large arrays 16 bytes past a cache line, so 64-byte rows would straddle
-    two lines and slow both libraries down (see MEASURED.md, "Alignment").
+    two lines and slow both libraries down (torch by 24-100%, nbbag by up to 37%,
+    measured on this project's machine).
     """
     table = aligned_empty((num_rows, dim), np.float32)
     np.random.default_rng(seed).standard_normal(dtype=np.float32, out=table)

@@ -1,7 +1,7 @@
 """The specification of nbbag in plain NumPy: slow, obvious, and the thing every kernel
 is tested against.
 
-Semantics (see DESIGN section 1 and the README's table):
+Semantics (the README's table says the same):
 
 * Bag ``b`` is ``indices[offsets[b]:offsets[b + 1]]``; without ``include_last_offset``
   the last bag runs to ``len(indices)``.  2-D ``indices`` of shape (B, L) are B bags of

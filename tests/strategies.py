@@ -28,7 +28,7 @@ class Case:
 def tolerance(dtype, longest_bag: int) -> float:
     """Relative tolerance for a reduction of ``longest_bag`` terms in ``dtype``.
 
-    float32 sums drift with the number of terms (MEASURED.md: ~1e-4 over thousands of
+    float32 sums drift with the number of terms (measured: ~1e-4 over thousands of
     hot-row terms), so the bound grows with the longest bag.
     """
     eps = np.finfo(dtype).eps

@@ -12,20 +12,10 @@ import numpy as np
 
 from nbbag import _validate
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
-from nbbag.cuda import arrays, backward, checks, forward, launch, optim
-from nbbag.modes import Mode
+from nbbag.cuda import arrays, backward, checks, forward, grouping, launch, optim, variants
 from nbbag.sparse import RowSparseGrad
 
 NAME = "cuda"
-
-# mode: (unweighted kernel, weighted kernel or None, the kernel that records max's
-# winners or None)
-_FORWARD = {
-    Mode.SUM: (forward.bag_sum, forward.bag_weighted_sum, None),
-    Mode.MEAN: (forward.bag_mean, forward.bag_weighted_mean, None),
-    Mode.SQRTN: (forward.bag_sqrtn, forward.bag_weighted_sqrtn, None),
-    Mode.MAX: (forward.bag_max, None, forward.bag_max_argmax),
-}
 
 
 # -- tables ------------------------------------------------------------------------------
@@ -63,27 +53,20 @@ def _run_forward(batch: BagBatch, keep_context: bool):
     """The forward kernels on a validated device batch: (out, max's winners or None)."""
     weight, options = batch.weight, batch.options
     if options.max_norm is not None:
-        rows = backward.unique_rows(batch.indices, weight.shape[0])
+        rows = grouping.unique_rows(batch.indices, weight.shape[0])
         if rows.shape[0]:
             grid, block = launch.linear(rows.shape[0])
             forward.renorm_rows[grid, block](
                 weight, rows, options.max_norm, options.norm_type
             )
     num_bags, dim = batch.num_bags, weight.shape[1]
-    unweighted, weighted, with_winners = _FORWARD[options.mode]
-    records = keep_context and with_winners is not None
     out = arrays.empty((num_bags, dim), weight.dtype)
-    argmax = arrays.empty((num_bags, dim), np.int64) if records else None
-    if num_bags == 0 or dim == 0:
-        return out, argmax
-    grid, block = launch.grouped(num_bags, dim)
-    args = (weight, batch.indices, batch.offsets)
-    if records:
-        with_winners[grid, block](*args, out, argmax, batch.padding_idx)
-    elif batch.per_sample_weights is None:
-        unweighted[grid, block](*args, out, batch.padding_idx)
-    else:
-        weighted[grid, block](*args, batch.per_sample_weights, out, batch.padding_idx)
+    argmax = None
+    if variants.records_winners(options.mode, keep_context):
+        argmax = arrays.empty((num_bags, dim), np.int64)
+    if num_bags and dim:
+        grid, block = launch.grouped(num_bags, dim)
+        variants.forward_launch(grid, block, batch, out, argmax)
     return out, argmax
 
 
@@ -109,7 +92,7 @@ def check_grad_output(grad_output, ctx: BagContext):
 def group_tokens(ctx: BagContext) -> TokenGroups:
     """The batch's tokens grouped by row, on the device."""
     batch = ctx.batch
-    return backward.group_tokens(
+    return grouping.group_tokens(
         batch.weight, batch.indices, batch.offsets, batch.per_sample_weights, ctx.argmax,
         batch.padding_idx, batch.mode,
     )  # fmt: skip

@@ -5,10 +5,10 @@ The CPU pipeline (:mod:`nbbag.cpu.backward`), step for step, on the device:
 1. ``token_coefficients`` / ``weighted_token_coefficients`` / ``max_token_coefficients``
    (a thread per bag): each token's bag (-1 for padding and for tokens in no bag) and
    coefficient.
-2. ``group_positions_by_row``: a stable LSD radix sort of the tokens by row (count,
-   hand out slots digit-major then chunk by chunk, scatter: the CPU ``_radix_pass``
-   with a thread per chunk), then the run heads give the unique rows.  No array of
-   size V; the only value that comes back to the host is U, which sizes the gradient.
+2. the kernels of a stable LSD radix sort of the tokens by row (count, hand out slots
+   digit-major then chunk by chunk, scatter: the CPU ``_radix_pass`` with a thread per
+   chunk) and of the run heads that give the unique rows; :mod:`nbbag.cuda.grouping`
+   launches them.
 3. ``contributing_rows`` (a thread per row): where a coefficient can be 0 (max,
    weights), which rows get a gradient at all.
 4. ``accumulate_rows``: one thread group per unique row, lanes along D, each lane sums
@@ -23,16 +23,13 @@ import numpy as np
 from numba import cuda
 
 from nbbag.base.bags import bag_coefficients, bag_weights_grad, row_contributes
-from nbbag.base.records import TokenGroups
 from nbbag.base.sort import (
     GPU_RADIX_BITS,
     chunk_bounds,
     count_digits,
     is_row_start,
-    radix_plan,
     scatter_digits,
 )
-from nbbag.cuda import arrays, launch
 from nbbag.cuda.forward import group_item
 from nbbag.modes import Mode
 
@@ -191,22 +188,6 @@ def _chunk_prefix(flags, num_chunks, sums, prefix):
             running += flags[i]
 
 
-def exclusive_scan(flags):
-    """(prefix, total) of a 1-D int64 device array; ``total`` is the one value that
-    comes back to the host."""
-    count = flags.shape[0]
-    prefix = arrays.empty(count, np.int64)
-    if count == 0:
-        return prefix, 0
-    num_chunks = launch.chunks(count)
-    sums = arrays.empty(num_chunks + 1, np.int64)
-    grid, block = launch.linear(num_chunks)
-    _chunk_sums[grid, block](flags, num_chunks, sums)
-    _scan_sums[1, 1](sums)
-    _chunk_prefix[grid, block](flags, num_chunks, sums, prefix)
-    return prefix, int(sums[num_chunks : num_chunks + 1].copy_to_host()[0])
-
-
 @cuda.jit
 def _run_heads(keys, num_rows, heads):
     """heads[i] = 1 where sorted keys[i] starts a run of a row (< num_rows), else 0.
@@ -235,55 +216,6 @@ def _write_runs(keys, num_rows, heads, head_index, rows, row_ptr):
             row_ptr[rows.shape[0]] = i + 1
 
 
-def group_positions_by_row(
-    indices, bag_of, num_rows: int, num_chunks=0, sort_type=np.int64
-):
-    """Group the tokens in a bag (bag_of[p] >= 0) by row, on the device.
-
-    Returns ``(rows, row_ptr, positions)`` as device arrays, as the CPU function:
-    ``rows`` (U,) sorted unique, ``positions[row_ptr[k]:row_ptr[k + 1]]`` the tokens
-    of ``rows[k]``, increasing.  Stable, so the same for any launch configuration and
-    any ``num_chunks`` (0, the default: :func:`nbbag.cuda.launch.chunks`'s choice).
-    ``sort_type`` is the integer type keys and positions are sorted in.
-    """
-    total = indices.shape[0]
-    keys = arrays.empty(total, sort_type)
-    positions = arrays.empty(total, sort_type)
-    if total:
-        grid, block = launch.linear(total)
-        _sort_keys[grid, block](indices, bag_of, num_rows, keys, positions)
-        key_bits, digit_bits = radix_plan(num_rows, GPU_RADIX_BITS)
-        chunks = num_chunks if num_chunks > 0 else launch.chunks(total)
-        chunk_slots = arrays.empty((chunks, 1 << digit_bits), np.int64)
-        sorted_keys = arrays.empty(total, sort_type)
-        sorted_positions = arrays.empty(total, sort_type)
-        grid, block = launch.linear(chunks)
-        for shift in range(0, key_bits, digit_bits):
-            _radix_count[grid, block](keys, shift, chunk_slots)
-            _radix_slots[1, 1 << digit_bits](chunk_slots)
-            _radix_scatter[grid, block](
-                keys, positions, shift, chunk_slots, sorted_keys, sorted_positions
-            )
-            keys, sorted_keys = sorted_keys, keys
-            positions, sorted_positions = sorted_positions, positions
-    heads = arrays.empty(total, np.int64)
-    if total:
-        grid, block = launch.linear(total)
-        _run_heads[grid, block](keys, num_rows, heads)
-    head_index, num_unique = exclusive_scan(heads)
-    rows = arrays.empty(num_unique, np.int64)
-    row_ptr = arrays.full(num_unique + 1, 0, np.int64)
-    if num_unique:
-        _write_runs[grid, block](keys, num_rows, heads, head_index, rows, row_ptr)
-    return rows, row_ptr, positions
-
-
-def unique_rows(indices, num_rows: int):
-    """The sorted unique values of 1-D device ``indices`` (all in [0, num_rows))."""
-    bag_of = arrays.full(indices.shape[0], 0, np.int64)
-    return group_positions_by_row(indices, bag_of, num_rows)[0]
-
-
 @cuda.jit
 def contributing_rows(coefficients, positions, row_ptr, contributes):
     """contributes[k] = 1 if any token of row k has a non-zero coefficient, else 0.
@@ -303,68 +235,6 @@ def value_slots(contributes, prefix, value_index):
     """
     for k in range(cuda.grid(1), contributes.shape[0], cuda.gridsize(1)):
         value_index[k] = prefix[k] if contributes[k] else -1
-
-
-def _coefficients(
-    indices, offsets, per_sample_weights, argmax, padding_idx, mode, bag_of, coefficients
-) -> None:
-    """Every token's bag and coefficient: the coefficient kernel of the batch's kind."""
-    num_bags = offsets.shape[0] - 1
-    if not num_bags:
-        return
-    grid, block = launch.linear(num_bags)
-    if argmax is not None:
-        max_token_coefficients[grid, block](
-            indices, offsets, argmax, padding_idx, bag_of, coefficients
-        )
-    elif per_sample_weights is not None:
-        weighted_token_coefficients[grid, block](
-            indices, offsets, per_sample_weights, padding_idx, int(mode), bag_of,
-            coefficients,
-        )  # fmt: skip
-    else:
-        token_coefficients[grid, block](
-            indices, offsets, padding_idx, int(mode), bag_of, coefficients
-        )
-
-
-def group_tokens(
-    weight, indices, offsets, per_sample_weights, argmax, padding_idx, mode,
-    num_chunks=0, sort_type=np.int64,
-) -> TokenGroups:  # fmt: skip
-    """The batch's tokens grouped by row, on the device, as the CPU function
-    (``argmax``: the forward's winners for max, else None).  A TokenGroups whose
-    ``argmax`` is an empty (0, 0) array but for max: a kernel launch cannot take None."""
-    num_tokens = indices.shape[0]
-    bag_of = arrays.full(num_tokens, -1, np.int64)  # tokens in no bag stay -1 / 0
-    coefficients = arrays.full(num_tokens, 0, weight.dtype)
-    _coefficients(
-        indices, offsets, per_sample_weights, argmax, padding_idx, mode, bag_of,
-        coefficients,
-    )  # fmt: skip
-    rows, row_ptr, positions = group_positions_by_row(
-        indices, bag_of, weight.shape[0], num_chunks, sort_type
-    )
-    num_unique = rows.shape[0]
-    value_index = arrays.empty(num_unique, np.int64)
-    if argmax is not None or per_sample_weights is not None:
-        # A max loser, a weight of 0 or weights summing to 0 contribute nothing.
-        contributes = arrays.empty(num_unique, np.int64)
-        num_contributing = 0
-        if num_unique:
-            grid, block = launch.linear(num_unique)
-            contributing_rows[grid, block](coefficients, positions, row_ptr, contributes)
-            prefix, num_contributing = exclusive_scan(contributes)
-            value_slots[grid, block](contributes, prefix, value_index)
-    else:
-        num_contributing = num_unique
-        arrays.arange(value_index)
-    if argmax is None:
-        argmax = arrays.empty((0, 0), np.int64)
-    return TokenGroups(
-        bag_of, coefficients, argmax, rows, row_ptr, positions, value_index,
-        num_contributing,
-    )  # fmt: skip
 
 
 @cuda.jit

@@ -40,8 +40,6 @@ from nbbag.cuda.backward import (  # noqa: E402
     accumulate_rows,
     accumulate_rows_atomic,
     contributing_rows,
-    group_positions_by_row,
-    group_tokens,
     max_token_coefficients,
     per_sample_weights_grad,
     row_gradient_dev,
@@ -64,6 +62,7 @@ from nbbag.cuda.forward import (  # noqa: E402
     sum_dim_dev,
     weighted_sum_dim_dev,
 )
+from nbbag.cuda.grouping import group_positions_by_row, group_tokens  # noqa: E402
 from nbbag.cuda.optim import (  # noqa: E402
     apply_fused,
     apply_row_gradients,
