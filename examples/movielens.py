@@ -177,13 +177,15 @@ def rated_bags(users, items, num_users: int) -> Bags:
     return to_bags([bag.tolist() for bag in per_user[:num_users]], np.zeros(num_users))
 
 
-def warm_up(args: argparse.Namespace) -> float:
-    """Compile the kernels training and prediction use, on a throwaway model."""
+def warm_up(args: argparse.Namespace, make_model, users, items, values, train, test):
+    """Compile the kernels training and prediction use, on a throwaway model and a
+    batch of the training ratings (nbbag picks a kernel by the size of a batch, so a
+    toy batch would compile others than training runs)."""
     start = time.perf_counter()
-    users, items = np.array([0, 1, 1]), np.array([0, 1, 2])
-    model = SVDpp(rated_bags(users, items, 2), 3, args, 3.0)
-    model.train_step(users, items, np.array([3.0, 4.0, 5.0]))
-    model.predict(users, items)
+    model = make_model()
+    batch = train[: args.batch_size]
+    model.train_step(users[batch], items[batch], values[batch])
+    model.predict(users[test], items[test])
     return time.perf_counter() - start
 
 
@@ -208,9 +210,13 @@ def run(args: argparse.Namespace) -> dict:
     values = ratings[:, 2]
     mean = float(values[train].mean())
     bags = rated_bags(users[train], items[train], int(users.max()) + 1)
-    model = SVDpp(bags, int(items.max()) + 1, args, mean)
     load_seconds = time.perf_counter() - wall_start
-    warm_up_seconds = warm_up(args)
+
+    def make_model() -> SVDpp:
+        return SVDpp(bags, int(items.max()) + 1, args, mean)
+
+    warm_up_seconds = warm_up(args, make_model, users, items, values, train, test)
+    model = make_model()
     rng = np.random.default_rng(args.seed + 1)
     train_start = time.perf_counter()
     epochs = tqdm(range(args.epochs), desc="epochs", unit="epoch", file=sys.stderr)

@@ -170,15 +170,18 @@ def batches(num_docs: int, batch_size: int, rng: np.random.Generator):
         yield order[start : start + batch_size]
 
 
-def warm_up(args: argparse.Namespace, num_classes: int) -> float:
-    """Compile every kernel training and evaluation use, on a throwaway model."""
+def warm_up(args: argparse.Namespace, dataset: Dataset) -> float:
+    """Compile every kernel training and evaluation use, on a throwaway model and a
+    batch of the training data (nbbag picks a kernel by the size of a batch, so a toy
+    batch would compile others than training runs)."""
     start = time.perf_counter()
-    model = Classifier(4, args.dim, num_classes, 0)
+    model = Classifier(dataset.num_rows, args.dim, dataset.num_classes, 0)
     model.bag.attach(OPTIMIZERS[args.optimizer](model.bag.weight, args.lr))
-    indices, offsets = np.array([0, 1, 2, 3]), np.array([0, 2, 4])
-    model.train_step(indices, offsets, np.array([0, num_classes - 1]), args.lr)
+    docs = np.arange(min(args.batch_size, len(dataset.train)))
+    indices, offsets = dataset.train.batch(docs)
+    model.train_step(indices, offsets, dataset.train.labels[docs], args.lr)
     model.bag.optimizer.flush()
-    model.logits(indices, offsets)
+    accuracy(model, dataset.test)
     return time.perf_counter() - start
 
 
@@ -226,7 +229,7 @@ def run(args: argparse.Namespace, dataset: Dataset | None = None) -> dict:
     start = time.perf_counter()
     dataset = prepare(load_corpus(args), args) if dataset is None else dataset
     load_seconds = time.perf_counter() - start
-    warm_up_seconds = warm_up(args, dataset.num_classes)
+    warm_up_seconds = warm_up(args, dataset)
     model = Classifier(dataset.num_rows, args.dim, dataset.num_classes, args.seed)
     model.bag.attach(OPTIMIZERS[args.optimizer](model.bag.weight, args.lr))
     train_seconds = train(model, dataset.train, args)
