@@ -319,7 +319,7 @@ def check_per_sample_weights(
 
 
 def check_weights_mode(mode: Mode) -> None:
-    if mode == Mode.MAX:
+    if not mode.takes_weights:
         raise ValueError(
             "per_sample_weights is not supported with mode 'max' "
             "(use 'sum', 'mean' or 'sqrtn')"

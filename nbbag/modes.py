@@ -13,6 +13,11 @@ class Mode(IntEnum):
     MAX = 2
     SQRTN = 3
 
+    @property
+    def takes_weights(self) -> bool:
+        """Whether the mode takes ``per_sample_weights`` (all but max)."""
+        return self is not Mode.MAX
+
     @classmethod
     def parse(cls, mode: Mode | str) -> Mode:
         """Return the Mode for ``mode`` (a Mode or a case-insensitive name)."""

@@ -90,6 +90,17 @@ def catches_up(step_type: type) -> bool:
 
 
 # -- the rules ---------------------------------------------------------------------------
+@shared
+def begin_nothing(step, row, grad_row, row_state, t):
+    """``begin`` of a rule with no per-row value to compute."""
+    return 0.0
+
+
+@shared
+def end_nothing(step, begun, row, row_state, t):
+    """``end`` of a rule with no per-row state to write."""
+
+
 class PlainSGDStep(NamedTuple):
     """SGD without momentum or weight decay: w -= lr g."""
 
@@ -97,20 +108,14 @@ class PlainSGDStep(NamedTuple):
 
     reads = ()
 
-    @staticmethod
-    @shared
-    def begin(step, row, grad_row, row_state, t):
-        return 0.0
+    begin = staticmethod(begin_nothing)
 
     @staticmethod
     @shared
     def element(step, begun, w, state_rows, i, g):
         w[i] -= step.lr * g
 
-    @staticmethod
-    @shared
-    def end(step, begun, row, row_state, t):
-        pass
+    end = staticmethod(end_nothing)
 
 
 @shared
@@ -217,10 +222,7 @@ class AdagradStep(NamedTuple):
 
     reads = ("state_sum",)
 
-    @staticmethod
-    @shared
-    def begin(step, row, grad_row, row_state, t):
-        return 0.0
+    begin = staticmethod(begin_nothing)
 
     @staticmethod
     @shared
@@ -229,10 +231,7 @@ class AdagradStep(NamedTuple):
         squares[i] += g * g
         w[i] -= step.lr * g / (math.sqrt(squares[i]) + step.eps)
 
-    @staticmethod
-    @shared
-    def end(step, begun, row, row_state, t):
-        pass
+    end = staticmethod(end_nothing)
 
 
 ADAGRAD = Rule(
@@ -311,10 +310,7 @@ class AdamStep(NamedTuple):
         exp_avg_sq[i] += (g * g - exp_avg_sq[i]) * keep2
         w[i] -= step.step_size * exp_avg[i] / (math.sqrt(exp_avg_sq[i]) + step.eps)
 
-    @staticmethod
-    @shared
-    def end(step, begun, row, row_state, t):
-        pass
+    end = staticmethod(end_nothing)
 
 
 def _adam_step(values: dict, t: int) -> AdamStep:

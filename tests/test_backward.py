@@ -1,12 +1,11 @@
-"""The backward: row-sparse gradients against the reference, finite differences, and
-bit-identical results whatever the thread count."""
+"""The backward: row-sparse gradients against the reference and finite differences on
+every backend, and bit-identical results whatever the CPU's thread count."""
 
 import numba
 import numpy as np
 import pytest
-from hypothesis import given
 from hypothesis import strategies as st
-from strategies import Case, assert_close, cases
+from strategies import FIXED_CASES, MODES, Case, assert_close, cases, fixed_cases
 
 import nbbag
 from nbbag import reference
@@ -28,65 +27,99 @@ def reference_backward(case: Case, weight, grad_output):
     )
 
 
-@given(cases(), st.booleans())
-def test_matches_reference(case, scale_grad_by_freq):
-    case.kwargs["scale_grad_by_freq"] = scale_grad_by_freq
-    weight = case.weight.copy()
-    out, ctx = case.call(nbbag.embedding_bag_fwd, weight)
+def check_backward(case: Case, backend, tolerance=None) -> None:
+    """Forward and backward on the backend (every input on it, grad_output too): the
+    forward's output, and the rows, values (dense and through SciPy) and the weights'
+    gradient equal the reference's, read at the table as the forward left it; to
+    ``tolerance`` (a relative and absolute one) when given, else to the rounding of
+    the terms summed."""
+    weight = backend.array(case.weight.copy())
+    out, ctx = case.call(nbbag.embedding_bag_fwd, weight, to=backend.array)
+    out = backend.host(out)
+    expected_out = case.call(reference.embedding_bag, case.weight.copy())
+    assert_close(out, expected_out, case.weight.dtype, case.longest_bag)
     grad_output = np.random.default_rng(len(out)).standard_normal(out.shape)
     grad_output = grad_output.astype(out.dtype)
     weighted = "per_sample_weights" in case.kwargs
-    result = nbbag.embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad=weighted)
+    result = nbbag.embedding_bag_bwd(
+        backend.array(grad_output), ctx, per_sample_weights_grad=weighted
+    )
     grad, weights_grad = result if weighted else (result, None)
+    table = backend.host(weight)
     expected, expected_rows, expected_weights_grad = reference_backward(
-        case, weight, grad_output
+        case, table, grad_output
     )
 
-    assert grad.shape == weight.shape
-    assert grad.values.dtype == weight.dtype
-    np.testing.assert_array_equal(grad.rows, expected_rows)
+    assert grad.shape == table.shape
+    assert grad.values.dtype == table.dtype
+    np.testing.assert_array_equal(backend.host(grad.rows), expected_rows)
+    assert backend.host(grad.values).shape == (expected_rows.size, table.shape[1])
     terms = max(case.longest_bag, case.indices.size)
-    assert_close(grad.to_dense(), expected, weight.dtype, terms)
+
+    def close(actual, expected, terms):
+        if tolerance is None:
+            assert_close(actual, expected, table.dtype, terms)
+        else:
+            np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+
+    close(grad.to_dense(), expected, terms)
+    close(grad.to_scipy().toarray(), expected, terms)
     if weighted:
+        weights_grad = backend.host(weights_grad)
         assert weights_grad.shape == case.indices.shape
-        assert_close(
-            weights_grad.ravel(), expected_weights_grad, weight.dtype, weight.shape[1] * 4
-        )
+        close(weights_grad.ravel(), expected_weights_grad, table.shape[1] * 4)
 
 
-def loss(weight, case, grad_output, weights=None):
+def test_matches_reference(backend):
+    @st.composite
+    def with_scale(draw):
+        case = draw(cases(tiny=backend.tiny))
+        case.kwargs["scale_grad_by_freq"] = draw(st.booleans())
+        return case
+
+    backend.examples(with_scale(), lambda case: check_backward(case, backend))
+
+
+@pytest.mark.parametrize("name", FIXED_CASES)
+def test_fixed_bags_with_every_option(name, rng, backend):
+    """Every mode with and without padding, weighted (and the weights' gradient),
+    scale_grad_by_freq, 2-D indices, include_last_offset: an empty bag, a bag of
+    padding only, repeated rows; float32, to 1e-5."""
+    case = fixed_cases(rng)[name]
+    assert case.weight.dtype == np.float32
+    check_backward(case, backend, tolerance=1e-5)
+
+
+def loss(backend, weight, case, grad_output, weights=None):
     kwargs = dict(case.kwargs)
     if weights is not None:
         kwargs["per_sample_weights"] = weights
-    out = nbbag.embedding_bag(weight, case.indices, case.offsets, **kwargs)
-    return float((grad_output * out).sum())
+    table = backend.array(weight)
+    out = nbbag.embedding_bag(table, case.indices, case.offsets, **kwargs)
+    return float((grad_output * backend.host(out)).sum())
 
 
 @pytest.mark.parametrize(
     ("mode", "weighted"),
-    [
-        ("sum", False),
-        ("mean", False),
-        ("max", False),
-        ("sqrtn", False),
-        ("sum", True),
-        ("mean", True),
-        ("sqrtn", True),
-    ],
+    [(mode, False) for mode in MODES] + [(mode, True) for mode in MODES if mode != "max"],
 )
-def test_finite_differences(mode, weighted, rng):
-    """float64 central differences of sum(grad_output * out), for weight and weights."""
-    num_rows, dim = 12, 5
+def test_finite_differences(mode, weighted, rng, backend):
+    """float64 central differences of sum(grad_output * out), for weight and weights
+    (on the GPU a smaller table and batch: a forward per difference)."""
+    num_rows, dim = backend.pick(cpu=(12, 5), cuda=(8, 3))
+    num_tokens = backend.pick(cpu=20, cuda=12)
     weight = rng.standard_normal((num_rows, dim))
-    indices = rng.integers(0, num_rows, size=20)
-    offsets = np.array([0, 3, 3, 9, 14])
+    indices = rng.integers(0, num_rows, size=num_tokens)
+    offsets = np.array([0, 3, 3, 9, 14]) if num_tokens == 20 else np.array([0, 3, 3, 9])
     kwargs = {"mode": mode, "padding_idx": int(indices[5])}
     if weighted:
-        kwargs["per_sample_weights"] = rng.uniform(0.2, 2.0, size=20)
+        kwargs["per_sample_weights"] = rng.uniform(0.2, 2.0, size=num_tokens)
     case = Case(weight, indices, offsets, kwargs)
-    out, ctx = case.call(nbbag.embedding_bag_fwd, weight)
+    out, ctx = case.call(nbbag.embedding_bag_fwd, backend.array(weight))
     grad_output = rng.standard_normal(out.shape)
-    result = nbbag.embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad=weighted)
+    result = nbbag.embedding_bag_bwd(
+        backend.array(grad_output), ctx, per_sample_weights_grad=weighted
+    )
     grad = (result[0] if weighted else result).to_dense()
 
     step = 1e-6
@@ -97,7 +130,8 @@ def test_finite_differences(mode, weighted, rng):
             plus[r, d] += step
             minus[r, d] -= step
             numeric[r, d] = (
-                loss(plus, case, grad_output) - loss(minus, case, grad_output)
+                loss(backend, plus, case, grad_output)
+                - loss(backend, minus, case, grad_output)
             ) / (2 * step)
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
     if weighted:
@@ -108,15 +142,18 @@ def test_finite_differences(mode, weighted, rng):
             plus[p] += step
             minus[p] -= step
             numeric_weights[p] = (
-                loss(weight, case, grad_output, plus)
-                - loss(weight, case, grad_output, minus)
+                loss(backend, weight, case, grad_output, plus)
+                - loss(backend, weight, case, grad_output, minus)
             ) / (2 * step)
-        np.testing.assert_allclose(result[1], numeric_weights, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(
+            backend.host(result[1]), numeric_weights, rtol=1e-6, atol=1e-8
+        )
 
 
-@pytest.mark.parametrize("mode", ["sum", "mean", "max", "sqrtn"])
+@pytest.mark.parametrize("mode", MODES)
 def test_bit_identical_with_one_and_two_threads(mode, rng):
-    """A batch where one row appears 10^5 times: the values do not depend on threads."""
+    """A batch where one row appears 10^5 times: the values do not depend on threads
+    (the CPU's; the GPU's launch configurations: tests/test_cuda.py)."""
     num_rows, dim = 1000, 16
     weight = rng.standard_normal((num_rows, dim)).astype(np.float32)
     indices = rng.integers(0, num_rows, size=150_000)
@@ -138,8 +175,8 @@ def test_bit_identical_with_one_and_two_threads(mode, rng):
     assert values[1][1].tobytes() == values[2][1].tobytes()
 
 
-def test_rows_list_only_rows_that_got_a_contribution(rng):
-    weight = rng.standard_normal((10, 3))
+def test_rows_list_only_rows_that_got_a_contribution(rng, backend):
+    weight = backend.array(rng.standard_normal((10, 3)))
     # row 0: padding only; row 1: weight 0; rows 2, 3: in a bag whose weights sum to 0;
     # row 4: contributes; rows 5-9 never appear.
     indices = np.array([0, 1, 4, 2, 3])
@@ -147,63 +184,66 @@ def test_rows_list_only_rows_that_got_a_contribution(rng):
     _, ctx = nbbag.embedding_bag_fwd(
         weight, indices, [0, 3], mode="mean", per_sample_weights=weights, padding_idx=0
     )
-    grad = nbbag.embedding_bag_bwd(np.ones((2, 3)), ctx)
-    np.testing.assert_array_equal(grad.rows, [4])
+    grad = nbbag.embedding_bag_bwd(backend.array(np.ones((2, 3))), ctx)
+    np.testing.assert_array_equal(backend.host(grad.rows), [4])
 
 
-def test_max_lists_only_the_winners(rng):
-    weight = np.array([[1.0, 5.0], [2.0, 0.0], [0.0, 0.0], [3.0, 1.0]])
+def test_max_lists_only_the_winners(backend):
+    weight = backend.array(np.array([[1.0, 5.0], [2.0, 0.0], [0.0, 0.0], [3.0, 1.0]]))
     _, ctx = nbbag.embedding_bag_fwd(weight, [0, 1, 2, 3, 3], [0], mode="max")
-    grad = nbbag.embedding_bag_bwd(np.array([[10.0, 20.0]]), ctx)
-    np.testing.assert_array_equal(grad.rows, [0, 3])  # row 3 wins dim 0 (first copy)
-    np.testing.assert_array_equal(grad.values, [[0.0, 20.0], [10.0, 0.0]])
+    grad = nbbag.embedding_bag_bwd(backend.array(np.array([[10.0, 20.0]])), ctx)
+    np.testing.assert_array_equal(backend.host(grad.rows), [0, 3])  # row 3: 1st copy
+    np.testing.assert_array_equal(backend.host(grad.values), [[0.0, 20.0], [10.0, 0.0]])
 
 
-def test_empty_batch_and_all_padding(rng):
-    weight = rng.standard_normal((5, 2))
+def test_empty_batch_and_all_padding(rng, backend):
+    weight = backend.array(rng.standard_normal((5, 2)))
     _, ctx = nbbag.embedding_bag_fwd(weight, [3, 3], [0, 0], mode="sum", padding_idx=3)
-    grad = nbbag.embedding_bag_bwd(np.ones((2, 2)), ctx)
+    grad = nbbag.embedding_bag_bwd(backend.array(np.ones((2, 2))), ctx)
     assert grad.rows.shape == (0,) and grad.values.shape == (0, 2)
+    assert backend.host(grad.values).shape == (0, 2)
     np.testing.assert_array_equal(grad.to_dense(), np.zeros((5, 2)))
 
 
-def test_ctx_can_be_reused_and_trailing_tokens_get_nothing(rng):
-    weight = rng.standard_normal((6, 2))
+def test_ctx_can_be_reused_and_trailing_tokens_get_nothing(rng, backend):
+    weight = backend.array(rng.standard_normal((6, 2)))
     _, ctx = nbbag.embedding_bag_fwd(
         weight, [1, 2, 5], [0, 2], include_last_offset=True, mode="sum"
     )
-    first = nbbag.embedding_bag_bwd(np.ones((1, 2)), ctx)
-    second = nbbag.embedding_bag_bwd(np.ones((1, 2)), ctx)
-    np.testing.assert_array_equal(first.rows, [1, 2])  # row 5 is past the last offset
-    np.testing.assert_array_equal(first.values, second.values)
+    first = nbbag.embedding_bag_bwd(backend.array(np.ones((1, 2))), ctx)
+    second = nbbag.embedding_bag_bwd(backend.array(np.ones((1, 2))), ctx)
+    np.testing.assert_array_equal(backend.host(first.rows), [1, 2])  # 5: past the end
+    np.testing.assert_array_equal(backend.host(first.values), backend.host(second.values))
 
 
 # Bad input: the argument named, nothing computed.
 
 
 @pytest.fixture
-def forward(rng):
-    weight = rng.standard_normal((10, 4))
+def forward(rng, backend):
+    weight = backend.array(rng.standard_normal((10, 4)))
     out, ctx = nbbag.embedding_bag_fwd(weight, [1, 2, 3], [0, 1], mode="mean")
     return weight, out, ctx
 
 
-def test_grad_output_of_wrong_shape(forward):
+def test_grad_output_of_wrong_shape(forward, backend):
     _, out, ctx = forward
     with pytest.raises(ValueError, match=r"grad_output.*\(2, 4\).*\(2, 3\)"):
-        nbbag.embedding_bag_bwd(np.ones((2, 3)), ctx)
+        nbbag.embedding_bag_bwd(backend.array(np.ones((2, 3))), ctx)
 
 
-def test_grad_output_of_wrong_dtype(forward):
+def test_grad_output_of_wrong_dtype(forward, backend):
     _, out, ctx = forward
     with pytest.raises(ValueError, match="grad_output.*float64.*float32"):
-        nbbag.embedding_bag_bwd(np.ones(out.shape, dtype=np.float32), ctx)
+        nbbag.embedding_bag_bwd(backend.array(np.ones(out.shape, dtype=np.float32)), ctx)
+    with pytest.raises(ValueError, match="grad_output.*float64.*float32"):
+        nbbag.embedding_bag_bwd(np.ones(out.shape, dtype=np.float32), ctx)  # host
 
 
-def test_grad_output_not_an_array(forward):
+def test_grad_output_not_an_array(forward, backend):
     _, out, ctx = forward
     with pytest.raises(TypeError, match="grad_output.*list"):
-        nbbag.embedding_bag_bwd(out.tolist(), ctx)
+        nbbag.embedding_bag_bwd(backend.host(out).tolist(), ctx)
 
 
 def test_ctx_of_wrong_type(forward):
@@ -212,8 +252,11 @@ def test_ctx_of_wrong_type(forward):
         nbbag.embedding_bag_bwd(out, {})
 
 
-def test_ctx_after_the_weight_shape_changed(forward):
-    weight, out, ctx = forward
+def test_ctx_after_the_weight_shape_changed(rng):
+    """NumPy only: a device array's shape cannot be changed in place (the layer's
+    replaced weight: tests/test_layer.py)."""
+    weight = rng.standard_normal((10, 4))
+    out, ctx = nbbag.embedding_bag_fwd(weight, [1, 2, 3], [0, 1], mode="mean")
     weight.shape = (20, 2)  # the same buffer, another table
     with pytest.raises(ValueError, match=r"weight.*\(10, 4\).*\(20, 2\)"):
         nbbag.embedding_bag_bwd(out, ctx)
@@ -226,18 +269,18 @@ def test_per_sample_weights_grad_without_weights(forward):
 
 
 @pytest.mark.parametrize("mode", ["max", "weighted"])
-def test_the_highest_row_without_a_contribution_is_left_out(mode, rng):
+def test_the_highest_row_without_a_contribution_is_left_out(mode, rng, backend):
     """The last of the sorted rows gets nothing: the values must still line up."""
     weight = np.abs(rng.standard_normal((10, 3)))
     weight[9] = -1.0  # loses every dimension of max
     options = {"mode": "max"}
     if mode == "weighted":
         options = {"mode": "sum", "per_sample_weights": np.array([1.0, 2.0, 0.0])}
-    _, ctx = nbbag.embedding_bag_fwd(weight, [2, 5, 9], [0], **options)
-    grad = nbbag.embedding_bag_bwd(np.ones((1, 3)), ctx)
+    _, ctx = nbbag.embedding_bag_fwd(backend.array(weight), [2, 5, 9], [0], **options)
+    grad = nbbag.embedding_bag_bwd(backend.array(np.ones((1, 3))), ctx)
     expected, rows, _ = reference.embedding_bag_backward(
         np.ones((1, 3)), weight, [2, 5, 9], [0], **options
     )
-    assert 9 not in grad.rows
-    np.testing.assert_array_equal(grad.rows, rows)
+    assert 9 not in backend.host(grad.rows)
+    np.testing.assert_array_equal(backend.host(grad.rows), rows)
     np.testing.assert_allclose(grad.to_dense(), expected)

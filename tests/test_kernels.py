@@ -1,11 +1,31 @@
-"""nbbag.kernels, called the way users compose them: from Python and from @njit."""
+"""nbbag.kernels, called the way users compose them: from Python and from @njit; and
+the kernels both namespaces have (nbbag.kernels.cuda: the GPU's) on every backend."""
 
 import numpy as np
 import pytest
 from numba import njit
+from strategies import MODES
 
 from nbbag import kernels, reference
 from nbbag.base.records import TokenGroups
+
+
+def call(backend, name, *args, grouped=None, linear=None):
+    """The kernel ``name`` of the backend's namespace on ``args`` (NumPy arrays and
+    scalars), its outputs written back into them.  On the GPU the arrays are copied
+    over and back, and the kernel is launched one thread group per item of
+    ``grouped`` = (items, D), or one thread per item of ``linear`` = items."""
+    if backend.name == "cpu":
+        return getattr(kernels, name)(*args)
+    from nbbag.cuda import launch
+    from nbbag.kernels import cuda as gpu_kernels
+
+    config = launch.grouped(*grouped) if grouped is not None else launch.linear(linear)
+    device = [backend.array(a) if isinstance(a, np.ndarray) else a for a in args]
+    getattr(gpu_kernels, name)[config](*device)
+    for array, copy in zip(args, device, strict=True):
+        if isinstance(array, np.ndarray):
+            array[...] = backend.host(copy)
 
 
 @njit
@@ -58,30 +78,25 @@ def test_per_bag_functions_from_a_users_njit_loop(bags):
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("kernel", "mode", "weighted"),
-    [
-        (kernels.bag_sum, "sum", False),
-        (kernels.bag_mean, "mean", False),
-        (kernels.bag_sqrtn, "sqrtn", False),
-        (kernels.bag_max, "max", False),
-        (kernels.bag_weighted_sum, "sum", True),
-        (kernels.bag_weighted_mean, "mean", True),
-        (kernels.bag_weighted_sqrtn, "sqrtn", True),
-    ],
-)
+BAG_KERNELS = [
+    *((f"bag_{mode}", mode, False) for mode in MODES),
+    *((f"bag_weighted_{mode}", mode, True) for mode in MODES if mode != "max"),
+]
+
+
+@pytest.mark.parametrize(("kernel", "mode", "weighted"), BAG_KERNELS)
 def test_every_bag_kernel_from_python_writes_every_element(
-    kernel, mode, weighted, bags, rng
+    kernel, mode, weighted, bags, rng, backend
 ):
     weight, indices, offsets = bags
     out = np.full((4, 6), np.nan, dtype=np.float32)  # poisoned: every element is written
     options = {"mode": mode, "include_last_offset": True, "padding_idx": int(indices[3])}
+    args = (weight, indices, offsets)
     if weighted:
         psw = rng.uniform(0.5, 1.5, size=30).astype(np.float32)
-        kernel(weight, indices, offsets, psw, out, options["padding_idx"])
+        args += (psw,)
         options["per_sample_weights"] = psw
-    else:
-        kernel(weight, indices, offsets, out, options["padding_idx"])
+    call(backend, kernel, *args, out, options["padding_idx"], grouped=out.shape)
     expected = reference.embedding_bag(weight, indices, offsets, **options)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
@@ -150,39 +165,59 @@ def test_row_gradients_specialised_for_width_equal_the_generic_ones(
     np.testing.assert_array_equal(specialised, generic)
 
 
-def test_renorm_rows_and_index_range(rng):
+def test_renorm_rows(rng, backend):
     weight = 5 * rng.standard_normal((8, 3))
     expected = weight.copy()
     reference.renorm(expected, [1, 6], max_norm=1.0, norm_type=2.0)
-    kernels.renorm_rows(weight, np.array([1, 6]), 1.0, 2.0)
+    call(backend, "renorm_rows", weight, np.array([1, 6]), 1.0, 2.0, linear=2)
     np.testing.assert_allclose(weight, expected, rtol=1e-12)
+
+
+def test_index_range():
+    """The CPU's (the GPU checks ids with its own kernels)."""
     assert kernels.index_range(np.array([4, -3, 9, 0])) == (-3, 9)
 
 
-def test_bag_max_argmax_records_the_first_winner(rng):
+def test_bag_max_argmax_records_the_first_winner(rng, backend):
     weight = np.array([[1.0, 5.0], [2.0, 0.0], [2.0, 7.0]])
     indices = np.array([0, 1, 2, 1])
     out = np.empty((2, 2))
     argmax = np.full((2, 2), 99, dtype=np.int64)
-    kernels.bag_max_argmax(weight, indices, np.array([0, 3, 3]), out, argmax)
+    offsets = np.array([0, 3, 3])
+    call(
+        backend, "bag_max_argmax", weight, indices, offsets, out, argmax, -1, grouped=(2, 2)
+    )
     np.testing.assert_array_equal(out, [[2.0, 7.0], [0.0, 0.0]])
     np.testing.assert_array_equal(argmax, [[1, 2], [-1, -1]])  # row 1 ties row 2: first
 
 
 @pytest.mark.parametrize("sort_type", [np.int32, np.int64])
 @pytest.mark.parametrize("num_chunks", [1, 2, 3, 8])
-def test_group_positions_by_row_is_a_stable_grouping(num_chunks, sort_type, rng):
+def test_group_positions_by_row_is_a_stable_grouping(num_chunks, sort_type, rng, backend):
     """The same grouping as a stable argsort, for any chunking (30,000 tokens: up to 7
-    chunks of 4096, each finding its own row starts) and either sort type."""
-    indices = rng.integers(0, 5000, size=30_000)
+    chunks of 4096, each finding its own row starts; the GPU: 400 tokens of 300 rows,
+    two radix passes) and either sort type."""
+    num_rows, count = backend.pick(cpu=(5000, 30_000), cuda=(300, 400))
+    indices = rng.integers(0, num_rows, size=count)
     indices[rng.random(indices.size) < 0.3] = 17  # a hot row
     bag_of = np.where(rng.random(indices.size) < 0.2, -1, 0)
-    rows, row_ptr, positions = kernels.group_positions_by_row(
-        indices, bag_of, 5000, num_chunks, sort_type
+    if backend.name == "cpu":
+        group = kernels.group_positions_by_row
+    else:
+        from nbbag.kernels import cuda as gpu_kernels
+
+        group = gpu_kernels.group_positions_by_row
+    rows, row_ptr, positions = (
+        backend.host(array)
+        for array in group(
+            backend.array(indices), backend.array(bag_of), num_rows, num_chunks, sort_type
+        )
     )
     assert rows.dtype == row_ptr.dtype == np.int64 and positions.dtype == sort_type
     kept = np.flatnonzero(bag_of >= 0)
     expected_order = kept[np.argsort(indices[kept], kind="stable")]
+    np.testing.assert_array_equal(positions[: row_ptr[-1]], expected_order)
+    # ... and nothing after them: positions holds the tokens in a bag only
     np.testing.assert_array_equal(positions, expected_order)
     unique, counts = np.unique(indices[kept], return_counts=True)
     np.testing.assert_array_equal(rows, unique)

@@ -1,15 +1,19 @@
-"""The lazy optimizers: against torch (sparse, and dense for exact SGD), a NumPy row-wise
-Adagrad and the step-by-step catch-up recurrence; fused against unfused steps;
-checkpoints; SciPy gradients; bad input leaving weight and state untouched."""
+"""The lazy optimizers on every backend: against torch (sparse, and dense for exact
+SGD), a NumPy row-wise Adagrad and the step-by-step catch-up recurrence; fused against
+unfused steps; checkpoints; SciPy gradients; bad input leaving weight and state
+untouched.  The GPU runs fewer steps, and a covering subset where the CPU runs a
+product of options (see tests/backends.py)."""
 
 import re
 
 import numpy as np
 import pytest
 import scipy.sparse
+from backends import covering, on_backends, product
+from strategies import FIXED_PADDING, MODES, fixed_bags
 
 import nbbag
-from nbbag import optim
+from nbbag import optim, reference
 from nbbag.sparse import RowSparseGrad
 
 try:
@@ -47,11 +51,12 @@ def state_arrays(opt) -> dict:
     return {name: getattr(opt, name) for name in STATE_NAMES if hasattr(opt, name)}
 
 
-def snapshot(opt) -> dict:
-    """Copies of everything an optimizer holds: weight, state, step count, hypers."""
-    copies = {name: array.copy() for name, array in state_arrays(opt).items()}
+def snapshot(opt, backend) -> dict:
+    """Host copies of everything an optimizer holds: weight, state, step count, hypers."""
+    copies = {name: backend.host(array).copy() for name, array in state_arrays(opt).items()}
     copies.update({name: getattr(opt, name) for name in opt.hyper_names})
-    return {"weight": opt.weight.copy(), "step_count": opt.step_count, **copies}
+    weight = backend.host(opt.weight).copy()
+    return {"weight": weight, "step_count": opt.step_count, **copies}
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -60,11 +65,12 @@ def assert_same(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key, strict=True)
 
 
-def train_step(opt, batch, mode="mean"):
+def train_step(opt, batch, backend, mode="mean"):
+    """catch_up (the ids on the backend), forward, backward, step."""
     indices, offsets, grad_output = batch
-    opt.catch_up(indices)
+    opt.catch_up(backend.array(indices))
     _, ctx = nbbag.embedding_bag_fwd(opt.weight, indices, offsets, mode=mode)
-    opt.step(nbbag.embedding_bag_bwd(grad_output, ctx))
+    opt.step(nbbag.embedding_bag_bwd(backend.array(grad_output), ctx))
 
 
 # Lazy optimizers against torch on sparse gradients.
@@ -105,6 +111,8 @@ LAZY = {
         lambda p: RowWiseAdagradReference(p, 0.2),
     ),
 }
+SPARSE_MODES = ("sum", "mean")  # torch's sparse gradients, as the tests below use them
+LAZY_CASES = product(LAZY, SPARSE_MODES)
 
 
 def torch_bags(param, indices, offsets, mode, sparse):
@@ -115,25 +123,32 @@ def torch_bags(param, indices, offsets, mode, sparse):
 
 
 @needs_torch
-@pytest.mark.parametrize("mode", ["sum", "mean"])
-@pytest.mark.parametrize("name", list(LAZY))
-def test_lazy_optimizers_match_torch_on_sparse_gradients(name, mode, rng):
-    weight = rng.standard_normal((200, 6))
+@on_backends("name, mode", LAZY_CASES, cuda=covering(LAZY_CASES))
+def test_lazy_optimizers_match_torch_on_sparse_gradients(name, mode, rng, backend):
+    """32 steps on a table of 200 rows (the GPU: 4 steps, 60 rows)."""
+    num_rows = backend.pick(cpu=200, cuda=60)
+    weight = rng.standard_normal((num_rows, 6))
     start = weight.copy()
     param = torch.nn.Parameter(torch.from_numpy(weight.copy()))
-    ours, theirs = LAZY[name][0](weight), LAZY[name][1](param)
-    batches = zipf_batches(rng, 32, 200, 6)
-    assert np.unique(np.concatenate([b[0] for b in batches])).size < 150  # rows left out
+    table = backend.array(weight)
+    ours, theirs = LAZY[name][0](table), LAZY[name][1](param)
+    batches = zipf_batches(rng, backend.pick(cpu=32, cuda=4), num_rows, 6)
+    seen = np.unique(np.concatenate([b[0] for b in batches]))
+    assert seen.size < 0.75 * num_rows  # rows left out
     for indices, offsets, grad_output in batches:
-        out, ctx = nbbag.embedding_bag_fwd(weight, indices, offsets, mode=mode)
+        out, ctx = nbbag.embedding_bag_fwd(table, indices, offsets, mode=mode)
         out_t = torch_bags(param, indices, offsets, mode, sparse=True)
-        np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-10, atol=1e-13)
-        ours.step(nbbag.embedding_bag_bwd(grad_output, ctx))
+        np.testing.assert_allclose(
+            backend.host(out), out_t.detach().numpy(), rtol=1e-10, atol=1e-13
+        )
+        ours.step(nbbag.embedding_bag_bwd(backend.array(grad_output), ctx))
         out_t.backward(torch.from_numpy(grad_output))
         theirs.step()
         theirs.zero_grad()
-        np.testing.assert_allclose(weight, param.detach().numpy(), rtol=1e-10, atol=1e-13)
-    assert not np.allclose(weight, start)
+        np.testing.assert_allclose(
+            backend.host(table), param.detach().numpy(), rtol=1e-10, atol=1e-13
+        )
+    assert not np.allclose(backend.host(table), start)
 
 
 # Exact SGD (momentum, weight decay) against dense torch.
@@ -143,66 +158,81 @@ EXACT = {
     "momentum-wd": {"momentum": 0.9, "weight_decay": 0.01},
     "wd": {"weight_decay": 0.01},
 }
+EXACT_CASES = product(EXACT, SPARSE_MODES, [True, False])
 
 
-def run_exact_sgd(rng, hyper, mode, catch_up, change=None):
-    """SGD over a Zipf stream, nbbag and dense torch side by side; ``change`` = (step,
-    name, value) sets a hyperparameter on both mid-stream."""
-    weight = rng.standard_normal((200, 6))
+def run_exact_sgd(rng, backend, hyper, mode, catch_up, change=None):
+    """SGD over a Zipf stream (32 steps on 200 rows; the GPU: 4 steps, 60 rows), nbbag
+    and dense torch side by side; ``change`` = (step, name, value) sets a
+    hyperparameter on both mid-stream."""
+    num_rows = backend.pick(cpu=200, cuda=60)
+    weight = rng.standard_normal((num_rows, 6))
     param = torch.nn.Parameter(torch.from_numpy(weight.copy()))
-    ours = optim.SGD(weight, lr=0.05, **hyper)
+    table = backend.array(weight)
+    ours = optim.SGD(table, lr=0.05, **hyper)
     theirs = torch.optim.SGD([param], lr=0.05, **hyper)
-    for step, (indices, offsets, grad_output) in enumerate(zipf_batches(rng, 32, 200, 6)):
+    batches = zipf_batches(rng, backend.pick(cpu=32, cuda=4), num_rows, 6)
+    for step, (indices, offsets, grad_output) in enumerate(batches):
         if change is not None and step == change[0]:
             setattr(ours, change[1], change[2])
             theirs.param_groups[0][change[1]] = change[2]
         if catch_up:
-            ours.catch_up(indices)
-        out, ctx = nbbag.embedding_bag_fwd(weight, indices, offsets, mode=mode)
+            ours.catch_up(backend.array(indices))
+        out, ctx = nbbag.embedding_bag_fwd(table, indices, offsets, mode=mode)
         out_t = torch_bags(param, indices, offsets, mode, sparse=False)
         if catch_up:
-            np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-9, atol=1e-13)
-        ours.step(nbbag.embedding_bag_bwd(grad_output, ctx))
+            np.testing.assert_allclose(
+                backend.host(out), out_t.detach().numpy(), rtol=1e-9, atol=1e-13
+            )
+        ours.step(nbbag.embedding_bag_bwd(backend.array(grad_output), ctx))
         out_t.backward(torch.from_numpy(grad_output))
         theirs.step()
         theirs.zero_grad()
     ours.flush()
-    np.testing.assert_allclose(weight, param.detach().numpy(), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(
+        backend.host(table), param.detach().numpy(), rtol=1e-9, atol=1e-13
+    )
     if ours.momentum:
         buffer = theirs.state[param]["momentum_buffer"].numpy()
-        np.testing.assert_allclose(ours.momentum_buffer, buffer, rtol=1e-9, atol=1e-13)
+        np.testing.assert_allclose(
+            backend.host(ours.momentum_buffer), buffer, rtol=1e-9, atol=1e-13
+        )
 
 
 @needs_torch
-@pytest.mark.parametrize("catch_up", [True, False], ids=["catch_up", "flush_only"])
-@pytest.mark.parametrize("mode", ["sum", "mean"])
-@pytest.mark.parametrize("hyper", list(EXACT))
-def test_exact_sgd_matches_dense_torch(hyper, mode, catch_up, rng):
+@on_backends("hyper, mode, catch_up", EXACT_CASES, cuda=covering(EXACT_CASES))
+def test_exact_sgd_matches_dense_torch(hyper, mode, catch_up, rng, backend):
     """With catch_up before each forward the outputs equal torch's; without, only the
     final (flushed) weights must."""
-    run_exact_sgd(rng, EXACT[hyper], mode, catch_up)
+    run_exact_sgd(rng, backend, EXACT[hyper], mode, catch_up)
+
+
+HYPER_CHANGES = [
+    ("momentum-wd", "lr", 0.02),
+    ("momentum", "momentum", 0.5),
+    ("momentum-wd", "weight_decay", 0.0),
+    ("plain", "weight_decay", 0.01),  # plain SGD becomes one that needs catch-up
+    ("plain", "momentum", 0.9),
+]
 
 
 @needs_torch
-@pytest.mark.parametrize(
-    ("hyper", "name", "value"),
-    [
-        ("momentum-wd", "lr", 0.02),
-        ("momentum", "momentum", 0.5),
-        ("momentum-wd", "weight_decay", 0.0),
-        ("plain", "weight_decay", 0.01),  # plain SGD becomes one that needs catch-up
-        ("plain", "momentum", 0.9),
-    ],
-)
-def test_changing_a_hyperparameter_mid_stream_matches_dense_torch(hyper, name, value, rng):
-    run_exact_sgd(rng, EXACT.get(hyper, {}), "mean", True, change=(15, name, value))
+@on_backends("hyper, name, value", HYPER_CHANGES)
+def test_changing_a_hyperparameter_mid_stream_matches_dense_torch(
+    hyper, name, value, rng, backend
+):
+    """The change at step 15 of 32 (2 of 4 on the GPU)."""
+    change = (backend.pick(cpu=15, cuda=2), name, value)
+    run_exact_sgd(rng, backend, EXACT.get(hyper, {}), "mean", True, change=change)
 
 
 # The closed-form catch-up against the step-by-step recurrence.
 
 
-def test_closed_form_catch_up_equals_the_recurrence(rng):
+def test_closed_form_catch_up_equals_the_recurrence(rng, backend):
+    """1000 steps (24 on the GPU), a catch-up of one row in the middle."""
     lr, momentum, weight_decay = 0.05, 0.9, 0.01
+    num_steps, catch_up_at = backend.pick(cpu=(1000, 400), cuda=(24, 10))
 
     def recurrence(w, u, steps):  # dense SGD with a zero gradient
         for _ in range(steps):
@@ -212,31 +242,144 @@ def test_closed_form_catch_up_equals_the_recurrence(rng):
 
     weight = rng.standard_normal((8, 6))
     untouched = weight[1].copy()
-    opt = optim.SGD(weight, lr, momentum=momentum, weight_decay=weight_decay)
+    table = backend.array(weight)
+    opt = optim.SGD(table, lr, momentum=momentum, weight_decay=weight_decay)
     opt.step(RowSparseGrad([0, 3], rng.standard_normal((2, 6)), weight.shape))
-    row0, buffer0 = weight[0].copy(), opt.momentum_buffer[0].copy()
+    row0 = backend.host(table)[0].copy()
+    buffer0 = backend.host(opt.momentum_buffer)[0].copy()
     assert np.all(buffer0 != 0)
-    for step in range(1000):
+    for step in range(num_steps):
         rows = np.sort(rng.choice(np.arange(2, 8), size=3, replace=False))
         opt.step(RowSparseGrad(rows, rng.standard_normal((3, 6)), weight.shape))
-        if step == 400:
+        if step == catch_up_at:
             opt.catch_up([1])  # a catch-up in the middle must compose with the rest
     opt.flush()
-    expected_w, expected_u = recurrence(row0, buffer0, 1000)
+    weight, buffer = backend.host(table), backend.host(opt.momentum_buffer)
+    expected_w, expected_u = recurrence(row0, buffer0, num_steps)
     np.testing.assert_allclose(weight[0], expected_w, rtol=1e-9)
-    np.testing.assert_allclose(opt.momentum_buffer[0], expected_u, rtol=1e-9)
-    expected_w, expected_u = recurrence(untouched, np.zeros(6), 1001)
+    np.testing.assert_allclose(buffer[0], expected_u, rtol=1e-9)
+    expected_w, expected_u = recurrence(untouched, np.zeros(6), num_steps + 1)
     np.testing.assert_allclose(weight[1], expected_w, rtol=1e-9)
-    np.testing.assert_allclose(opt.momentum_buffer[1], expected_u, rtol=1e-9)
+    np.testing.assert_allclose(buffer[1], expected_u, rtol=1e-9)
+
+
+# A training sequence (step, step_fused, catch_up, flush, state_dict) against torch fed
+# the reference's gradient: every optimizer, on every backend.
+
+TWINS = {
+    "SGD": lambda p: torch.optim.SGD([p], lr=0.1),
+    "SGD-momentum-wd": lambda p: torch.optim.SGD(
+        [p], lr=0.1, momentum=0.9, weight_decay=0.01
+    ),
+    "Adagrad": lambda p: torch.optim.Adagrad([p], lr=0.1, initial_accumulator_value=0.2),
+    "RowWiseAdagrad": lambda p: RowWiseAdagradReference(p, lr=0.1),
+    "Adam": lambda p: torch.optim.SparseAdam([p], lr=0.01, betas=(0.8, 0.95), eps=1e-6),
+}
+SPARSE_TWINS = ("RowWiseAdagrad", "Adam")  # lazy: fed only the gradient's rows
+TORCH_STATE_NAMES = {  # torch's state under nbbag's names
+    "momentum_buffer": "momentum_buffer",
+    "sum": "state_sum",
+    "exp_avg": "exp_avg",
+    "exp_avg_sq": "exp_avg_sq",
+}
+
+
+def twin_state(twin, param) -> dict:
+    """The per-row and per-element state of a torch twin, under nbbag's names."""
+    if isinstance(twin, RowWiseAdagradReference):
+        return {"state_sum": twin.state}
+    state = twin.state[param]
+    return {
+        ours: state[theirs].numpy()
+        for theirs, ours in TORCH_STATE_NAMES.items()
+        if torch.is_tensor(state.get(theirs))
+    }
+
+
+def feed_twin(name, twin, param, dense, rows) -> None:
+    """One step of the torch twin with the gradient ``dense`` (whose rows are ``rows``)."""
+    if name in SPARSE_TWINS:
+        index = torch.from_numpy(rows)[None]
+        grad = torch.sparse_coo_tensor(index, torch.from_numpy(dense[rows]), dense.shape)
+        param.grad = grad
+    else:
+        param.grad = torch.from_numpy(dense)
+    twin.step()
+    twin.zero_grad()
+
+
+def test_twins_cover_every_optimizer():
+    assert TWINS.keys() == OPTIMIZERS.keys()
+
+
+SEQUENCE_TOLERANCE = {np.float32: (1e-5, 1e-5), np.float64: (1e-10, 1e-13)}
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_a_training_sequence_matches_torch_fed_the_reference_gradient(
+    name, dtype, rng, backend
+):
+    """A step (mean, padding), a fused step (max), a step (weighted sqrtn), each after
+    catching its rows up; then a catch-up of rows no batch touched, a flush,
+    state_dict (host arrays, torch's state) and load_state_dict into a fresh optimizer.
+    The table equals torch's, its optimizer stepped with the reference's gradient."""
+    rtol, atol = SEQUENCE_TOLERANCE[dtype]
+    weight, indices, offsets, weights = fixed_bags(rng, dtype=dtype)
+    param = torch.nn.Parameter(torch.from_numpy(weight.copy()))
+    table = backend.array(weight)
+    ours, twin = OPTIMIZERS[name](table), TWINS[name](param)
+    batches = [
+        ("step", indices, offsets, {"mode": "mean", "padding_idx": FIXED_PADDING}),
+        ("step_fused", indices[3:], np.array([0, 2, 5]), {"mode": "max"}),
+        ("step", indices, offsets, {"mode": "sqrtn", "per_sample_weights": weights}),
+    ]
+
+    def assert_rows_match(rows):
+        expected = param.detach().numpy()[rows]
+        np.testing.assert_allclose(
+            backend.host(table)[rows], expected, rtol=rtol, atol=atol
+        )
+
+    for how, batch_indices, batch_offsets, kwargs in batches:
+        ours.catch_up(backend.array(batch_indices))
+        out, ctx = nbbag.embedding_bag_fwd(table, batch_indices, batch_offsets, **kwargs)
+        grad_output = rng.standard_normal(backend.host(out).shape).astype(dtype)
+        dense, rows, _ = reference.embedding_bag_backward(
+            grad_output, param.detach().numpy(), batch_indices, batch_offsets, **kwargs
+        )
+        dense = dense.astype(dtype)
+        if how == "step_fused":
+            ours.step_fused(backend.array(grad_output), ctx)
+        else:
+            ours.step(nbbag.embedding_bag_bwd(backend.array(grad_output), ctx))
+        feed_twin(name, twin, param, dense, rows)
+        assert_rows_match(rows)  # the rows with a gradient (padding lags a step)
+    ours.catch_up(backend.array(np.array([0, 5, 5])))  # row 5: in no batch; twice
+    assert_rows_match([0, 5])
+    ours.flush()
+    assert_rows_match(slice(None))
+
+    state = ours.state_dict()
+    assert state["step_count"] == len(batches)
+    for state_name in ours.state_names:
+        assert isinstance(state[state_name], np.ndarray), state_name
+    for state_name, expected in twin_state(twin, param).items():
+        np.testing.assert_allclose(
+            state[state_name], expected, rtol=rtol, atol=atol, err_msg=state_name
+        )
+    if "last_step" in state and ours.momentum:
+        np.testing.assert_array_equal(state["last_step"], len(batches))  # flushed
+    restored = OPTIMIZERS[name](backend.copy(table))
+    restored.load_state_dict(state)
+    assert_same(snapshot(restored, backend), snapshot(ours, backend))
 
 
 # step_fused against step(embedding_bag_bwd(...)), bit for bit.
 
 BATCH_OPTIONS = {
-    "sum": ("sum", {}),
-    "mean": ("mean", {}),
-    "max": ("max", {}),
-    "sqrtn": ("sqrtn", {}),
+    **{mode: (mode, {}) for mode in MODES},
     "sum-weighted": ("sum", {"per_sample_weights": True}),
     "mean-weighted": ("mean", {"per_sample_weights": True}),
     "mean-padding": ("mean", {"padding_idx": 0}),  # row 0 is the hottest Zipf row
@@ -244,17 +387,20 @@ BATCH_OPTIONS = {
     "max-padding-freq": ("max", {"padding_idx": 1, "scale_grad_by_freq": True}),
     "sqrtn-weighted-padding": ("sqrtn", {"per_sample_weights": True, "padding_idx": 0}),
 }
+FUSED_CASES = product(OPTIMIZERS, BATCH_OPTIONS, [np.float32, np.float64])
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("options", list(BATCH_OPTIONS))
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_step_fused_equals_step_of_the_backward(name, options, dtype, rng):
+@on_backends("name, options, dtype", FUSED_CASES, cuda=covering(FUSED_CASES, 2))
+def test_step_fused_equals_step_of_the_backward(name, options, dtype, rng, backend):
+    """6 batches (2 on the GPU, where every pair of optimizer, options and dtype
+    runs)."""
     mode, kwargs = BATCH_OPTIONS[options]
     unfused_weight = rng.standard_normal((40, 5)).astype(dtype)
     fused_weight = unfused_weight.copy()
-    unfused, fused = OPTIMIZERS[name](unfused_weight), OPTIMIZERS[name](fused_weight)
-    for indices, offsets, grad_output in zipf_batches(rng, 6, 40, 5, dtype):
+    unfused = OPTIMIZERS[name](backend.array(unfused_weight))
+    fused = OPTIMIZERS[name](backend.array(fused_weight))
+    num_batches = backend.pick(cpu=6, cuda=2)
+    for indices, offsets, grad_output in zipf_batches(rng, num_batches, 40, 5, dtype):
         batch_kwargs = dict(kwargs, mode=mode)
         if kwargs.get("per_sample_weights"):
             batch_kwargs["per_sample_weights"] = rng.uniform(0.2, 2.0, indices.size)
@@ -264,40 +410,44 @@ def test_step_fused_equals_step_of_the_backward(name, options, dtype, rng):
             outs.append(
                 nbbag.embedding_bag_fwd(opt.weight, indices, offsets, **batch_kwargs)
             )
-        np.testing.assert_array_equal(outs[0][0], outs[1][0])
-        unfused.step(nbbag.embedding_bag_bwd(grad_output, outs[0][1]))
-        fused.step_fused(grad_output, outs[1][1])
-        assert_same(snapshot(unfused), snapshot(fused))
+        np.testing.assert_array_equal(backend.host(outs[0][0]), backend.host(outs[1][0]))
+        unfused.step(nbbag.embedding_bag_bwd(backend.array(grad_output), outs[0][1]))
+        fused.step_fused(grad_output, outs[1][1])  # a host grad_output on the GPU too
+        assert_same(snapshot(unfused, backend), snapshot(fused, backend))
 
 
 # Checkpoints.
 
+CHECKPOINT_CASES = product(OPTIMIZERS, ["same", "other"])
 
-@pytest.mark.parametrize(
-    "built_with", ["same", "other"], ids=["same_hypers", "default_hypers"]
-)
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_state_dict_through_npz_continues_bit_identically(name, built_with, rng, tmp_path):
-    weight = rng.standard_normal((40, 5))
-    original = OPTIMIZERS[name](weight)
-    batches = zipf_batches(rng, 20, 40, 5)
-    for batch in batches[:13]:
-        train_step(original, batch)
+
+@on_backends("name, built_with", CHECKPOINT_CASES, cuda=covering(CHECKPOINT_CASES))
+def test_state_dict_through_npz_continues_bit_identically(
+    name, built_with, rng, tmp_path, backend
+):
+    """13 steps, a checkpoint, 7 more (2 and 2 on the GPU); ``other``: the restored
+    optimizer was built with default hyperparameters, which the state replaces."""
+    table = backend.array(rng.standard_normal((40, 5)))
+    original = OPTIMIZERS[name](table)
+    num_batches, checkpoint_at = backend.pick(cpu=(20, 13), cuda=(4, 2))
+    batches = zipf_batches(rng, num_batches, 40, 5)
+    for batch in batches[:checkpoint_at]:
+        train_step(original, batch, backend)
     np.savez(tmp_path / "state.npz", **original.state_dict())
     if built_with == "same":
-        restored = OPTIMIZERS[name](weight.copy())
+        restored = OPTIMIZERS[name](backend.copy(table))
     else:  # the state_dict's hyperparameters must replace the constructor's
-        restored = type(original)(weight.copy(), lr=1.0)
+        restored = type(original)(backend.copy(table), lr=1.0)
     with np.load(tmp_path / "state.npz") as loaded:
         restored.load_state_dict(loaded)
-    assert_same(snapshot(original), snapshot(restored))
-    for batch in batches[13:]:
-        train_step(original, batch)
-        train_step(restored, batch)
-        assert_same(snapshot(original), snapshot(restored))
+    assert_same(snapshot(original, backend), snapshot(restored, backend))
+    for batch in batches[checkpoint_at:]:
+        train_step(original, batch, backend)
+        train_step(restored, batch, backend)
+        assert_same(snapshot(original, backend), snapshot(restored, backend))
     original.flush()
     restored.flush()
-    assert_same(snapshot(original), snapshot(restored))
+    assert_same(snapshot(original, backend), snapshot(restored, backend))
 
 
 def _with(key, value):
@@ -320,17 +470,17 @@ REFUSED_STATES = {
 
 
 @pytest.mark.parametrize("case", list(REFUSED_STATES))
-def test_load_state_dict_refuses_and_changes_nothing(case, rng):
+def test_load_state_dict_refuses_and_changes_nothing(case, rng, backend):
     source, target, change, message = REFUSED_STATES[case]
-    other = OPTIMIZERS[source](rng.standard_normal((40, 5)))
-    opt = OPTIMIZERS[target](rng.standard_normal((40, 5)))
-    for batch in zipf_batches(rng, 3, 40, 5):
-        train_step(other, batch)
-        train_step(opt, batch)
-    before = snapshot(opt)
+    other = OPTIMIZERS[source](backend.array(rng.standard_normal((40, 5))))
+    opt = OPTIMIZERS[target](backend.array(rng.standard_normal((40, 5))))
+    for batch in zipf_batches(rng, backend.pick(cpu=3, cuda=1), 40, 5):
+        train_step(other, batch, backend)
+        train_step(opt, batch, backend)
+    before = snapshot(opt, backend)
     with pytest.raises(ValueError, match=re.escape(message)):
         opt.load_state_dict(change(other.state_dict()))
-    assert_same(snapshot(opt), before)
+    assert_same(snapshot(opt, backend), before)
 
 
 # SciPy gradients.
@@ -366,12 +516,15 @@ def duplicated_coo(rng, grad):
     return scipy.sparse.coo_array(entries, shape=grad.shape), summed
 
 
-@pytest.mark.parametrize("form", [*SCIPY_FORMS, "coo-duplicates"])
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_scipy_gradients_give_the_row_sparse_result(name, form, rng):
+SCIPY_CASES = product(OPTIMIZERS, [*SCIPY_FORMS, "coo-duplicates"])
+
+
+@on_backends("name, form", SCIPY_CASES, cuda=covering(SCIPY_CASES))
+def test_scipy_gradients_give_the_row_sparse_result(name, form, rng, backend):
     weight = rng.standard_normal((40, 5))
-    expected, ours = OPTIMIZERS[name](weight.copy()), OPTIMIZERS[name](weight)
-    for _ in range(3):
+    expected = OPTIMIZERS[name](backend.array(weight.copy()))
+    ours = OPTIMIZERS[name](backend.array(weight))
+    for _ in range(backend.pick(cpu=3, cuda=2)):
         grad = random_grad(rng)
         if form == "coo-duplicates":
             matrix, grad = duplicated_coo(rng, grad)
@@ -380,31 +533,49 @@ def test_scipy_gradients_give_the_row_sparse_result(name, form, rng):
             matrix = SCIPY_FORMS[form](grad)
         ours.step(matrix)
         expected.step(grad)
-        assert_same(snapshot(ours), snapshot(expected))
+        assert_same(snapshot(ours, backend), snapshot(expected, backend))
+
+
+CAST_CASES = product(OPTIMIZERS, ["RowSparseGrad", "scipy"])
+
+
+@on_backends("name, form", CAST_CASES, cuda=covering(CAST_CASES))
+def test_a_float64_gradient_steps_a_float32_table_as_in_float32(name, form, rng, backend):
+    """The gradient is cast to the table's dtype (SciPy's float64 and integer matrices
+    come in as float64): the result is that of the same gradient in float32."""
+    weight = rng.standard_normal((40, 5)).astype(np.float32)
+    expected = OPTIMIZERS[name](backend.array(weight.copy()))
+    ours = OPTIMIZERS[name](backend.array(weight))
+    grad = random_grad(rng)
+    assert grad.values.dtype == np.float64
+    ours.step(grad if form == "RowSparseGrad" else grad.to_scipy())
+    expected.step(RowSparseGrad(grad.rows, grad.values.astype(np.float32), grad.shape))
+    assert_same(snapshot(ours, backend), snapshot(expected, backend))
 
 
 # Bad input: the argument named, weight and state untouched.
 
 
-def trained(name, rng, num_rows=40, dim=5):
+def trained(name, rng, backend, num_rows=40, dim=5):
     """An optimizer after a few steps, so that its state is not trivial.  Weight and
     state are views of larger buffers, so that an out-of-range write (a bug) lands in
     the padding instead of corrupting the heap."""
-    opt = OPTIMIZERS[name](rng.standard_normal((num_rows + 8, dim))[:num_rows])
+    buffer = backend.array(rng.standard_normal((num_rows + 8, dim)))
+    opt = OPTIMIZERS[name](buffer[:num_rows])
     for attribute, array in state_arrays(opt).items():
         padded = np.zeros((num_rows + 8, *array.shape[1:]), dtype=array.dtype)
-        padded[:num_rows] = array
-        setattr(opt, attribute, padded[:num_rows])
-    for batch in zipf_batches(rng, 3, num_rows, dim):
-        train_step(opt, batch)
+        padded[:num_rows] = backend.host(array)
+        setattr(opt, attribute, backend.array(padded)[:num_rows])
+    for batch in zipf_batches(rng, backend.pick(cpu=3, cuda=1), num_rows, dim):
+        train_step(opt, batch, backend)
     return opt
 
 
-def refuses(opt, error, message, call):
-    before = snapshot(opt)
+def refuses(opt, backend, error, message, call):
+    before = snapshot(opt, backend)
     with pytest.raises(error, match=message):
         call()
-    assert_same(snapshot(opt), before)
+    assert_same(snapshot(opt, backend), before)
 
 
 OUT_OF_RANGE = {
@@ -416,15 +587,15 @@ OUT_OF_RANGE = {
 
 
 @pytest.mark.parametrize("case", list(OUT_OF_RANGE))
-def test_a_hyperparameter_out_of_range(case, rng):
+def test_a_hyperparameter_out_of_range(case, rng, backend):
     """Refused by the constructor, and by the setter before it flushes (SGD)."""
     name, attribute, value, message = OUT_OF_RANGE[case]
-    opt = trained(name, rng)
-    weight = opt.weight.copy()
+    opt = trained(name, rng, backend)
+    weight = backend.copy(opt.weight)
     with pytest.raises(ValueError, match=message):
         type(opt)(weight, **{"lr": 0.1, attribute: value})
-    np.testing.assert_array_equal(weight, opt.weight)
-    refuses(opt, ValueError, message, lambda: setattr(opt, attribute, value))
+    np.testing.assert_array_equal(backend.host(weight), backend.host(opt.weight))
+    refuses(opt, backend, ValueError, message, lambda: setattr(opt, attribute, value))
 
 
 def scipy_row_outside():
@@ -451,38 +622,48 @@ BAD_GRAD_MESSAGES = {
     "list": "grad.*list",
     "None": "grad.*NoneType",
 }
+BAD_GRAD_CASES = product(OPTIMIZERS, BAD_GRADS)
 
 
-@pytest.mark.parametrize("bad", list(BAD_GRADS))
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_a_bad_gradient(name, bad, rng):
-    opt = trained(name, rng)
+@on_backends("name, bad", BAD_GRAD_CASES, cuda=covering(BAD_GRAD_CASES))
+def test_a_bad_gradient(name, bad, rng, backend):
+    opt = trained(name, rng, backend)
     grad = BAD_GRADS[bad][0]()
-    refuses(opt, BAD_GRADS[bad][1], BAD_GRAD_MESSAGES[bad], lambda: opt.step(grad))
+    error, message = BAD_GRADS[bad][1], BAD_GRAD_MESSAGES[bad]
+    refuses(opt, backend, error, message, lambda: opt.step(grad))
 
 
-@pytest.mark.parametrize("bad", ["grad_output", "ctx"])
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_step_fused_refuses_a_bad_grad_output_or_ctx(name, bad, rng):
-    opt = trained(name, rng)
-    read = opt.weight.copy() if bad == "ctx" else opt.weight  # ctx: another array
+FUSED_REFUSALS = product(OPTIMIZERS, ["grad_output", "ctx"])
+
+
+@on_backends("name, bad", FUSED_REFUSALS, cuda=covering(FUSED_REFUSALS))
+def test_step_fused_refuses_a_bad_grad_output_or_ctx(name, bad, rng, backend):
+    opt = trained(name, rng, backend)
+    read = backend.copy(opt.weight) if bad == "ctx" else opt.weight  # ctx: another array
     out, ctx = nbbag.embedding_bag_fwd(read, [1, 2, 3], [0, 1], mode="mean")
-    grad_output = rng.standard_normal((2, 4) if bad == "grad_output" else out.shape)
+    shape = (2, 4) if bad == "grad_output" else backend.host(out).shape
+    grad_output = rng.standard_normal(shape)
     message = r"grad_output.*\(2, 5\).*\(2, 4\)" if bad == "grad_output" else "ctx"
-    refuses(opt, ValueError, message, lambda: opt.step_fused(grad_output, ctx))
+    refuses(opt, backend, ValueError, message, lambda: opt.step_fused(grad_output, ctx))
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-@pytest.mark.parametrize("index", [40, -1])
-def test_catch_up_with_an_index_outside_the_table(name, index, rng):
-    """Every optimizer checks, not only those with something to catch up."""
-    opt = trained(name, rng)
+CATCH_UP_CASES = product(sorted(OPTIMIZERS), [40, -1])
+
+
+@on_backends("name, index", CATCH_UP_CASES, cuda=covering(CATCH_UP_CASES))
+def test_catch_up_with_an_index_outside_the_table(name, index, rng, backend):
+    """Every optimizer checks, not only those with something to catch up (the ids on
+    the backend: checked on the device on the GPU)."""
+    opt = trained(name, rng, backend)
     opt.step(random_grad(rng))  # rows left behind: a catch-up would change them
-    refuses(opt, IndexError, rf"indices.*{index}.*40", lambda: opt.catch_up([3, index]))
+    ids = backend.array(np.array([3, index])) if backend.tiny else [3, index]
+    message = rf"indices.*{index}.*40"
+    refuses(opt, backend, IndexError, message, lambda: opt.catch_up(ids))
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_read_only_weight(name, rng):
+    """NumPy only: a device array has no read-only flag."""
     weight = rng.standard_normal((40, 5))
     weight.flags.writeable = False
     with pytest.raises(ValueError, match="weight.*writeable"):

@@ -1,9 +1,13 @@
-"""The forward against torch.nn.functional.embedding_bag, for everything torch has."""
+"""The forward and backward against torch.nn.functional.embedding_bag, for everything
+torch has, on every backend (the GPU: a subset in which every pair of options
+occurs)."""
 
 import itertools
 
 import numpy as np
 import pytest
+from backends import covering, on_backends
+from strategies import MODES
 
 import nbbag
 
@@ -12,11 +16,15 @@ torch = pytest.importorskip(
 )
 F = torch.nn.functional
 
+TORCH_MODES = [mode for mode in MODES if mode != "sqrtn"]  # torch has no sqrtn
+FLOAT_DTYPES = [np.float32, np.float64]
+INDEX_DTYPES = [np.int32, np.int64]
+
 # Options torch supports: sum/mean/max; per_sample_weights with sum only.
 COMBINATIONS = [
     (mode, weighted, padding, layout, max_norm)
     for mode, weighted, padding, layout, max_norm in itertools.product(
-        ["sum", "mean", "max"],
+        TORCH_MODES,
         [False, True],
         [None, 3, -2],
         ["offsets", "include_last_offset", "2d"],
@@ -24,6 +32,18 @@ COMBINATIONS = [
     )
     if not (weighted and mode != "sum")
 ]
+FORWARD_CASES = [
+    (*combination, index_dtype, float_dtype)
+    for combination, index_dtype, float_dtype in itertools.product(
+        COMBINATIONS, INDEX_DTYPES, FLOAT_DTYPES
+    )
+]
+BACKWARD_CASES = [
+    (*combination, float_dtype)
+    for combination, float_dtype in itertools.product(COMBINATIONS, FLOAT_DTYPES)
+]
+FORWARD_ARGS = "mode, weighted, padding_idx, layout, max_norm, index_dtype, float_dtype"
+BACKWARD_ARGS = "mode, weighted, padding_idx, layout, max_norm, float_dtype"
 
 
 def make_inputs(rng, layout, index_dtype, float_dtype, num_rows=23, dim=7):
@@ -53,14 +73,12 @@ def make_case(rng, mode, weighted, padding_idx, layout, max_norm, index_dtype, f
     return weight, indices, offsets, per_sample_weights, options
 
 
-@pytest.mark.parametrize("float_dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
-@pytest.mark.parametrize(
-    ("mode", "weighted", "padding_idx", "layout", "max_norm"), COMBINATIONS
-)
+@on_backends(FORWARD_ARGS, FORWARD_CASES, cuda=covering(FORWARD_CASES, 2))
 def test_matches_torch(
-    mode, weighted, padding_idx, layout, max_norm, index_dtype, float_dtype, rng
+    mode, weighted, padding_idx, layout, max_norm, index_dtype, float_dtype, rng, backend
 ):
+    """Every input on the backend; the output and the table (max_norm renorms it in
+    place) equal torch's."""
     weight, indices, offsets, per_sample_weights, options = make_case(
         rng, mode, weighted, padding_idx, layout, max_norm, index_dtype, float_dtype
     )
@@ -72,19 +90,26 @@ def test_matches_torch(
         per_sample_weights=None if not weighted else torch.from_numpy(per_sample_weights),
         **options,
     ).numpy()
-    ours_weight = weight.copy()
+    ours_weight = backend.array(weight.copy())
     out = nbbag.embedding_bag(
-        ours_weight, indices, offsets, per_sample_weights=per_sample_weights, **options
+        ours_weight,
+        backend.array(indices),
+        backend.array(offsets),
+        per_sample_weights=backend.array(per_sample_weights),
+        **options,
     )
+    out = backend.host(out)
 
     rtol = 1e-5 if float_dtype == np.float32 else 1e-12
     assert out.dtype == expected.dtype
     np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol)
-    np.testing.assert_allclose(ours_weight, torch_weight.numpy(), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(
+        backend.host(ours_weight), torch_weight.numpy(), rtol=rtol, atol=rtol
+    )
 
 
 @pytest.mark.parametrize("norm_type", [1.0, 3.0, float("inf")])
-def test_max_norm_types_match_torch(norm_type, rng):
+def test_max_norm_types_match_torch(norm_type, rng, backend):
     weight, indices, offsets = make_inputs(rng, "offsets", np.int64, np.float64)
     torch_weight = torch.from_numpy(weight.copy())
     expected = F.embedding_bag(
@@ -95,36 +120,39 @@ def test_max_norm_types_match_torch(norm_type, rng):
         max_norm=2.0,
         norm_type=norm_type,
     ).numpy()
+    table = backend.array(weight)
     out = nbbag.embedding_bag(
-        weight, indices, offsets, mode="mean", max_norm=2.0, norm_type=norm_type
+        table, indices, offsets, mode="mean", max_norm=2.0, norm_type=norm_type
     )
-    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(weight, torch_weight.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(backend.host(out), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        backend.host(table), torch_weight.numpy(), rtol=1e-12, atol=1e-12
+    )
 
 
-def test_hot_zipf_batch_matches_torch(rng):
-    """A realistic batch: Zipf ids, so a few rows appear thousands of times."""
+def test_hot_zipf_batch_matches_torch(rng, backend):
+    """A realistic batch: Zipf ids, so a few rows appear thousands of times (20,000
+    ids in 400 bags; the GPU: 2,000 in 40)."""
+    count, num_bags = backend.pick(cpu=(20000, 400), cuda=(2000, 40))
     weight = rng.standard_normal((5000, 16)).astype(np.float32)
-    indices = ((rng.zipf(1.05, size=20000) - 1) % 5000).astype(np.int64)
-    offsets = np.sort(rng.choice(20000, size=399, replace=False))
+    indices = ((rng.zipf(1.05, size=count) - 1) % 5000).astype(np.int64)
+    offsets = np.sort(rng.choice(count, size=num_bags - 1, replace=False))
     offsets = np.concatenate([[0], offsets]).astype(np.int64)
-    for mode in ["sum", "mean", "max"]:
+    table = backend.array(weight)
+    for mode in TORCH_MODES:
         expected = F.embedding_bag(
             torch.from_numpy(indices),
             torch.from_numpy(weight),
             torch.from_numpy(offsets),
             mode=mode,
         ).numpy()
-        out = nbbag.embedding_bag(weight, indices, offsets, mode=mode)
-        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+        out = nbbag.embedding_bag(table, indices, offsets, mode=mode)
+        np.testing.assert_allclose(backend.host(out), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("float_dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(
-    ("mode", "weighted", "padding_idx", "layout", "max_norm"), COMBINATIONS
-)
+@on_backends(BACKWARD_ARGS, BACKWARD_CASES, cuda=covering(BACKWARD_CASES, 2))
 def test_backward_matches_torch_autograd(
-    mode, weighted, padding_idx, layout, max_norm, float_dtype, rng
+    mode, weighted, padding_idx, layout, max_norm, float_dtype, rng, backend
 ):
     """The sparse gradient equals torch's dense weight gradient (and the gradient of
     per_sample_weights, sum mode); scale_grad_by_freq is checked against the reference
@@ -147,9 +175,15 @@ def test_backward_matches_torch_autograd(
     torch_out.backward(torch.from_numpy(grad_output))
 
     out, ctx = nbbag.embedding_bag_fwd(
-        weight, indices, offsets, per_sample_weights=per_sample_weights, **options
+        backend.array(weight),
+        indices,
+        offsets,
+        per_sample_weights=per_sample_weights,
+        **options,
     )
-    result = nbbag.embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad=weighted)
+    result = nbbag.embedding_bag_bwd(
+        backend.array(grad_output), ctx, per_sample_weights_grad=weighted
+    )
     grad = result[0] if weighted else result
 
     rtol = 1e-5 if float_dtype == np.float32 else 1e-12
@@ -158,5 +192,5 @@ def test_backward_matches_torch_autograd(
     )
     if weighted:
         np.testing.assert_allclose(
-            result[1], torch_weights.grad.numpy(), rtol=rtol, atol=rtol
+            backend.host(result[1]), torch_weights.grad.numpy(), rtol=rtol, atol=rtol
         )

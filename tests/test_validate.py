@@ -1,9 +1,10 @@
 """Bad input: the named exception, the argument and the value in the message, raised
-before any kernel runs, with every input left as it was."""
+before any kernel runs, with every input left as it was; on every backend (the table
+on it, the other inputs on the host: device inputs are tests/test_cuda.py's)."""
 
 import numpy as np
 import pytest
-from hypothesis import given
+from backends import on_backends
 from hypothesis import strategies as st
 
 import nbbag
@@ -261,45 +262,72 @@ def readonly(array):
     return array
 
 
-@pytest.mark.parametrize(
-    ("name", "error", "words", "breaker"), BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS]
+HOST_ONLY = ("read-only weight with max_norm",)  # a device array has no read-only flag
+
+
+def bad_table(backend, weight):
+    """A bad weight on the backend, with its fault: a strided view stays one (of a device
+    copy of what it views); what is not a NumPy array (a list) stays as it is."""
+    if backend.name == "cpu" or not isinstance(weight, np.ndarray):
+        return weight
+    if weight.flags.c_contiguous:
+        return backend.array(weight)
+    assert weight.base is not None and weight.base[:, ::2].shape == weight.shape
+    return backend.array(weight.base)[:, ::2]
+
+
+def host_copy(backend, array) -> np.ndarray:
+    return (
+        np.array(array, copy=True) if isinstance(array, np.ndarray) else backend.host(array)
+    )
+
+
+@on_backends(
+    "name, error, words, breaker",
+    BAD_INPUTS,
+    cuda=[case for case in BAD_INPUTS if case[0] not in HOST_ONLY],
+    ids=lambda case: case[0],
 )
 def test_bad_input_is_rejected_and_nothing_changes(
-    name, error, words, breaker, weight, good
+    name, error, words, breaker, weight, good, backend
 ):
     bad_weight, indices, offsets, options = breaker(
         weight, good["indices"], good["offsets"]
     )
-    before = [
-        np.array(a, copy=True)
-        for a in (bad_weight, indices, offsets)
-        if isinstance(a, np.ndarray)
-    ]
+    bad_weight = bad_table(backend, bad_weight)
+    arrays = [a for a in (bad_weight, indices, offsets) if a is not None]
+    arrays = [a for a in arrays if not isinstance(a, list)]
+    before = [host_copy(backend, a) for a in arrays]
     with pytest.raises(error) as raised:
         call(bad_weight, indices, offsets, **options)
     for word in words:
         assert word in str(raised.value), f"{word!r} missing from: {raised.value}"
-    after = [a for a in (bad_weight, indices, offsets) if isinstance(a, np.ndarray)]
-    for old, new in zip(before, after, strict=True):
-        np.testing.assert_array_equal(old, new)
+    for old, new in zip(before, arrays, strict=True):
+        np.testing.assert_array_equal(old, host_copy(backend, new))
 
 
-def test_the_good_call_does_renorm(weight, good):
+def test_the_good_call_does_renorm(weight, good, backend):
     """The control for the cases above: without the fault, the call modifies weight."""
-    before = weight.copy()
-    call(weight, good["indices"], good["offsets"])
-    assert not np.array_equal(before, weight)
+    table = backend.array(weight.copy())
+    call(table, good["indices"], good["offsets"])
+    assert not np.array_equal(weight, backend.host(table))
 
 
-@given(
+INTEGERS = st.tuples(
     st.lists(st.integers(-(2**40), 2**40), max_size=20),
     st.lists(st.integers(-(2**40), 2**40), max_size=6),
     st.booleans(),
     st.sampled_from([np.int32, np.int64]),
 )
-def test_arbitrary_integers_never_crash(indices, offsets, include_last_offset, dtype):
+
+
+def test_arbitrary_integers_never_crash(backend):
     """Whatever the integers, the result is an array or a clean exception."""
-    weight = np.ones((7, 3))
+    backend.examples(INTEGERS, lambda example: check_integers(backend, *example))
+
+
+def check_integers(backend, indices, offsets, include_last_offset, dtype):
+    weight = backend.array(np.ones((7, 3)))
     try:
         indices = np.array(indices).astype(dtype)
         offsets = np.array(offsets).astype(dtype)
@@ -315,6 +343,6 @@ def test_arbitrary_integers_never_crash(indices, offsets, include_last_offset, d
             max_norm=0.5,
         )
     except (IndexError, ValueError, TypeError):
-        np.testing.assert_array_equal(weight, 1.0)
+        np.testing.assert_array_equal(backend.host(weight), 1.0)
         return
-    assert out.shape == (max(len(offsets) - include_last_offset, 0), 3)
+    assert backend.host(out).shape == (max(len(offsets) - include_last_offset, 0), 3)

@@ -5,10 +5,10 @@ Three layers:
 * per-bag functions (``sum_rows``, ``weighted_sum_rows``, ``max_rows``) reduce the
   tokens ``start:end`` of one bag into one output row and return what the mode needs to
   finish (a count or weight sums); public through :mod:`nbbag.kernels`;
-* one loop over the bags, ``_each_bag`` (one bag per ``prange`` iteration), that every
-  bag kernel runs with its per-bag reduction: ``_reduce_sums`` for the sum family (sum,
-  mean, sqrtn, weighted or not: they differ only in what a bag's sum is divided by) or
-  ``_reduce_max``;
+* one loop over the bags, ``_each_bag`` (contiguous chunks of bags, one chunk per
+  ``prange`` iteration), that every bag kernel runs with its per-bag reduction:
+  ``_reduce_sums`` for the sum family (sum, mean, sqrtn, weighted or not: they differ
+  only in what a bag's sum is divided by) or ``_reduce_max``;
 * the kernels: the public ``bag_sum``, ``bag_mean``, ... (inputs trusted), and the
   front's ``sum_bags_checked``, ``mean_bags_checked``, ... , which validate the
   offsets and every id as they read them.

@@ -159,11 +159,12 @@ def same_table(a, b) -> bool:
 
 
 def as_gradient(grad: RowSparseGrad, weight) -> RowSparseGrad:
-    """``grad`` with device arrays (copied over from the host if need be), of the
-    weight's dtype."""
+    """``grad`` with device arrays (copied over from the host if need be, in the
+    weight's dtype, as the CPU casts), of the weight's dtype."""
     if not arrays.is_device(grad.values):
+        values = grad.values.astype(weight.dtype, copy=False)
         grad = RowSparseGrad._trusted(
-            arrays.to_device(grad.rows), arrays.to_device(grad.values), grad.shape
+            arrays.to_device(grad.rows), arrays.to_device(values), grad.shape
         )
     if grad.values.dtype != weight.dtype:
         raise ValueError(

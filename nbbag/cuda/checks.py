@@ -148,9 +148,7 @@ def check_device_per_sample_weights(per_sample_weights, indices_shape, mode, dty
 
 def host_csr(offsets, indices, include_last_offset: bool) -> np.ndarray:
     """Host ``offsets`` (or those of 2-D ``indices``), checked, as int64 CSR offsets."""
-    raw, append_end, _ = bag_offsets(
-        None if offsets is None else np.asarray(offsets), indices, include_last_offset
-    )
+    raw, append_end, _ = bag_offsets(offsets, indices, include_last_offset)
     check_offsets_values(raw, indices.size)
     csr = raw.astype(np.int64)
     return np.append(csr, indices.size) if append_end else csr

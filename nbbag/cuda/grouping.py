@@ -83,9 +83,12 @@ def group_positions_by_row(
     head_index, num_unique = exclusive_scan(heads)
     rows = arrays.empty(num_unique, np.int64)
     row_ptr = arrays.full(num_unique + 1, 0, np.int64)
-    if num_unique:
-        _write_runs[grid, block](keys, num_rows, heads, head_index, rows, row_ptr)
-    return rows, row_ptr, positions
+    if not num_unique:
+        return rows, row_ptr, positions[:0]
+    _write_runs[grid, block](keys, num_rows, heads, head_index, rows, row_ptr)
+    # the tokens in a bag; those in none sort last (a second scalar back to the host)
+    count = int(row_ptr[num_unique : num_unique + 1].copy_to_host()[0])
+    return rows, row_ptr, positions[:count]
 
 
 def unique_rows(indices, num_rows: int):
