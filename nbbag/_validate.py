@@ -164,9 +164,9 @@ def check_weight(weight) -> np.ndarray:
     return weight
 
 
-def check_writeable(writeable: bool, why: str) -> None:
+def check_writeable(writeable: bool, why: str, name: str = "weight") -> None:
     if not writeable:
-        raise ValueError(f"weight must be writeable: {why}")
+        raise ValueError(f"{name} must be writeable: {why}")
 
 
 # -- ids, offsets, weights -----------------------------------------------------------

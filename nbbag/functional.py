@@ -106,8 +106,11 @@ def embedding_bag_fwd(
 
     Takes the same arguments as :func:`embedding_bag`.  For ``max`` the forward also
     records which token won each (bag, dimension); for weighted ``mean`` and ``sqrtn``
-    the context keeps the output.  The context holds references to ``weight`` and the
-    (validated) inputs, not copies: the backward reads ``weight`` as it is then.
+    the context keeps a copy of the output.  The context answers for this forward:
+    it keeps the ids and weights it read (a copy where they were the caller's arrays,
+    O(N)), so that refilling those buffers or editing the output in place does not
+    change what the backward computes.  It holds a reference to ``weight``: the
+    gradient with respect to ``per_sample_weights`` reads the rows as they are then.
 
     Returns
     -------

@@ -18,6 +18,12 @@ class Mode(IntEnum):
         """Whether the mode takes ``per_sample_weights`` (all but max)."""
         return self is not Mode.MAX
 
+    @property
+    def divides(self) -> bool:
+        """Whether a bag's (weighted) sum is divided by something its weights give
+        (mean, sqrtn): their gradient then reads the output."""
+        return self in (Mode.MEAN, Mode.SQRTN)
+
     @classmethod
     def parse(cls, mode: Mode | str) -> Mode:
         """Return the Mode for ``mode`` (a Mode or a case-insensitive name)."""

@@ -30,9 +30,14 @@ from nbbag import rules
 from nbbag._device import backend_for
 from nbbag._validate import check_real
 from nbbag.base.records import BagContext
+from nbbag.base.schedule import ScheduleLog
 from nbbag.sparse import RowSparseGrad
 
 __all__ = ["SGD", "Adagrad", "Adam", "RowWiseAdagrad"]
+
+# The most runs of equal hyperparameters SGD's log keeps (80 bytes each): a schedule
+# that changes the learning rate every step flushes the table once in this many steps.
+SCHEDULE_RUNS = 1 << 14
 
 
 def _hyper_property(hyper: rules.Hyper) -> property:
@@ -43,9 +48,8 @@ def _hyper_property(hyper: rules.Hyper) -> property:
         return self._values[name]
 
     def set(self, value) -> None:
-        value = _check_hyper(hyper, value)
-        self._before_hyper_change()
-        self._values = {**self._values, name: value}
+        # O(1): the steps already taken are in the log with the values they had.
+        self._values = {**self._values, name: _check_hyper(hyper, value)}
 
     return property(get, set, doc=f"The {name} hyperparameter.")
 
@@ -87,18 +91,31 @@ class _SparseOptimizer:
             fill = options[spec.fill] if isinstance(spec.fill, str) else spec.fill
             setattr(self, spec.name, self._backend.state_array(shape, fill, dtype))
         self.step_count = 0
+        # The log of the steps' hyperparameters, for rules that catch rows up.
+        self._log = None if self.rule.step_matrix is None else ScheduleLog(SCHEDULE_RUNS)
+        self._log_on_backend = None  # the log's arrays on the table's backend
 
     # -- what the kernels take ----------------------------------------------------------
     @property
     def step_type(self) -> type:
         """The class of the step record the kernels run now (see :mod:`nbbag.rules`)."""
-        return type(self.rule.step(self._values, 1))
+        return type(self.rule.step(self._values, 1, self._log))
 
-    def _record(self, t: int, dtype):
+    def _record(self, t: int, dtype=None):
         """Step ``t``'s record, its numbers in ``dtype`` (the weight's for an update:
-        a float32 table is updated in float32 arithmetic, as torch does)."""
-        record = self.rule.step(self._values, t)
-        return type(record)(*(dtype.type(value) for value in record))
+        a float32 table is updated in float32 arithmetic, as torch does; float64 if
+        None), its log on the table's backend."""
+        record = self.rule.step(self._values, t, self._log)
+        if "runs" in record._fields:  # it carries the log
+            self._log_on_backend = self._backend.sync_schedule(
+                self._log, self._log_on_backend
+            )
+            record = record._replace(**self._log_on_backend._asdict())
+        if dtype is None:
+            return record
+        return type(record)(
+            *(dtype.type(value) if isinstance(value, float) else value for value in record)
+        )
 
     def _kernel_state(self, step_type: type):
         """(per-element state arrays, per-row state arrays) that ``step_type`` reads."""
@@ -108,10 +125,19 @@ class _SparseOptimizer:
             tuple(getattr(self, spec.name) for spec in specs if spec.per == "row"),
         )
 
+    def _check_writes(self, why: str) -> None:
+        """The weight and the state arrays writeable (checked before each write: their
+        flags may have been cleared since the optimizer was built)."""
+        arrays = {"weight": self.weight}
+        arrays.update((name, getattr(self, name)) for name in self.state_names)
+        self._backend.check_writes(arrays, why)
+
     def _advance(self, apply) -> None:
         """Run ``apply(record, state, t)`` for the next step; the step count moves only
         once it has succeeded."""
+        self._check_writes("the optimizer updates it in place")
         t = self.step_count + 1
+        self._log_step(t)
         record = self._record(t, self.weight.dtype)
         apply(record, self._kernel_state(type(record)), t)
         self.step_count = t
@@ -175,6 +201,7 @@ class _SparseOptimizer:
         """
         rows = self._backend.check_rows(indices, self.weight.shape[0])
         if rules.catches_up(self.step_type):
+            self._check_writes("catch_up updates its rows in place")
             self._backend.catch_up(
                 self._exact_record(), self.weight, rows, self._catch_up_state(),
                 self.step_count,
@@ -183,30 +210,64 @@ class _SparseOptimizer:
     def flush(self) -> None:
         """Bring every row up to date (before evaluation or a checkpoint)."""
         if rules.catches_up(self.step_type):
+            self._check_writes("flush updates the rows in place")
             self._backend.catch_up_all(
                 self._exact_record(), self.weight, self._catch_up_state(), self.step_count
             )
 
     def _exact_record(self):
-        """The record the catch-up runs: the hyperparameters in float64."""
-        return self.rule.step(self._values, max(self.step_count, 1))
+        """The record the catch-up runs: its numbers in float64."""
+        return self._record(max(self.step_count, 1))
 
     def _catch_up_state(self):
         return self._kernel_state(self.step_type)
 
-    def _before_hyper_change(self) -> None:
-        """Skipped steps were taken with the old hyperparameters: apply them first.  A
-        rule that does not catch up marks every row as up to date, in case the new
-        values make it one that does."""
+    # -- the log of the steps' hyperparameters (rules that catch rows up) ---------------
+    def _log_step(self, t: int) -> None:
+        """Log step ``t``'s hyperparameters before its kernels run (they read those of
+        the steps before it); a full log is emptied first.  A step that then fails
+        leaves an entry that the retry of step ``t`` takes over."""
+        if self._log is None:
+            return
+        matrix = self.rule.step_matrix(self._values)
+        if self._log.full and self._log.needs_new_run(matrix):
+            self._restart_log()
+        self._log.append(t, matrix, self.rule.moves_rows(self._values))
+
+    def _restart_log(self) -> None:
+        """Bring every row up to date and forget the logged steps."""
         if rules.catches_up(self.step_type):
             self.flush()
-        elif self.rule.step_tracker is not None:
+        else:  # the logged steps leave untouched rows as they are
             self._backend.fill(getattr(self, self.rule.step_tracker), self.step_count)
+        self._log.restart()
+
+    def _settle_log(self) -> None:
+        """Before a checkpoint, which holds one set of hyperparameters: restart the log
+        unless it is one run of the current ones."""
+        log = self._log
+        if log is None or log.count == 0:
+            return
+        matrix = self.rule.step_matrix(self._values)
+        if log.count > 1 or log.needs_new_run(matrix):
+            self._restart_log()
+
+    def _log_loaded(self, values: dict, last_step: np.ndarray, step_count: int) -> None:
+        """After a checkpoint is loaded: its rows behind were left behind with its
+        hyperparameters, the steps since the oldest of them one run."""
+        self._log.restart()
+        oldest = int(last_step.min()) if last_step.size else step_count
+        if oldest < step_count:
+            matrix = self.rule.step_matrix(values)
+            self._log.append(oldest + 1, matrix, self.rule.moves_rows(values))
 
     # -- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The optimizer's state as plain NumPy arrays and numbers (``np.savez``-able):
-        the step count, the hyperparameters and copies of the per-row state."""
+        the step count, the hyperparameters and copies of the per-row state.  SGD
+        first brings every row up to date if its hyperparameters changed since then
+        (the checkpoint holds one set)."""
+        self._settle_log()
         state = {"optimizer": type(self).__name__, "step_count": self.step_count}
         state.update(self._values)
         state.update(
@@ -249,6 +310,9 @@ class _SparseOptimizer:
             self._backend.copy_into(getattr(self, key), np.asarray(state[key]))
         self._values = values  # no flush: the state was replaced whole
         self.step_count = step_count
+        if self._log is not None:
+            tracker = self.rule.step_tracker
+            self._log_loaded(values, np.asarray(state[tracker]), step_count)
 
 
 class SGD(_SparseOptimizer):
@@ -268,8 +332,12 @@ class SGD(_SparseOptimizer):
     With momentum or weight decay every row changes at every step, gradient or not.
     Rows are caught up in closed form when the optimizer touches them; call
     ``catch_up(indices)`` before a forward reads rows and ``flush()`` before reading the
-    whole table.  Changing a hyperparameter flushes first, so the skipped steps are
-    applied with the values they were taken with.
+    whole table.  Hyperparameters may change at any step (a learning-rate schedule)
+    at O(1) cost: the optimizer logs each step's values (runs of equal ones kept once,
+    at most ``SCHEDULE_RUNS`` runs, 80 bytes each; a full log costs one flush), and a
+    row skipped for k steps is caught up exactly in O(log k).  Without momentum torch
+    keeps no momentum buffer, and neither does this: a step with ``momentum=0`` leaves
+    ``momentum_buffer`` as it is, for when momentum is turned back on.
 
     Examples
     --------

@@ -23,10 +23,12 @@ shares a row: all of them run ``begin``, each runs ``element`` on its own elemen
 runs ``end`` after the others have read the row, so ``begin`` may not write.
 
 A rule that keeps rows exact while they go untouched (SGD with momentum or weight
-decay) also has ``advance(step, steps)`` (what ``steps`` gradient-free steps do, per
-row) and ``advance_element(step, advanced, w, state_rows, i)``, and keeps as its first
-per-row state the step each row was last brought up to date at.  The catch-up kernels
-use these.
+decay) also has ``advance(step, last, target)`` (what the gradient-free steps
+``last`` + 1 .. ``target`` do to a row) and ``advance_element(step, advanced, w,
+state_rows, i)``, and keeps as its first per-row state the step each row was last
+brought up to date at.  The catch-up kernels use these; its record carries the log of
+the steps' hyperparameters, so that any schedule (a learning rate set every step) is
+caught up exactly.
 
 Adding an optimizer: a step record class with its three functions and a :class:`Rule`
 here, a class in :mod:`nbbag.optim` that gives its signature, and its tests.
@@ -37,10 +39,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from numba.extending import overload
 
+from nbbag.base.schedule import ScheduleLog, span
 from nbbag.base.shared import shared
 
 
@@ -68,17 +71,22 @@ class State(NamedTuple):
 class Rule:
     """An optimizer: its hyperparameters, its state and its step record.
 
-    ``step(values, t)`` is the step record of step ``t`` (counted from 1) for the
+    ``step(values, t, log)`` is the step record of step ``t`` (counted from 1) for the
     hyperparameters ``values`` (a dict by name, in float64); the kernels specialise on
     its class.  ``step_tracker`` names the per-row state that holds the step each row
-    was last brought up to date at, if any.
+    was last brought up to date at, if any.  A rule that changes rows without a
+    gradient also gives ``step_matrix(values)`` (:mod:`nbbag.base.schedule`) and
+    ``moves_rows(values)``: the optimizer then logs every step's matrix (``log``, a
+    :class:`~nbbag.base.schedule.ScheduleLog`; None for the other rules).
     """
 
     name: str
     hypers: tuple[Hyper, ...]
     state: tuple[State, ...]
-    step: Callable[[dict, int], NamedTuple]
+    step: Callable[..., NamedTuple]
     step_tracker: str | None = None
+    step_matrix: Callable[[dict], tuple] | None = None
+    moves_rows: Callable[[dict], bool] | None = None
 
     def hyper(self, name: str) -> Hyper:
         return next(h for h in self.hypers if h.name == name)
@@ -118,26 +126,29 @@ class PlainSGDStep(NamedTuple):
     end = staticmethod(end_nothing)
 
 
+def sgd_step_matrix(values: dict) -> tuple:
+    """One gradient-free step of SGD with the hyperparameters ``values``, as the 2x2
+    matrix (a, b, c, d) that maps a weight element and its momentum (w, u) to
+    (a w + b u, c w + d u).  With momentum, u' = m u + wd w and w' = w - lr u'; without,
+    torch keeps no buffer, so u stays and w' = (1 - lr wd) w."""
+    lr, momentum = values["lr"], values["momentum"]
+    weight_decay = values["weight_decay"]
+    if momentum == 0:
+        return (1.0 - lr * weight_decay, 0.0, 0.0, 1.0)
+    return (1.0 - lr * weight_decay, -lr * momentum, weight_decay, momentum)
+
+
+def sgd_moves_rows(values: dict) -> bool:
+    """Whether a step with ``values`` changes rows that have no gradient."""
+    return bool(values["momentum"] or values["weight_decay"])
+
+
 @shared
-def _momentum_advance(step, steps):
-    """(steps, a, b, c, d): ``steps`` gradient-free steps are w_k = a w + b u,
-    u_k = c w + d u; binary powering in float64, O(log steps)."""
-    lr, momentum = float(step.lr), float(step.momentum)
-    weight_decay = float(step.weight_decay)
-    a, b, c, d = 1.0, 0.0, 0.0, 1.0
-    pa, pb, pc, pd = 1.0 - lr * weight_decay, -lr * momentum, weight_decay, momentum
-    remaining = steps
-    while remaining > 0:
-        if remaining & 1:
-            a, b, c, d = a * pa + b * pc, a * pb + b * pd, c * pa + d * pc, c * pb + d * pd
-        pa, pb, pc, pd = (
-            pa * pa + pb * pc,
-            pa * pb + pb * pd,
-            pc * pa + pd * pc,
-            pc * pb + pd * pd,
-        )
-        remaining >>= 1
-    return steps, a, b, c, d
+def _momentum_advance(step, last, target):
+    """(steps, a, b, c, d): the steps ``last`` + 1 .. ``target`` without a gradient are
+    w_k = a w + b u, u_k = c w + d u (:func:`nbbag.base.schedule.span`, in float64)."""
+    a, b, c, d = span(step, last + 1, target)
+    return target - last, a, b, c, d
 
 
 @shared
@@ -153,15 +164,18 @@ def _momentum_advance_element(step, advanced, w, state_rows, i):
 @shared
 def _momentum_begin(step, row, grad_row, row_state, t):
     """The steps the row skipped before this one (its last_step is row_state[0])."""
-    return _momentum_advance(step, t - 1 - row_state[0][row])
+    return _momentum_advance(step, row_state[0][row], t - 1)
 
 
 @shared
 def _momentum_element(step, begun, w, state_rows, i, g):
     _momentum_advance_element(step, begun, w, state_rows, i)
-    u = state_rows[0]
-    u[i] = step.momentum * u[i] + (g + step.weight_decay * w[i])
-    w[i] -= step.lr * u[i]
+    if step.momentum == 0:  # torch keeps no buffer then: u is left as it is
+        w[i] -= step.lr * (g + step.weight_decay * w[i])
+    else:
+        u = state_rows[0]
+        u[i] = step.momentum * u[i] + (g + step.weight_decay * w[i])
+        w[i] -= step.lr * u[i]
 
 
 @shared
@@ -176,13 +190,21 @@ class MomentumSGDStep(NamedTuple):
 
         u' = m u + wd w            w' = w - lr u' = (1 - lr wd) w - lr m u
 
-    so k skipped steps are one 2x2 matrix power, the same for every element of a row,
-    applied when the row is next updated (``begin``) or caught up (``advance``).
+    so k skipped steps are a product of k 2x2 matrices (:func:`sgd_step_matrix`), the
+    same for every element of a row, taken from the optimizer's log of the steps'
+    hyperparameters (its last four fields, :mod:`nbbag.base.schedule`: O(log k) products for
+    any schedule) and applied when the row is next updated (``begin``) or caught up
+    (``advance``).
     """
 
     lr: float
     momentum: float
     weight_decay: float
+    # the log (the fields of a Schedule)
+    starts: Any
+    matrices: Any
+    products: Any
+    runs: int
 
     reads = ("momentum_buffer", "last_step")
     advance = staticmethod(_momentum_advance)
@@ -192,9 +214,13 @@ class MomentumSGDStep(NamedTuple):
     end = staticmethod(_momentum_end)
 
 
-def _sgd_step(values: dict, t: int):
-    if values["momentum"] or values["weight_decay"]:
-        return MomentumSGDStep(values["lr"], values["momentum"], values["weight_decay"])
+def _sgd_step(values: dict, t: int, log: ScheduleLog):
+    """Plain SGD's record while no logged step and not this one moves untouched rows;
+    else the one that catches rows up through ``log``."""
+    if sgd_moves_rows(values) or log.moves:
+        return MomentumSGDStep(
+            values["lr"], values["momentum"], values["weight_decay"], *log.schedule()
+        )
     return PlainSGDStep(values["lr"])
 
 
@@ -211,6 +237,8 @@ SGD = Rule(
     ),
     step=_sgd_step,
     step_tracker="last_step",
+    step_matrix=sgd_step_matrix,
+    moves_rows=sgd_moves_rows,
 )
 
 
@@ -238,7 +266,7 @@ ADAGRAD = Rule(
     name="Adagrad",
     hypers=(Hyper("lr"), Hyper("eps")),
     state=(State("state_sum", "element", fill="initial_accumulator_value"),),
-    step=lambda values, t: AdagradStep(values["lr"], values["eps"]),
+    step=lambda values, t, log: AdagradStep(values["lr"], values["eps"]),
 )
 
 
@@ -278,7 +306,7 @@ ROW_WISE_ADAGRAD = Rule(
     name="RowWiseAdagrad",
     hypers=(Hyper("lr"), Hyper("eps")),
     state=(State("state_sum", "row", dtype="float64"),),
-    step=lambda values, t: RowWiseAdagradStep(values["lr"], values["eps"]),
+    step=lambda values, t, log: RowWiseAdagradStep(values["lr"], values["eps"]),
 )
 
 
@@ -313,7 +341,7 @@ class AdamStep(NamedTuple):
     end = staticmethod(end_nothing)
 
 
-def _adam_step(values: dict, t: int) -> AdamStep:
+def _adam_step(values: dict, t: int, log: None) -> AdamStep:
     beta1, beta2 = values["beta1"], values["beta2"]
     step_size = values["lr"] * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
     return AdamStep(values["lr"], beta1, beta2, values["eps"], step_size)
@@ -347,8 +375,8 @@ def end(step, begun, row, row_state, t):
     type(step).end(step, begun, row, row_state, t)
 
 
-def advance(step, steps):
-    return type(step).advance(step, steps)
+def advance(step, last, target):
+    return type(step).advance(step, last, target)
 
 
 def advance_element(step, advanced, w, state_rows, i):
@@ -378,9 +406,9 @@ def _end(step, begun, row, row_state, t):
 
 
 @overload(advance)
-def _advance(step, steps):
+def _advance(step, last, target):
     function = step.instance_class.advance
-    return lambda step, steps: function(step, steps)
+    return lambda step, last, target: function(step, last, target)
 
 
 @overload(advance_element)

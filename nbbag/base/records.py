@@ -50,9 +50,10 @@ class BagBatch(NamedTuple):
 
 class BagContext:
     """What :func:`nbbag.embedding_bag_bwd` needs from a forward: the validated inputs
-    (references, not copies), the weight's shape then, the winners of ``max`` (the
-    position of each (bag, dimension)'s winning token) and, for weighted mean and
-    sqrtn, the output."""
+    (nbbag's own arrays: none of the caller's buffers, so that a caller who refills them
+    cannot change the batch), a reference to the weight and its shape then, the winners
+    of ``max`` (the position of each (bag, dimension)'s winning token) and, for weighted
+    mean and sqrtn, a copy of the output."""
 
     __slots__ = ("batch", "weight_shape", "out", "argmax")
 
@@ -65,6 +66,11 @@ class BagContext:
     @property
     def indices_shape(self) -> tuple:
         return self.batch.indices_shape
+
+    def output_for(self, grad_output):
+        """The output the weights' gradient reads: the kept copy (mean and sqrtn), or
+        ``grad_output``, of the same shape, as a stand-in the kernels do not read."""
+        return grad_output if self.out is None else self.out
 
     def __repr__(self) -> str:
         return (

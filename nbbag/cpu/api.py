@@ -32,6 +32,12 @@ def check_table(weight, writeable_for: str | None = None) -> np.ndarray:
     return weight
 
 
+def check_writes(arrays: dict, why: str) -> None:
+    """Each of ``arrays`` (by name) writeable: a flag the caller can clear any time."""
+    for name, array in arrays.items():
+        checks.check_writeable(array.flags.writeable, why, name)
+
+
 def table(shape: tuple[int, int], dtype) -> np.ndarray:
     """A new (uninitialised) table, 64-byte aligned."""
     return aligned_empty(shape, dtype)
@@ -62,16 +68,19 @@ def _forward(weight, indices, offsets, per_sample_weights, options, keep_context
             per_sample_weights, indices, options.mode, weight.dtype
         )
     flat = checks.flat_contiguous(indices)
+    if keep_context:  # the context answers for this batch, whatever the caller's
+        flat = _private(flat, indices)  # buffers hold later
+        weights = None if weights is None else _private(weights, per_sample_weights)
     num_rows, dim = weight.shape
-    if options.max_norm is not None:  # a write: everything is checked before it
+    variant = variants.forward_variant(options.mode, dim, flat.shape[0], keep_context)
+    out = np.empty((num_bags, dim), dtype=weight.dtype)
+    csr = np.empty(num_bags + 1, dtype=np.int64)
+    if options.max_norm is not None:  # a write: everything checked and allocated first
         checks.check_writeable(
             weight.flags.writeable, "rows are renormed in place with max_norm"
         )
         _check_contents(indices, flat, offsets, append_end, num_rows)
         renorm_rows(weight, np.unique(flat), options.max_norm, options.norm_type)
-    variant = variants.forward_variant(options.mode, dim, flat.shape[0], keep_context)
-    out = np.empty((num_bags, dim), dtype=weight.dtype)
-    csr = np.empty(num_bags + 1, dtype=np.int64)
     status, argmax = variant.run(
         weight, flat, offsets, append_end, csr, weights, out, options.padding_idx
     )
@@ -80,7 +89,18 @@ def _forward(weight, indices, offsets, per_sample_weights, options, keep_context
     if not keep_context:
         return out, None
     batch = BagBatch(weight, flat, csr, weights, options, indices.shape)
-    return out, BagContext(batch, out if weights is not None else None, argmax)
+    # The weights' gradient of mean and sqrtn reads the output: a copy of its own, so
+    # that the caller may edit the one returned (an in-place activation, say).
+    kept = out.copy() if weights is not None and options.mode.divides else None
+    return out, BagContext(batch, kept, argmax)
+
+
+def _private(array: np.ndarray, given) -> np.ndarray:
+    """``array`` (checked from the caller's ``given``) or, where it may be the caller's
+    own memory, a copy: one that nbbag allocated owns its data and is not ``given``."""
+    if array.flags.owndata and array is not given:
+        return array
+    return array.copy()
 
 
 def check_batch(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
@@ -150,8 +170,9 @@ def _weights_grad(grad_output, ctx: BagContext) -> np.ndarray:
     batch = ctx.batch
     weights_grad = np.zeros_like(batch.per_sample_weights)
     backward.per_sample_weights_grad(
-        batch.weight, batch.indices, batch.offsets, batch.per_sample_weights, ctx.out,
-        grad_output, batch.padding_idx, int(batch.mode), weights_grad,
+        batch.weight, batch.indices, batch.offsets, batch.per_sample_weights,
+        ctx.output_for(grad_output), grad_output, batch.padding_idx, int(batch.mode),
+        weights_grad,
     )  # fmt: skip
     return weights_grad.reshape(ctx.indices_shape)
 
@@ -175,6 +196,12 @@ def copy_into(target: np.ndarray, source: np.ndarray) -> None:
 
 def fill(array: np.ndarray, value) -> None:
     array.fill(value)
+
+
+def sync_schedule(log, on_backend):
+    """The log's arrays as the kernels take them: on the CPU, the log's own."""
+    log.take_changes()
+    return log.schedule()
 
 
 def same_table(a, b) -> bool:

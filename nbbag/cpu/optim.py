@@ -131,13 +131,13 @@ def apply_fused(
 
 # -- exact catch-up ----------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def advance_row(step, row, steps, weight, element_state):
-    """Apply ``steps`` gradient-free steps of ``step``'s rule to ``weight[row]`` and its
-    state, in closed form.
+def advance_row(step, row, last, target, weight, element_state):
+    """Apply the gradient-free steps ``last`` + 1 .. ``target`` of ``step``'s rule to
+    ``weight[row]`` and its state, in closed form.
 
     Ownership: the caller owns row ``row`` of weight and of every state array.
     """
-    advanced = rules.advance(step, steps)
+    advanced = rules.advance(step, last, target)
     w = weight[row]
     state_rows = rules.state_rows(element_state, row)
     for i in range(w.shape[0]):
@@ -147,33 +147,35 @@ def advance_row(step, row, steps, weight, element_state):
 @njit(cache=True)
 def rows_behind(indices, last_step, target_step):
     """List the distinct rows of ``indices`` last brought up to date before
-    ``target_step``, with how many steps each is behind, and mark them as up to date.
+    ``target_step``, with the step each was last up to date at, and mark them as up to
+    date.
 
     A serial O(N) scan: ``last_step`` itself marks the rows already listed, so no sort
     and no array of size V is needed.
     Ownership: serial; writes ``last_step`` at the listed rows.
     """
     rows = np.empty(indices.shape[0], dtype=np.int64)
-    behind = np.empty(indices.shape[0], dtype=np.int64)
+    last = np.empty(indices.shape[0], dtype=np.int64)
     count = 0
     for i in range(indices.shape[0]):
         row = indices[i]
         if last_step[row] < target_step:
             rows[count] = row
-            behind[count] = target_step - last_step[row]
+            last[count] = last_step[row]
             last_step[row] = target_step
             count += 1
-    return rows[:count], behind[:count]
+    return rows[:count], last[:count]
 
 
 @njit(parallel=PARALLEL, cache=True)
-def advance_rows(step, weight, rows, behind, element_state):
-    """:func:`advance_row` for each of ``rows`` (unique) by ``behind`` steps.
+def advance_rows(step, weight, rows, last, target_step, element_state):
+    """:func:`advance_row` for each of ``rows`` (unique) from ``last`` to
+    ``target_step``.
 
     Ownership: iteration k of the prange writes row ``rows[k]`` of weight and state.
     """
     for k in prange(rows.shape[0]):
-        advance_row(step, rows[k], behind[k], weight, element_state)
+        advance_row(step, rows[k], last[k], target_step, weight, element_state)
 
 
 @njit(cache=True)
@@ -184,8 +186,8 @@ def catch_up_rows(step, weight, indices, element_state, row_state, target_step):
 
     Ownership: serial marking, then one prange iteration per distinct row.
     """
-    rows, behind = rows_behind(indices, row_state[0], target_step)
-    advance_rows(step, weight, rows, behind, element_state)
+    rows, last = rows_behind(indices, row_state[0], target_step)
+    advance_rows(step, weight, rows, last, target_step, element_state)
 
 
 @njit(parallel=PARALLEL, cache=True)
@@ -197,5 +199,5 @@ def catch_up_all_rows(step, weight, element_state, row_state, target_step):
     last_step = row_state[0]
     for row in prange(weight.shape[0]):
         if last_step[row] < target_step:
-            advance_row(step, row, target_step - last_step[row], weight, element_state)
+            advance_row(step, row, last_step[row], target_step, weight, element_state)
             last_step[row] = target_step

@@ -12,6 +12,7 @@ import numpy as np
 
 from nbbag import _validate
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
+from nbbag.base.schedule import Schedule
 from nbbag.cuda import arrays, backward, checks, forward, grouping, launch, optim, variants
 from nbbag.sparse import RowSparseGrad
 
@@ -22,6 +23,10 @@ NAME = "cuda"
 def check_table(weight, writeable_for: str | None = None):
     """``weight`` as a Numba device array (no copy), checked as a table."""
     return checks.check_weight(weight)
+
+
+def check_writes(arrays: dict, why: str) -> None:
+    """Nothing to check: a device array has no read-only flag."""
 
 
 def table(shape: tuple[int, int], dtype):
@@ -38,10 +43,16 @@ def embedding_bag(weight, indices, offsets, per_sample_weights, options: Forward
 def embedding_bag_fwd(
     weight, indices, offsets, per_sample_weights, options: ForwardOptions
 ):
-    batch = checks.validate(weight, indices, offsets, per_sample_weights, options)
+    batch = checks.validate(
+        weight, indices, offsets, per_sample_weights, options, private=True
+    )
     out, argmax = _run_forward(batch, True)
-    keep_out = out if batch.per_sample_weights is not None else None
-    return out, BagContext(batch, keep_out, argmax)
+    # The weights' gradient of mean and sqrtn reads the output: a copy of its own, so
+    # that the caller may edit the one returned.
+    kept = None
+    if batch.per_sample_weights is not None and options.mode.divides:
+        kept = arrays.copy(out)
+    return out, BagContext(batch, kept, argmax)
 
 
 def check_batch(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
@@ -52,18 +63,18 @@ def check_batch(weight, indices, offsets, per_sample_weights, options: ForwardOp
 def _run_forward(batch: BagBatch, keep_context: bool):
     """The forward kernels on a validated device batch: (out, max's winners or None)."""
     weight, options = batch.weight, batch.options
-    if options.max_norm is not None:
+    num_bags, dim = batch.num_bags, weight.shape[1]
+    out = arrays.empty((num_bags, dim), weight.dtype)
+    argmax = None
+    if variants.records_winners(options.mode, keep_context):
+        argmax = arrays.empty((num_bags, dim), np.int64)
+    if options.max_norm is not None:  # a write: everything allocated before it
         rows = grouping.unique_rows(batch.indices, weight.shape[0])
         if rows.shape[0]:
             grid, block = launch.linear(rows.shape[0])
             forward.renorm_rows[grid, block](
                 weight, rows, options.max_norm, options.norm_type
             )
-    num_bags, dim = batch.num_bags, weight.shape[1]
-    out = arrays.empty((num_bags, dim), weight.dtype)
-    argmax = None
-    if variants.records_winners(options.mode, keep_context):
-        argmax = arrays.empty((num_bags, dim), np.int64)
     if num_bags and dim:
         grid, block = launch.grouped(num_bags, dim)
         variants.forward_launch(grid, block, batch, out, argmax)
@@ -109,8 +120,9 @@ def embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad, deterministic):
     if batch.num_bags:
         grid, block = launch.linear(batch.num_bags)
         backward.per_sample_weights_grad[grid, block](
-            batch.weight, batch.indices, batch.offsets, batch.per_sample_weights, ctx.out,
-            grad_output, batch.padding_idx, int(batch.mode), weights_grad,
+            batch.weight, batch.indices, batch.offsets, batch.per_sample_weights,
+            ctx.output_for(grad_output), grad_output, batch.padding_idx, int(batch.mode),
+            weights_grad,
         )  # fmt: skip
     return grad, weights_grad.reshape(ctx.indices_shape)
 
@@ -152,6 +164,22 @@ def copy_into(target, source: np.ndarray) -> None:
 
 def fill(array, value) -> None:
     arrays.fill(array, value)
+
+
+def sync_schedule(log, on_device):
+    """The log's arrays on the device: copied whole the first time, then only the
+    entries that changed (a few a step while the hyperparameters change)."""
+    changes = log.take_changes()
+    if on_device is None:
+        on_device = Schedule(
+            arrays.to_device(log.starts), arrays.to_device(log.matrices),
+            arrays.to_device(log.products), log.count,
+        )  # fmt: skip
+    else:
+        for name, index in changes:
+            source = getattr(log, name)[index : index + 1]
+            getattr(on_device, name)[index : index + 1].copy_to_device(source)
+    return on_device._replace(runs=log.count)
 
 
 def same_table(a, b) -> bool:

@@ -74,6 +74,14 @@ def full(shape, value, dtype):
     return array
 
 
+def copy(array):
+    """A new device array holding what device ``array`` holds."""
+    result = cuda.device_array(array.shape, dtype=array.dtype)
+    if array.size:  # (an empty array's strides need not match the new one's)
+        result.copy_to_device(array)
+    return result
+
+
 def to_device(array: np.ndarray):
     return cuda.to_device(np.ascontiguousarray(array))
 

@@ -162,10 +162,14 @@ def check_host_ids(indices: np.ndarray, num_rows: int) -> None:
         raise index_error(indices.shape, position, flat[position], num_rows)
 
 
-def validate(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
+def validate(
+    weight, indices, offsets, per_sample_weights, options: ForwardOptions,
+    private: bool = False,
+):  # fmt: skip
     """Every check of a forward on a device ``weight``, with the CPU path's messages;
     every array of the resulting :class:`BagBatch` is on the device.  Host inputs are
-    checked on the host, then copied over; device inputs are checked on the device."""
+    checked on the host, then copied over; device inputs are checked on the device
+    and, if ``private``, copied (the batch then holds none of the caller's buffers)."""
     num_rows = weight.shape[0]
     on_device = arrays.is_device(indices)
     indices = (
@@ -184,6 +188,8 @@ def validate(weight, indices, offsets, per_sample_weights, options: ForwardOptio
         weights = check_device_per_sample_weights(
             per_sample_weights, indices.shape, options.mode, weight.dtype
         )
+        if private and arrays.same_array(weights, arrays.as_device(per_sample_weights)):
+            weights = arrays.copy(weights)
     else:
         weights = check_per_sample_weights(
             per_sample_weights, indices, options.mode, weight.dtype
@@ -192,6 +198,8 @@ def validate(weight, indices, offsets, per_sample_weights, options: ForwardOptio
     indices_shape = tuple(indices.shape)
     if on_device:
         flat = indices.reshape(indices.size)
+        if private:
+            flat = arrays.copy(flat)
     else:
         check_host_ids(indices, num_rows)
         flat = arrays.to_device(np.ascontiguousarray(indices.reshape(-1)))

@@ -104,10 +104,11 @@ def apply_fused(
 
 
 @cuda.jit(device=True)
-def advance_row_dev(step, row, steps, weight, element_state):
-    """Apply ``steps`` gradient-free steps of ``step``'s rule to row ``row`` (one
-    thread).  Ownership: the caller owns the row of weight and state."""
-    advanced = rules.advance(step, steps)
+def advance_row_dev(step, row, last, target, weight, element_state):
+    """Apply the gradient-free steps ``last`` + 1 .. ``target`` of ``step``'s rule to
+    row ``row`` (one thread).  Ownership: the caller owns the row of weight and
+    state."""
+    advanced = rules.advance(step, last, target)
     w = weight[row]
     state_rows = rules.state_rows(element_state, row)
     for i in range(w.shape[0]):
@@ -118,7 +119,7 @@ def advance_row_dev(step, row, steps, weight, element_state):
 def catch_up_rows(step, weight, indices, element_state, row_state, target_step):
     """Bring the rows of ``indices`` (repeats allowed) up to ``target_step``;
     ``row_state[0]`` holds each row's last step.  The thread that raises a row's last
-    step (``atomic.max``) advances the row by the steps it was behind; the others find
+    step (``atomic.max``) advances the row over the steps it was behind; the others find
     it up to date.
 
     Ownership: the thread whose atomic.max saw the old step owns the row (grid-stride).
@@ -128,7 +129,7 @@ def catch_up_rows(step, weight, indices, element_state, row_state, target_step):
         row = indices[p]
         old = cuda.atomic.max(last_step, row, target_step)
         if old < target_step:
-            advance_row_dev(step, row, target_step - old, weight, element_state)
+            advance_row_dev(step, row, old, target_step, weight, element_state)
 
 
 @cuda.jit
@@ -140,5 +141,5 @@ def catch_up_all_rows(step, weight, element_state, row_state, target_step):
     last_step = row_state[0]
     for row in range(cuda.grid(1), weight.shape[0], cuda.gridsize(1)):
         if last_step[row] < target_step:
-            advance_row_dev(step, row, target_step - last_step[row], weight, element_state)
+            advance_row_dev(step, row, last_step[row], target_step, weight, element_state)
             last_step[row] = target_step

@@ -78,8 +78,8 @@ arrays that the record's ``reads`` names, ``t`` the step number from 1::
                 row_state, t, scratch, lanes=None)  # scratch (chunks, FUSED_BLOCK, >= D)
     catch_up_rows(step, weight, indices, element_state, row_state, target_step)
     catch_up_all_rows(step, weight, element_state, row_state, target_step)
-    rows, behind = rows_behind(indices, last_step, target_step)
-    advance_rows(step, weight, rows, behind, element_state)  # SGD's exact catch-up
+    rows, last = rows_behind(indices, last_step, target_step)
+    advance_rows(step, weight, rows, last, target_step, element_state)  # SGD's catch-up
 
 Example, from a user's own ``@njit`` function::
 
