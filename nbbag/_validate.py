@@ -169,6 +169,27 @@ def check_writeable(writeable: bool, why: str, name: str = "weight") -> None:
         raise ValueError(f"{name} must be writeable: {why}")
 
 
+def check_out_like(out, shape: tuple, dtype, c_contiguous: bool) -> None:
+    """An ``out=`` array's shape, dtype and layout (either backend)."""
+    if out.dtype != dtype:
+        raise TypeError(f"out must have the weight's dtype {dtype}, got {out.dtype}")
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out must have shape (B, D) = {shape}, got {tuple(out.shape)}")
+    if not c_contiguous:
+        raise ValueError("out must be C-contiguous")
+
+
+def check_out(out, shape: tuple, weight: np.ndarray) -> None:
+    """``out=`` of the CPU forward: a writeable NumPy array apart from ``weight``."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    check_out_like(out, shape, weight.dtype, out.flags.c_contiguous)
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    if np.may_share_memory(out, weight):
+        raise ValueError("out must not overlap weight (the forward reads it)")
+
+
 # -- ids, offsets, weights -----------------------------------------------------------
 def as_array(value, name: str) -> np.ndarray:
     if type(value) is np.ndarray:

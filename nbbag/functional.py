@@ -23,6 +23,7 @@ def embedding_bag(
     max_norm: float | None = None,
     norm_type: float = 2.0,
     scale_grad_by_freq: bool = False,
+    out=None,
 ) -> np.ndarray:
     """Look up the rows of ``weight`` named by each bag of ``indices`` and reduce them.
 
@@ -62,6 +63,9 @@ def embedding_bag(
     scale_grad_by_freq : bool, default False
         Only affects the gradient (see ``embedding_bag_bwd``); accepted here so torch
         code ports unchanged.
+    out : ndarray (a device array on the GPU), shape (B, D), weight's dtype, optional
+        Where to write the result (NumPy's convention, for loops that reuse a buffer):
+        C-contiguous, writeable, not overlapping ``weight``.  Returned.
 
     Returns
     -------
@@ -85,7 +89,7 @@ def embedding_bag(
     """
     return _run(
         "embedding_bag", weight, indices, offsets, per_sample_weights, mode, padding_idx,
-        include_last_offset, max_norm, norm_type, scale_grad_by_freq,
+        include_last_offset, max_norm, norm_type, scale_grad_by_freq, out=out,
     )  # fmt: skip
 
 
@@ -136,7 +140,7 @@ def embedding_bag_fwd(
 
 def _run(
     name, weight, indices, offsets, per_sample_weights, mode, padding_idx,
-    include_last_offset, max_norm, norm_type, scale_grad_by_freq,
+    include_last_offset, max_norm, norm_type, scale_grad_by_freq, **extra,
 ):  # fmt: skip
     """Check the table and the options, then run the backend's ``name``."""
     backend = backend_for(weight)
@@ -145,7 +149,9 @@ def _run(
         mode, padding_idx, include_last_offset, max_norm, norm_type, scale_grad_by_freq,
         weight.shape[0],
     )  # fmt: skip
-    return getattr(backend, name)(weight, indices, offsets, per_sample_weights, options)
+    return getattr(backend, name)(
+        weight, indices, offsets, per_sample_weights, options, **extra
+    )
 
 
 def embedding_bag_bwd(

@@ -13,6 +13,13 @@ class Mode(IntEnum):
     MAX = 2
     SQRTN = 3
 
+    def __str__(self) -> str:
+        """The mode's name as the API spells it: ``str(Mode.MEAN) == "mean"``."""
+        return self.name.lower()
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
     @property
     def takes_weights(self) -> bool:
         """Whether the mode takes ``per_sample_weights`` (all but max)."""

@@ -95,6 +95,14 @@ class _SparseOptimizer:
         self._log = None if self.rule.step_matrix is None else ScheduleLog(SCHEDULE_RUNS)
         self._log_on_backend = None  # the log's arrays on the table's backend
 
+    def __repr__(self) -> str:
+        values = ", ".join(f"{name}={value!r}" for name, value in self._values.items())
+        shape = "x".join(str(n) for n in self.weight.shape)
+        return (
+            f"{type(self).__name__}({values}, step_count={self.step_count}, "
+            f"weight={shape} {self.weight.dtype})"
+        )
+
     # -- what the kernels take ----------------------------------------------------------
     @property
     def step_type(self) -> type:

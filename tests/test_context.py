@@ -145,3 +145,57 @@ def test_a_step_on_a_table_made_read_only_fails_cleanly_and_counts_no_step(rng, 
     np.testing.assert_array_equal(weight, before)
     for key, value in optimizer.state_dict().items():
         np.testing.assert_array_equal(value, state[key], err_msg=key)
+
+
+def test_out_is_written_and_returned(rng, backend):
+    weight = backend.array(rng.standard_normal((V, D)).astype(np.float32))
+    indices, offsets, weights = batch(rng)
+    expected = backend.host(
+        nbbag.embedding_bag(
+            weight, indices, offsets, mode="sqrtn", per_sample_weights=weights
+        )
+    )
+    out = backend.array(rng.standard_normal((offsets.size, D)).astype(np.float32))
+    result = nbbag.embedding_bag(
+        weight, indices, offsets, mode="sqrtn", per_sample_weights=weights, out=out
+    )
+    assert result is out
+    np.testing.assert_array_equal(backend.host(out), expected)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (
+            lambda w, b: np.zeros((b, D), np.float64),
+            TypeError,
+            "out must have the weight's dtype",
+        ),
+        (lambda w, b: np.zeros((b + 1, D), np.float32), ValueError, "out must have shape"),
+        (lambda w, b: np.zeros((D, b), np.float32).T, ValueError, "C-contiguous"),
+        (lambda w, b: w[:b], ValueError, "must not overlap weight"),
+        ([[0.0]], TypeError, "out must be a NumPy array"),
+    ],
+    ids=["dtype", "shape", "layout", "overlap", "list"],
+)
+def test_bad_out_is_refused_before_anything_is_written(rng, make, error, match):
+    weight = rng.standard_normal((V, D)).astype(np.float32) * 10
+    before = weight.copy()
+    indices, offsets, _ = batch(rng)
+    out = make(weight, offsets.size) if callable(make) else make
+    with pytest.raises(error, match=match):
+        nbbag.embedding_bag(weight, indices, offsets, max_norm=1.0, out=out)
+    np.testing.assert_array_equal(weight, before)
+
+
+def test_mode_prints_its_name():
+    assert str(nbbag.Mode.MEAN) == "mean"
+    assert f"{nbbag.Mode.SQRTN}" == "sqrtn"
+    assert nbbag.Mode.parse(str(nbbag.Mode.MAX)) is nbbag.Mode.MAX
+
+
+def test_optimizers_print_their_hyperparameters(rng):
+    opt = nbbag.optim.SGD(rng.standard_normal((V, D)), lr=0.1, momentum=0.9)
+    assert repr(opt) == (
+        f"SGD(lr=0.1, momentum=0.9, weight_decay=0.0, step_count=0, weight={V}x{D} float64)"
+    )

@@ -44,9 +44,12 @@ def table(shape: tuple[int, int], dtype) -> np.ndarray:
 
 
 # -- the forward -------------------------------------------------------------------------
-def embedding_bag(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
-    """The forward's output (``weight`` checked by :func:`check_table`)."""
-    return _forward(weight, indices, offsets, per_sample_weights, options, False)[0]
+def embedding_bag(
+    weight, indices, offsets, per_sample_weights, options: ForwardOptions, out=None
+):
+    """The forward's output (``weight`` checked by :func:`check_table`), in ``out`` if
+    given."""
+    return _forward(weight, indices, offsets, per_sample_weights, options, False, out)[0]
 
 
 def embedding_bag_fwd(
@@ -56,7 +59,7 @@ def embedding_bag_fwd(
     return _forward(weight, indices, offsets, per_sample_weights, options, True)
 
 
-def _forward(weight, indices, offsets, per_sample_weights, options, keep_context):
+def _forward(weight, indices, offsets, per_sample_weights, options, keep_context, out=None):
     # Every call pays for each line here: a tiny batch's whole forward is ~4 us.
     indices = checks.check_indices(indices)
     offsets, append_end, num_bags = checks.bag_offsets(
@@ -73,7 +76,10 @@ def _forward(weight, indices, offsets, per_sample_weights, options, keep_context
         weights = None if weights is None else _private(weights, per_sample_weights)
     num_rows, dim = weight.shape
     variant = variants.forward_variant(options.mode, dim, flat.shape[0], keep_context)
-    out = np.empty((num_bags, dim), dtype=weight.dtype)
+    if out is None:
+        out = np.empty((num_bags, dim), dtype=weight.dtype)
+    else:
+        checks.check_out(out, (num_bags, dim), weight)
     csr = np.empty(num_bags + 1, dtype=np.int64)
     if options.max_norm is not None:  # a write: everything checked and allocated first
         checks.check_writeable(

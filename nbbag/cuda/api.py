@@ -35,9 +35,13 @@ def table(shape: tuple[int, int], dtype):
 
 
 # -- the forward -------------------------------------------------------------------------
-def embedding_bag(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
+def embedding_bag(
+    weight, indices, offsets, per_sample_weights, options: ForwardOptions, out=None
+):
     batch = checks.validate(weight, indices, offsets, per_sample_weights, options)
-    return _run_forward(batch, False)[0]
+    if out is not None:
+        out = checks.check_device_out(out, (batch.num_bags, weight.shape[1]), weight)
+    return _run_forward(batch, False, out)[0]
 
 
 def embedding_bag_fwd(
@@ -60,11 +64,13 @@ def check_batch(weight, indices, offsets, per_sample_weights, options: ForwardOp
     checks.validate(weight, indices, offsets, per_sample_weights, options)
 
 
-def _run_forward(batch: BagBatch, keep_context: bool):
-    """The forward kernels on a validated device batch: (out, max's winners or None)."""
+def _run_forward(batch: BagBatch, keep_context: bool, out=None):
+    """The forward kernels on a validated device batch: (out, max's winners or None);
+    into ``out`` (checked) if given."""
     weight, options = batch.weight, batch.options
     num_bags, dim = batch.num_bags, weight.shape[1]
-    out = arrays.empty((num_bags, dim), weight.dtype)
+    if out is None:
+        out = arrays.empty((num_bags, dim), weight.dtype)
     argmax = None
     if variants.records_winners(options.mode, keep_context):
         argmax = arrays.empty((num_bags, dim), np.int64)

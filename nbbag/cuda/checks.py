@@ -18,6 +18,7 @@ from nbbag._validate import (
     check_offsets_found,
     check_offsets_shape,
     check_offsets_values,
+    check_out_like,
     check_per_sample_weights,
     check_table_layout,
     check_weights_like,
@@ -144,6 +145,19 @@ def check_device_per_sample_weights(per_sample_weights, indices_shape, mode, dty
     if not weights.is_c_contiguous():
         raise ValueError("per_sample_weights must be C-contiguous")
     return arrays.cast(weights.reshape(weights.size), dtype)
+
+
+def check_device_out(out, shape: tuple, weight):
+    """``out=`` of the GPU forward: a device array apart from ``weight``."""
+    if not arrays.is_device(out):
+        raise TypeError(f"out must be a device array, got {type(out).__name__}")
+    out = arrays.as_device(out)
+    check_out_like(out, shape, weight.dtype, out.is_c_contiguous())
+    start, end = arrays.data_pointer(out), arrays.data_pointer(out) + out.nbytes
+    table = arrays.data_pointer(weight)
+    if out.size and start < table + weight.nbytes and table < end:
+        raise ValueError("out must not overlap weight (the forward reads it)")
+    return out
 
 
 def host_csr(offsets, indices, include_last_offset: bool) -> np.ndarray:
