@@ -1,9 +1,18 @@
 """nbbag's kernels, for people composing their own pipelines.
 
-These are the Numba-compiled CPU kernels behind :func:`nbbag.embedding_bag`, with stable
-signatures.  They write into an output the caller allocates, and they trust their
-inputs: no bounds checks (Numba does none), so validate first or use the front door.
-Each is callable from Python and from your own ``@njit`` functions.
+These are the Numba-compiled CPU kernels behind :func:`nbbag.embedding_bag`.  They
+write into an output the caller allocates, and they trust their inputs: no bounds
+checks (Numba does none), so validate first, use the front door, or, while composing,
+:mod:`nbbag.kernels.checked`: the bag kernels from Python with every argument checked
+(``checked.bag_sum(weight, indices, offsets, out)`` raises where ``bag_sum`` would write
+past ``out`` or read past the table).  Each kernel is callable from Python and from
+your own ``@njit`` functions.
+
+Stability: the bag kernels, the per-bag functions and ``renorm_rows`` (the first two
+lists below) are the stable set: their signatures change only with a migration note in
+the README.  The backward and optimizer kernels are provisional: exported for people
+composing training loops, but their arguments follow the host layer's records
+(:mod:`nbbag.base.records`, :mod:`nbbag.rules`) and may change between 0.x releases.
 :mod:`nbbag.kernels.cuda` has the GPU kernels, with the same names and arguments
 where they share a name (the CPU's trailing ``lanes`` is a CPU-only option).
 
