@@ -8,7 +8,8 @@ Usage::
     python -m benchmarks.report -- -k forward   # extra pytest arguments after --
 
 The suite runs under pytest-benchmark (``--benchmark-json``) with a progress bar, one
-tick per benchmark; pytest's output goes to ``report.log`` beside the JSON.  The report
+tick per benchmark (reported by a pytest plugin, ``benchmarks/progress.py``); pytest's
+output goes to ``report.log`` beside the JSON.  The report
 replaces the text between ``<!-- report:begin -->`` and ``<!-- report:end -->`` in
 RESULTS.md and keeps everything outside the markers.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +32,6 @@ from benchmarks.tables import render
 BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-_COLLECTED = re.compile(r"collected (\d+) items?(?:.* (\d+) selected)?")
-_OUTCOME = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
 
 
 def pytest_command(json_path: Path, pytest_args: list[str]) -> list[str]:
@@ -46,41 +44,45 @@ def pytest_command(json_path: Path, pytest_args: list[str]) -> list[str]:
         "-v",
         "-p",
         "no:cacheprovider",
+        "-p",
+        "benchmarks.progress",
         f"--benchmark-json={json_path}",
         *pytest_args,
     ]
 
 
 def run_suite(json_path: Path, log_path: Path, quick: bool, pytest_args: list[str]) -> int:
-    """Run the suite with a progress bar; pytest's output goes to ``log_path``.
-    Returns pytest's exit status."""
+    """Run the suite with a progress bar (driven by the ``benchmarks.progress`` plugin
+    through a pipe); pytest's output goes to ``log_path``.  Returns pytest's exit
+    status."""
+    read_end, write_end = os.pipe()
     env = dict(os.environ, NBBAG_BENCH_QUICK="1" if quick else "0")
+    env["NBBAG_PROGRESS_FD"] = str(write_end)
     command = pytest_command(json_path, pytest_args)
     with open(log_path, "w") as log, tqdm(unit="bench", desc="benchmarks") as bar:
         process = subprocess.Popen(
             command,
             cwd=ROOT,
             env=env,
-            stdout=subprocess.PIPE,
+            stdout=log,
             stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
+            pass_fds=(write_end,),
         )
-        for line in process.stdout:
-            log.write(line)
-            _advance(bar, line)
+        os.close(write_end)  # the child's copy stays open until it exits
+        with os.fdopen(read_end) as events:
+            for event in events:
+                _advance(bar, event.rstrip("\n"))
         return process.wait()
 
 
-def _advance(bar, line: str) -> None:
+def _advance(bar, event: str) -> None:
     """One tick per finished benchmark; the total once pytest has collected."""
-    collected = _COLLECTED.search(line)
-    if collected and bar.total is None:
-        bar.total = int(collected.group(2) or collected.group(1))
+    kind, _, value = event.partition(" ")
+    if kind == "total":
+        bar.total = int(value)
         bar.refresh()
-    outcome = _OUTCOME.match(line)
-    if outcome:
-        case = outcome.group(1).split("[", 1)[-1].rstrip("]")  # the case's id
+    elif kind == "done":
+        case = value.split("[", 1)[-1].rstrip("]")  # the case's id
         bar.set_postfix_str(case, refresh=False)
         bar.update(1)
 

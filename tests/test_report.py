@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -219,21 +222,37 @@ class _Bar:
         self.n += n
 
 
-def test_progress_counts_finished_benchmarks():
-    bar = _Bar()
-    for line in [
-        "platform linux -- Python 3.11",
-        "collected 3 items",
-        "benchmarks/test_bench_copy.py::test_copy[op=copy-impl=numba] PASSED   [ 33%]",
-        "benchmarks/test_bench_copy.py::test_copy[op=copy-impl=numpy] SKIPPED  [ 66%]",
-        "----- benchmark 'copy': 2 tests -----",
-    ]:
-        report._advance(bar, line)
-    assert bar.total == 3 and bar.n == 2 and bar.postfix == "op=copy-impl=numpy"
+def test_progress_plugin_reports_the_selected_and_each_finished_test(tmp_path):
+    """pytest with the plugin, as run_suite starts it: the total after deselection,
+    then one event per test whether it passed, failed or was skipped."""
+    (tmp_path / "test_cases.py").write_text(
+        "import pytest\n"
+        "def test_passes(): pass\n"
+        "def test_fails(): assert False\n"
+        "@pytest.mark.skip\n"
+        "def test_skipped(): pass\n"
+        "def test_deselected(): pass\n"
+    )
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, NBBAG_PROGRESS_FD=str(write_end))
+    command = [sys.executable, "-m", "pytest", str(tmp_path), "-p", "benchmarks.progress",
+               "-p", "no:cacheprovider", "-k", "not deselected", "-q"]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=report.ROOT, env=env, pass_fds=(write_end,), stdout=subprocess.DEVNULL
+    )
+    os.close(write_end)
+    with os.fdopen(read_end) as events:
+        lines = [line.rstrip("\n") for line in events]
+    process.wait()
+    assert lines[0] == "total 3"
+    assert sorted(line.rsplit("::", 1)[-1] for line in lines[1:]) == [
+        "test_fails", "test_passes", "test_skipped",
+    ]  # fmt: skip
 
-    selected = _Bar()
-    report._advance(selected, "collected 104 items / 95 deselected / 9 selected")
-    assert selected.total == 9
+    bar = _Bar()
+    for line in lines:
+        report._advance(bar, line)
+    assert bar.total == 3 and bar.n == 3
 
 
 def test_parse_args_splits_pytest_arguments():
