@@ -1,4 +1,5 @@
-"""Run the benchmark suite and write benchmarks/RESULTS.md and its plots.
+"""Run the benchmark suite and write benchmarks/RESULTS.md (for users), its plots, and
+benchmarks/DEVELOPMENT.md (the acceptance checks).
 
 Usage::
 
@@ -10,8 +11,8 @@ Usage::
 The suite runs under pytest-benchmark (``--benchmark-json``) with a progress bar, one
 tick per benchmark (reported by a pytest plugin, ``benchmarks/progress.py``); pytest's
 output goes to ``report.log`` beside the JSON.  The report
-replaces the text between ``<!-- report:begin -->`` and ``<!-- report:end -->`` in
-RESULTS.md and keeps everything outside the markers.
+replaces the text between ``<!-- report:begin -->`` and ``<!-- report:end -->`` in each
+file and keeps everything outside the markers (the summary, the log).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from benchmarks import plots
 from benchmarks.acceptance import acceptance_checks
 from benchmarks.results import Results
-from benchmarks.tables import render
+from benchmarks.tables import render, render_acceptance
 
 BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
 HERE = Path(__file__).resolve().parent
@@ -97,18 +98,26 @@ def replace_block(text: str, block: str) -> str:
 
 
 def write_report(json_path: Path, out_dir: Path) -> Path:
-    """Write the plots and the RESULTS.md block for the run in ``json_path``."""
+    """Write the plots, the RESULTS.md block (for users) and the DEVELOPMENT.md block
+    (the acceptance checks) for the run in ``json_path``."""
     results = Results.load(json_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {
         "scaling.png": plots.plot_scaling(results, out_dir / "scaling.png"),
         "bandwidth.png": plots.plot_bandwidth(results, out_dir / "bandwidth.png"),
     }
-    block = render(results, acceptance_checks(results), figures)
-    results_md = out_dir / "RESULTS.md"
-    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
-    results_md.write_text(replace_block(text, block))
-    return results_md
+    blocks = {
+        "RESULTS.md": ("# Benchmark results\n", render(results, figures)),
+        "DEVELOPMENT.md": (
+            "# Benchmarks: acceptance and development log\n",
+            render_acceptance(results, acceptance_checks(results)),
+        ),
+    }
+    for name, (title, block) in blocks.items():
+        path = out_dir / name
+        text = path.read_text() if path.exists() else title
+        path.write_text(replace_block(text, block))
+    return out_dir / "RESULTS.md"
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

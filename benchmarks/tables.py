@@ -194,15 +194,9 @@ def bandwidth_lines(results: Results) -> list[str]:
     return lines + _table(header, rows)
 
 
-def render(results: Results, checks: list[Check], figures: dict[str, bool]) -> str:
-    """The whole report block, in Markdown."""
+def render(results: Results, figures: dict[str, bool]) -> str:
+    """The results block for users (RESULTS.md), in Markdown."""
     lines = machine_lines(results)
-    lines += ["", "### Acceptance", ""] + acceptance_lines(checks)
-    lines += [
-        "",
-        "Item 5 (the report runs from a fresh clone as the README says) is checked by"
-        " running it.",
-    ]
     lines += ["", "### Ratios per group", ""] + ratio_lines(results)
     lines += ["", f"### {TINY_TITLE}", ""] + tiny_lines(results)
     lines += [
@@ -215,4 +209,16 @@ def render(results: Results, checks: list[Check], figures: dict[str, bool]) -> s
     for name, drawn in figures.items():
         lines.append(f"![{name}]({name})" if drawn else f"{name}: no data in this run")
         lines.append("")
+    return "\n".join(lines)
+
+
+def render_acceptance(results: Results, checks: list[Check]) -> str:
+    """The acceptance block for developers (DEVELOPMENT.md), in Markdown."""
+    lines = machine_lines(results)
+    lines += ["", "### Acceptance", ""] + acceptance_lines(checks)
+    lines += [
+        "",
+        "Item 5 (the report runs from a fresh clone as the README says) is checked by"
+        " running it.",
+    ]
     return "\n".join(lines)

@@ -171,6 +171,10 @@ def test_write_report_of_a_partial_run(tmp_path, tiny_data):
     text = (tmp_path / "RESULTS.md").read_text()
     assert f"### {TINY_TITLE}" in text
     assert "| forward (sum) | 32 | 10.00 | 8.00 | 0.80 |" in text
+    assert "scaling.png: no data in this run" in text
+    assert text.count("None in this run.") == 4  # ratios, scaling, copy, forward GB/s
+    assert "Acceptance" not in text
+    text = (tmp_path / "DEVELOPMENT.md").read_text()
     assert (
         "1 of 2 measured checks pass (31 checks in all, 2 of them without a target)" in text
     )
@@ -180,8 +184,6 @@ def test_write_report_of_a_partial_run(tmp_path, tiny_data):
         "| 6 | tiny step B=1 (fwd+bwd+Adagrad): torch/nbbag | 5.00 | none | reported |"
         in text
     )
-    assert "scaling.png: no data in this run" in text
-    assert text.count("None in this run.") == 4  # ratios, scaling, copy, forward GB/s
 
 
 def test_replace_block_keeps_text_outside_the_markers():
@@ -201,8 +203,11 @@ def test_write_report(tmp_path, json_path):
     text = (out / "RESULTS.md").read_text()
     assert text.startswith("hand-written\n") and text.endswith(f"{report.END}\ntail\n")
     assert "machine: Test CPU, 2 logical cores" in text
-    assert "| 1 | forward sum, D=64, zipf: torch/nbbag | 1.10 | >= 1.2 | FAIL |" in text
     assert "![scaling.png](scaling.png)" in text
+    development = (out / "DEVELOPMENT.md").read_text()
+    assert development.startswith("# Benchmarks: acceptance and development log\n")
+    row = "| 1 | forward sum, D=64, zipf: torch/nbbag | 1.10 | >= 1.2 | FAIL |"
+    assert row in development
     for name in ("scaling.png", "bandwidth.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
