@@ -19,17 +19,9 @@ import numpy as np
 import pytest
 
 import nbbag
-from benchmarks.common import (
-    NUM_BAGS,
-    QUICK,
-    bag_offsets,
-    spread_ids,
-    tiled_table,
-    time_case,
-    zipf_ranks,
-)
+from benchmarks import common
 
-NUM_ROWS = 10**6 if QUICK else 10**7
+NUM_ROWS = 10**6 if common.QUICK else 10**7
 NUM_DISTINCT = 10**4
 LR, MOMENTUM = 0.01, 0.9
 DECAY_STEPS = 10**6  # the schedule's length: lr goes from LR to 0 over it
@@ -45,12 +37,12 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def schedule_case(forward_table):
-    offsets = bag_offsets(NUM_BAGS)
-    ranks = zipf_ranks(int(offsets[-1])) % NUM_DISTINCT
-    ids = spread_ids(ranks, NUM_DISTINCT, NUM_ROWS)
+    offsets = common.bag_offsets(common.NUM_BAGS)
+    ranks = common.zipf_ranks(int(offsets[-1])) % NUM_DISTINCT
+    ids = common.spread_ids(ranks, NUM_DISTINCT, NUM_ROWS)
     rng = np.random.default_rng(SEED)
-    grad_output = rng.standard_normal((NUM_BAGS, forward_table.shape[1]), np.float32)
-    table = tiled_table(forward_table, NUM_ROWS)
+    grad_output = rng.standard_normal((common.NUM_BAGS, forward_table.shape[1]), np.float32)
+    table = common.tiled_table(forward_table, NUM_ROWS)
     yield table, ids, offsets[:-1], grad_output
     del table
 
@@ -81,4 +73,4 @@ def test_step_schedule(benchmark, schedule_case, opt, schedule):
     benchmark.extra_info.update(
         impl=schedule, op="step-schedule", opt=opt, V=NUM_ROWS, dim=table.shape[1]
     )
-    time_case(benchmark, step)
+    common.time_case(benchmark, step)

@@ -20,18 +20,6 @@ import numpy as np
 from nbbag import _validate as checks
 from nbbag.cpu import forward
 
-__all__ = [
-    "bag_max",
-    "bag_max_argmax",
-    "bag_mean",
-    "bag_sqrtn",
-    "bag_sum",
-    "bag_weighted_mean",
-    "bag_weighted_sqrtn",
-    "bag_weighted_sum",
-    "renorm_rows",
-]
-
 
 def _check_bags(weight, indices, offsets, out, padding_idx):
     """The arguments every bag kernel takes, checked: (weight, indices, offsets,
@@ -137,3 +125,6 @@ def renorm_rows(weight, rows, max_norm, norm_type):
         raise TypeError("max_norm must be a number, got None")
     max_norm, norm_type = checks.check_norm_options(max_norm, norm_type)
     forward.renorm_rows(weight, np.ascontiguousarray(rows), max_norm, norm_type)
+
+
+__all__ = sorted(name for name in dir() if name.startswith("bag_")) + ["renorm_rows"]
