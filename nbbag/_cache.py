@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from numba.core import caching
 
@@ -54,7 +55,8 @@ def _package_stamped(locator: type) -> type:
 
 def install() -> None:
     """Put the package-stamped locators first (idempotent)."""
-    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in 0.61
+    # CacheImpl was _CacheImpl before Numba 0.61
+    impl: Any = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # type: ignore[attr-defined]
     classes = impl._locator_classes
     if any(getattr(c, "__name__", "").startswith("PackageStamped") for c in classes):
         return

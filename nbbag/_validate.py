@@ -232,8 +232,8 @@ def flat_contiguous(array: np.ndarray) -> np.ndarray:
 
 def index_error(shape: tuple, position: int, value, num_rows: int) -> IndexError:
     """The error for index ``value`` at flat ``position`` of indices of ``shape``."""
-    where = np.unravel_index(position, shape)
-    where = where[0] if len(where) == 1 else tuple(int(i) for i in where)
+    unravelled = np.unravel_index(position, shape)
+    where = unravelled[0] if len(unravelled) == 1 else tuple(int(i) for i in unravelled)
     return IndexError(
         f"indices[{where}] = {value} is outside [0, {num_rows}): weight has {num_rows} rows"
     )

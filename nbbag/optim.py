@@ -23,6 +23,8 @@ optimizer's own state happen here, after the backend's kernels have succeeded.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse
 
@@ -30,7 +32,7 @@ from nbbag import rules
 from nbbag._device import backend_for
 from nbbag._validate import check_real
 from nbbag.base.records import BagContext
-from nbbag.base.schedule import ScheduleLog
+from nbbag.base.schedule import Schedule, ScheduleLog
 from nbbag.sparse import RowSparseGrad
 
 __all__ = ["SGD", "Adagrad", "Adam", "RowWiseAdagrad"]
@@ -92,8 +94,11 @@ class _SparseOptimizer:
             setattr(self, spec.name, self._backend.state_array(shape, fill, dtype))
         self.step_count = 0
         # The log of the steps' hyperparameters, for rules that catch rows up.
-        self._log = None if self.rule.step_matrix is None else ScheduleLog(SCHEDULE_RUNS)
-        self._log_on_backend = None  # the log's arrays on the table's backend
+        step_matrix, moves_rows = self.rule.step_matrix, self.rule.moves_rows
+        self._log: ScheduleLog | None = None
+        if step_matrix is not None and moves_rows is not None:
+            self._log = ScheduleLog(SCHEDULE_RUNS, step_matrix, moves_rows)
+        self._log_on_backend: Schedule | None = None  # its arrays on the table's backend
 
     def __repr__(self) -> str:
         values = ", ".join(f"{name}={value!r}" for name, value in self._values.items())
@@ -115,17 +120,16 @@ class _SparseOptimizer:
         None), its log on the table's backend."""
         record = self.rule.step(self._values, t, self._log)
         if "runs" in record._fields:  # it carries the log
-            self._log_on_backend = self._backend.sync_schedule(
-                self._log, self._log_on_backend
-            )
-            record = record._replace(**self._log_on_backend._asdict())
+            on_backend = self._backend.sync_schedule(self._log, self._log_on_backend)
+            self._log_on_backend = on_backend
+            record = record._replace(**on_backend._asdict())
         if dtype is None:
             return record
         return type(record)(
             *(dtype.type(value) if isinstance(value, float) else value for value in record)
         )
 
-    def _kernel_state(self, step_type: type):
+    def _kernel_state(self, step_type: Any):
         """(per-element state arrays, per-row state arrays) that ``step_type`` reads."""
         specs = [spec for spec in self.rule.state if spec.name in step_type.reads]
         return (
@@ -235,39 +239,37 @@ class _SparseOptimizer:
         """Log step ``t``'s hyperparameters before its kernels run (they read those of
         the steps before it); a full log is emptied first.  A step that then fails
         leaves an entry that the retry of step ``t`` takes over."""
-        if self._log is None:
+        log = self._log
+        if log is None:
             return
-        matrix = self.rule.step_matrix(self._values)
-        if self._log.full and self._log.needs_new_run(matrix):
-            self._restart_log()
-        self._log.append(t, matrix, self.rule.moves_rows(self._values))
+        if log.full and log.opens_run(self._values):
+            self._restart_log(log)
+        log.append(t, self._values)
 
-    def _restart_log(self) -> None:
+    def _restart_log(self, log: ScheduleLog) -> None:
         """Bring every row up to date and forget the logged steps."""
         if rules.catches_up(self.step_type):
             self.flush()
         else:  # the logged steps leave untouched rows as they are
-            self._backend.fill(getattr(self, self.rule.step_tracker), self.step_count)
-        self._log.restart()
+            self._backend.fill(getattr(self, str(self.rule.step_tracker)), self.step_count)
+        log.restart()
 
     def _settle_log(self) -> None:
         """Before a checkpoint, which holds one set of hyperparameters: restart the log
         unless it is one run of the current ones."""
         log = self._log
-        if log is None or log.count == 0:
-            return
-        matrix = self.rule.step_matrix(self._values)
-        if log.count > 1 or log.needs_new_run(matrix):
-            self._restart_log()
+        if log is not None and log.count and (log.count > 1 or log.opens_run(self._values)):
+            self._restart_log(log)
 
-    def _log_loaded(self, values: dict, last_step: np.ndarray, step_count: int) -> None:
+    def _log_loaded(
+        self, log: ScheduleLog, values: dict, last_step: np.ndarray, step_count: int
+    ) -> None:
         """After a checkpoint is loaded: its rows behind were left behind with its
         hyperparameters, the steps since the oldest of them one run."""
-        self._log.restart()
+        log.restart()
         oldest = int(last_step.min()) if last_step.size else step_count
         if oldest < step_count:
-            matrix = self.rule.step_matrix(values)
-            self._log.append(oldest + 1, matrix, self.rule.moves_rows(values))
+            log.append(oldest + 1, values)
 
     # -- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -319,8 +321,8 @@ class _SparseOptimizer:
         self._values = values  # no flush: the state was replaced whole
         self.step_count = step_count
         if self._log is not None:
-            tracker = self.rule.step_tracker
-            self._log_loaded(values, np.asarray(state[tracker]), step_count)
+            tracker = str(self.rule.step_tracker)
+            self._log_loaded(self._log, values, np.asarray(state[tracker]), step_count)
 
 
 class SGD(_SparseOptimizer):

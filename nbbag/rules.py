@@ -5,7 +5,8 @@ Everything that dispatches on the optimizer is derived from these records: the f
 ``state_dict`` from a :class:`Rule`; the CPU and GPU kernels (:mod:`nbbag.cpu.optim`,
 :mod:`nbbag.cuda.optim`) apply the rule's step record.
 
-A *step record* is a NamedTuple of what the kernels need for one step (the
+A *step record* is a NamedTuple (its numbers, in a base class; the class itself adds
+the rule) of what the kernels need for one step (the
 hyperparameters, in the weight's dtype, and any per-step constant).  Its class names
 the state arrays its kernels read and write (``reads``, in the rule's order) and
 carries the update, in three shared functions (:mod:`nbbag.base.shared`: one source for both
@@ -109,12 +110,15 @@ def end_nothing(step, begun, row, row_state, t):
     """``end`` of a rule with no per-row state to write."""
 
 
-class PlainSGDStep(NamedTuple):
-    """SGD without momentum or weight decay: w -= lr g."""
-
+class _PlainSGDNumbers(NamedTuple):
     lr: float
 
-    reads = ()
+
+class PlainSGDStep(_PlainSGDNumbers):
+    """SGD without momentum or weight decay: w -= lr g."""
+
+    __slots__ = ()
+    reads: tuple[str, ...] = ()
 
     begin = staticmethod(begin_nothing)
 
@@ -183,20 +187,7 @@ def _momentum_end(step, begun, row, row_state, t):
     row_state[0][row] = t
 
 
-class MomentumSGDStep(NamedTuple):
-    """torch's SGD with momentum and/or L2 weight decay, exact for untouched rows.
-
-    With no gradient one step is linear in a weight element w and its momentum u::
-
-        u' = m u + wd w            w' = w - lr u' = (1 - lr wd) w - lr m u
-
-    so k skipped steps are a product of k 2x2 matrices (:func:`sgd_step_matrix`), the
-    same for every element of a row, taken from the optimizer's log of the steps'
-    hyperparameters (its last four fields, :mod:`nbbag.base.schedule`: O(log k) products for
-    any schedule) and applied when the row is next updated (``begin``) or caught up
-    (``advance``).
-    """
-
+class _MomentumSGDNumbers(NamedTuple):
     lr: float
     momentum: float
     weight_decay: float
@@ -206,6 +197,22 @@ class MomentumSGDStep(NamedTuple):
     products: Any
     runs: int
 
+
+class MomentumSGDStep(_MomentumSGDNumbers):
+    """torch's SGD with momentum and/or L2 weight decay, exact for untouched rows.
+
+    With no gradient one step is linear in a weight element w and its momentum u::
+
+        u' = m u + wd w            w' = w - lr u' = (1 - lr wd) w - lr m u
+
+    so k skipped steps are a product of k 2x2 matrices (:func:`sgd_step_matrix`), the
+    same for every element of a row, taken from the optimizer's log of the steps'
+    hyperparameters (its last four fields, :mod:`nbbag.base.schedule`: O(log k)
+    products for any schedule) and applied when the row is next updated (``begin``)
+    or caught up (``advance``).
+    """
+
+    __slots__ = ()
     reads = ("momentum_buffer", "last_step")
     advance = staticmethod(_momentum_advance)
     advance_element = staticmethod(_momentum_advance_element)
@@ -242,12 +249,15 @@ SGD = Rule(
 )
 
 
-class AdagradStep(NamedTuple):
-    """Adagrad, per element: s += g**2; w -= lr g / (sqrt(s) + eps)."""
-
+class _LearningRateAndEps(NamedTuple):
     lr: float
     eps: float
 
+
+class AdagradStep(_LearningRateAndEps):
+    """Adagrad, per element: s += g**2; w -= lr g / (sqrt(s) + eps)."""
+
+    __slots__ = ()
     reads = ("state_sum",)
 
     begin = staticmethod(begin_nothing)
@@ -270,13 +280,11 @@ ADAGRAD = Rule(
 )
 
 
-class RowWiseAdagradStep(NamedTuple):
+class RowWiseAdagradStep(_LearningRateAndEps):
     """FBGEMM's exact row-wise Adagrad: s[r] += mean(g**2) over the row (in float64);
     w -= lr g / (sqrt(s[r]) + eps)."""
 
-    lr: float
-    eps: float
-
+    __slots__ = ()
     reads = ("state_sum",)
 
     @staticmethod
@@ -310,17 +318,20 @@ ROW_WISE_ADAGRAD = Rule(
 )
 
 
-class AdamStep(NamedTuple):
-    """Lazy Adam (torch's SparseAdam): only rows with a gradient move their moments;
-    ``step_size`` = lr sqrt(1 - beta2**t) / (1 - beta1**t), the bias correction of
-    the global step t."""
-
+class _AdamNumbers(NamedTuple):
     lr: float
     beta1: float
     beta2: float
     eps: float
     step_size: float
 
+
+class AdamStep(_AdamNumbers):
+    """Lazy Adam (torch's SparseAdam): only rows with a gradient move their moments;
+    ``step_size`` = lr sqrt(1 - beta2**t) / (1 - beta1**t), the bias correction of
+    the global step t."""
+
+    __slots__ = ()
     reads = ("exp_avg", "exp_avg_sq")
 
     @staticmethod

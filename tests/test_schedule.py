@@ -12,29 +12,28 @@ from nbbag.base.schedule import ScheduleLog, span
 torch = pytest.importorskip("torch")
 
 
-def random_matrix(rng) -> tuple:
-    lr, momentum, weight_decay = (
-        rng.uniform(0, 0.2),
-        rng.uniform(0, 0.95),
-        rng.uniform(0, 0.1),
-    )
-    return nbbag.rules.sgd_step_matrix(
-        {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-    )
+def random_values(rng) -> dict:
+    """SGD's hyperparameters, with momentum (some runs none) and weight decay."""
+    momentum = rng.choice([0.0, rng.uniform(0, 0.95)])
+    return {
+        "lr": rng.uniform(0, 0.2),
+        "momentum": momentum,
+        "weight_decay": rng.uniform(0, 0.1),
+    }
 
 
 @pytest.mark.parametrize("capacity", [1, 4, 64])
 def test_span_is_the_product_of_the_step_matrices(rng, capacity):
     """Runs of random lengths (one step, a few, many), random spans, against the
     step-by-step product."""
-    log = ScheduleLog(capacity)
+    log = ScheduleLog(capacity, nbbag.rules.sgd_step_matrix, nbbag.rules.sgd_moves_rows)
     per_step = [None]  # step t's matrix at index t
     step = 1
     while log.count < capacity:
-        matrix = random_matrix(rng)
+        values = random_values(rng)
         for _ in range(int(rng.choice([1, 2, 3, 50]))):
-            log.append(step, matrix, True)
-            per_step.append(matrix)
+            log.append(step, values)
+            per_step.append(nbbag.rules.sgd_step_matrix(values))
             step += 1
     schedule = log.schedule()
     for _ in range(200):

@@ -20,6 +20,7 @@ marked ``shared`` run in the CPU and the GPU kernels alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -131,14 +132,23 @@ class ScheduleLog:
     capacity : int
         The most runs kept (a power of two); memory 80 bytes a run
         (``capacity`` x 80 bytes: 1.3 MB at the default).
+    step_matrix, moves_rows : callables of the hyperparameters (a dict by name)
+        The rule's (:class:`nbbag.rules.Rule`): one step's matrix, and whether a step
+        changes rows that have no gradient.
     """
 
-    def __init__(self, capacity: int):
+    def __init__(
+        self,
+        capacity: int,
+        step_matrix: Callable[[dict], tuple],
+        moves_rows: Callable[[dict], bool],
+    ):
         if capacity < 1 or capacity & (capacity - 1):
             raise ValueError(f"capacity must be a power of two, got {capacity}")
         self.starts = np.zeros(capacity, dtype=np.int64)
         self.matrices = np.zeros((capacity, 4), dtype=np.float64)
         self.products = np.zeros((2 * capacity, 4), dtype=np.float64)
+        self.step_matrix, self.moves_rows = step_matrix, moves_rows
         self.count = 0
         self.moves = False  # whether some run changes a row that has no gradient
         self.changed: list[tuple[str, int]] = []  # (array, index) since last taken
@@ -150,19 +160,21 @@ class ScheduleLog:
     def schedule(self) -> Schedule:
         return Schedule(self.starts, self.matrices, self.products, self.count)
 
-    def needs_new_run(self, matrix: tuple) -> bool:
-        """Whether a step of ``matrix`` opens a new run."""
+    def opens_run(self, values: dict) -> bool:
+        """Whether a step with the hyperparameters ``values`` opens a new run."""
+        matrix = self.step_matrix(values)
         return self.count == 0 or tuple(self.matrices[self.count - 1]) != matrix
 
     @property
     def full(self) -> bool:
         return self.count == self.capacity
 
-    def append(self, step: int, matrix: tuple, moves: bool) -> None:
-        """Step ``step`` (the one after the last logged) was taken with ``matrix``;
-        ``moves``: whether it changes rows without a gradient."""
-        if not self.needs_new_run(matrix):
+    def append(self, step: int, values: dict) -> None:
+        """Step ``step`` (the one after the last logged; or the first of the steps
+        since the log started, all taken with ``values``) takes ``values``."""
+        if not self.opens_run(values):
             return
+        matrix = self.step_matrix(values)
         if self.count:
             self._close(self.count - 1, step - int(self.starts[self.count - 1]))
         run = self.count
@@ -170,7 +182,7 @@ class ScheduleLog:
         self.matrices[run] = matrix
         self.changed += [("starts", run), ("matrices", run)]
         self.count += 1
-        self.moves = self.moves or moves
+        self.moves = self.moves or self.moves_rows(values)
 
     def _close(self, run: int, steps: int) -> None:
         """Run ``run`` ended after ``steps`` steps: its power, and every block it

@@ -154,4 +154,5 @@ def apply_fused(step, weight, grad_output, groups, scale_grad_by_freq, state, t,
 
 def apply_row_gradients(step, weight, rows, values, state, t) -> None:
     """:func:`nbbag.cpu.optim.apply_row_gradients`."""
-    optim.apply_row_gradients(step, weight, rows, values, *state, t)
+    element_state, row_state = state
+    optim.apply_row_gradients(step, weight, rows, values, element_state, row_state, t)

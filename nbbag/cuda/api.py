@@ -77,8 +77,8 @@ def _run_forward(batch: BagBatch, keep_context: bool, out=None):
     if options.max_norm is not None:  # a write: everything allocated before it
         rows = grouping.unique_rows(batch.indices, weight.shape[0])
         if rows.shape[0]:
-            grid, block = launch.linear(rows.shape[0])
-            forward.renorm_rows[grid, block](
+            row_grid, row_block = launch.linear(rows.shape[0])
+            forward.renorm_rows[row_grid, row_block](
                 weight, rows, options.max_norm, options.norm_type
             )
     if num_bags and dim:
@@ -150,8 +150,8 @@ def _weight_grad(grad_output, ctx: BagContext, deterministic: bool) -> RowSparse
     rows = groups.rows
     if groups.num_contributing < num_unique:
         rows = arrays.empty(groups.num_contributing, np.int64)
-        grid, block = launch.linear(num_unique)
-        backward.compact_rows[grid, block](groups.rows, groups.value_index, rows)
+        row_grid, row_block = launch.linear(num_unique)
+        backward.compact_rows[row_grid, row_block](groups.rows, groups.value_index, rows)
     return RowSparseGrad._trusted(rows, values, (num_rows, dim))
 
 

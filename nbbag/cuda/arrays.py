@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import numpy as np
 from numba import config, cuda
 
 from nbbag.cuda import launch
+
+
+def simulated() -> bool:
+    """Whether Numba's CUDA simulator stands in for a GPU."""
+    return bool(getattr(config, "ENABLE_CUDASIM", 0))
 
 
 def is_device(value) -> bool:
@@ -22,7 +28,7 @@ def as_device(value):
     torch CUDA tensors and anything else with ``__cuda_array_interface__``."""
     if getattr(value, "__cuda_ndarray__", False):
         return value
-    if config.ENABLE_CUDASIM:  # the simulator has no as_cuda_array: its memory is host's
+    if simulated():  # the simulator has no as_cuda_array: its memory is host's
         return _simulated_view(value.__cuda_array_interface__)
     return cuda.as_cuda_array(value)
 
@@ -41,14 +47,14 @@ def _simulated_view(interface: dict):
             step *= max(n, 1)
     extent = sum((n - 1) * s for n, s in zip(shape, strides, strict=True)) + dtype.itemsize
     size = extent if all(shape) else 0
-    buffer = (ctypes.c_char * max(size, 1)).from_address(pointer) if pointer else b"\0"
+    buffer: Any = (ctypes.c_char * max(size, 1)).from_address(pointer) if pointer else b"\0"
     array = np.ndarray(shape, dtype, buffer=buffer, strides=tuple(strides))
     return FakeCUDAArray(array)
 
 
 def data_pointer(array) -> int:
     """The device address of a Numba device array's first element."""
-    if config.ENABLE_CUDASIM:
+    if simulated():
         return array.ctypes.data  # a simulated array wraps a host one
     return array.__cuda_array_interface__["data"][0]
 
