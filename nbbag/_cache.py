@@ -53,19 +53,26 @@ def _package_stamped(locator: type) -> type:
     return PackageStamped
 
 
+def _numba_class(name: str) -> Any:
+    """A class of Numba's caching module: ``name``, or ``_name`` as Numba 0.60 spells
+    the locators."""
+    found = getattr(caching, name, None) or getattr(caching, f"_{name}", None)
+    if found is None:
+        raise ImportError(f"numba.core.caching has no {name}: an unsupported Numba")
+    return found
+
+
 def install() -> None:
     """Put the package-stamped locators first (idempotent)."""
-    # CacheImpl was _CacheImpl before Numba 0.61
-    impl: Any = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # type: ignore[attr-defined]
-    classes = impl._locator_classes
+    classes = _numba_class("CacheImpl")._locator_classes
     if any(getattr(c, "__name__", "").startswith("PackageStamped") for c in classes):
         return
     ours = [
-        _package_stamped(locator)
-        for locator in (
-            caching.UserProvidedCacheLocator,
-            caching.InTreeCacheLocator,
-            caching.UserWideCacheLocator,
+        _package_stamped(_numba_class(name))
+        for name in (
+            "UserProvidedCacheLocator",
+            "InTreeCacheLocator",
+            "UserWideCacheLocator",
         )
     ]
     classes[:0] = ours
