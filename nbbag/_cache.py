@@ -54,7 +54,7 @@ def _package_stamped(locator: type) -> type:
 
 
 def _numba_class(name: str) -> Any:
-    """A class of Numba's caching module: ``name``, or ``_name`` as Numba 0.60 spells
+    """A class of Numba's caching module: ``name``, or ``_name`` as older Numba spells
     the locators."""
     found = getattr(caching, name, None) or getattr(caching, f"_{name}", None)
     if found is None:

@@ -144,7 +144,10 @@ def _run(
 ):  # fmt: skip
     """Check the table and the options, then run the backend's ``name``."""
     backend = backend_for(weight)
-    weight = backend.check_table(weight)
+    try:
+        weight = backend.check_table(weight)
+    except TypeError as error:
+        raise _order_hint(error, weight, indices) from None
     options = forward_options(
         mode, padding_idx, include_last_offset, max_norm, norm_type, scale_grad_by_freq,
         weight.shape[0],
@@ -152,6 +155,24 @@ def _run(
     return getattr(backend, name)(
         weight, indices, offsets, per_sample_weights, options, **extra
     )
+
+
+def _order_hint(error: TypeError, weight, indices) -> TypeError:
+    """``error``, with a hint when the arguments look like torch's order (the ids
+    first, the table second): nbbag takes the table first."""
+    ids_dtype = getattr(weight, "dtype", None)
+    table_dtype = getattr(indices, "dtype", None)
+    if (
+        ids_dtype is not None
+        and table_dtype is not None
+        and np.issubdtype(ids_dtype, np.integer)
+        and np.issubdtype(table_dtype, np.floating)
+    ):
+        return TypeError(
+            f"{error}; the table comes first in nbbag: embedding_bag(weight, indices, "
+            "offsets), where torch's F.embedding_bag takes (input, weight, offsets)"
+        )
+    return error
 
 
 def embedding_bag_bwd(

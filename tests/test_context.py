@@ -199,3 +199,16 @@ def test_optimizers_print_their_hyperparameters(rng):
     assert repr(opt) == (
         f"SGD(lr=0.1, momentum=0.9, weight_decay=0.0, step_count=0, weight={V}x{D} float64)"
     )
+
+
+def test_torchs_argument_order_gets_a_hint(rng):
+    weight = rng.standard_normal((V, D)).astype(np.float32)
+    indices, offsets, _ = batch(rng)
+    with pytest.raises(TypeError, match="the table comes first in nbbag"):
+        nbbag.embedding_bag(indices, weight, offsets)
+    with pytest.raises(TypeError, match="the table comes first in nbbag"):
+        nbbag.embedding_bag_fwd(indices, weight, offsets)
+    with pytest.raises(
+        TypeError, match=r"weight must be float32 or float64, got dtype int64$"
+    ):
+        nbbag.embedding_bag(indices, indices, offsets)  # no float second: no hint
