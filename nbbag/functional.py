@@ -3,27 +3,31 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal, overload
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from nbbag._device import backend_for
 from nbbag._validate import check_context, forward_options
 from nbbag.base.records import BagContext
 from nbbag.modes import Mode
+from nbbag.sparse import RowSparseGrad
 
 
 def embedding_bag(
-    weight,
-    indices,
-    offsets=None,
+    weight: Any,
+    indices: ArrayLike,
+    offsets: ArrayLike | None = None,
     *,
     mode: Mode | str = "mean",
-    per_sample_weights=None,
+    per_sample_weights: ArrayLike | None = None,
     padding_idx: int | None = None,
     include_last_offset: bool = False,
     max_norm: float | None = None,
     norm_type: float = 2.0,
     scale_grad_by_freq: bool = False,
-    out=None,
+    out: Any = None,
 ) -> np.ndarray:
     """Look up the rows of ``weight`` named by each bag of ``indices`` and reduce them.
 
@@ -94,12 +98,12 @@ def embedding_bag(
 
 
 def embedding_bag_fwd(
-    weight,
-    indices,
-    offsets=None,
+    weight: Any,
+    indices: ArrayLike,
+    offsets: ArrayLike | None = None,
     *,
     mode: Mode | str = "mean",
-    per_sample_weights=None,
+    per_sample_weights: ArrayLike | None = None,
     padding_idx: int | None = None,
     include_last_offset: bool = False,
     max_norm: float | None = None,
@@ -175,9 +179,43 @@ def _order_hint(error: TypeError, weight, indices) -> TypeError:
     return error
 
 
+@overload
 def embedding_bag_bwd(
-    grad_output, ctx: BagContext, *, per_sample_weights_grad=False, deterministic=True
-):
+    grad_output: ArrayLike,
+    ctx: BagContext,
+    *,
+    per_sample_weights_grad: Literal[False] = False,
+    deterministic: bool = True,
+) -> RowSparseGrad: ...
+
+
+@overload
+def embedding_bag_bwd(
+    grad_output: ArrayLike,
+    ctx: BagContext,
+    *,
+    per_sample_weights_grad: Literal[True],
+    deterministic: bool = True,
+) -> tuple[RowSparseGrad, np.ndarray]: ...
+
+
+@overload
+def embedding_bag_bwd(
+    grad_output: ArrayLike,
+    ctx: BagContext,
+    *,
+    per_sample_weights_grad: bool = False,
+    deterministic: bool = True,
+) -> RowSparseGrad | tuple[RowSparseGrad, np.ndarray]: ...
+
+
+def embedding_bag_bwd(
+    grad_output: ArrayLike,
+    ctx: BagContext,
+    *,
+    per_sample_weights_grad: bool = False,
+    deterministic: bool = True,
+) -> RowSparseGrad | tuple[RowSparseGrad, np.ndarray]:
     """The gradient of the bag reduction, as sorted unique rows and their values.
 
     Parameters

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from nbbag._device import backend_for
 from nbbag._validate import forward_options
@@ -122,8 +125,23 @@ class EmbeddingBag:
         )
         return out
 
+    @overload
     def backward(
-        self, grad_output, *, per_sample_weights_grad: bool = False
+        self, grad_output: ArrayLike, *, per_sample_weights_grad: Literal[False] = False
+    ) -> RowSparseGrad: ...
+
+    @overload
+    def backward(
+        self, grad_output: ArrayLike, *, per_sample_weights_grad: Literal[True]
+    ) -> tuple[RowSparseGrad, np.ndarray]: ...
+
+    @overload
+    def backward(
+        self, grad_output: ArrayLike, *, per_sample_weights_grad: bool = False
+    ) -> RowSparseGrad | tuple[RowSparseGrad, np.ndarray]: ...
+
+    def backward(
+        self, grad_output: ArrayLike, *, per_sample_weights_grad: bool = False
     ) -> RowSparseGrad | tuple[RowSparseGrad, np.ndarray]:
         """The gradient of the last forward (see :func:`nbbag.embedding_bag_bwd`)."""
         return embedding_bag_bwd(

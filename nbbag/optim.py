@@ -361,6 +361,10 @@ class SGD(_SparseOptimizer):
     """
 
     rule = rules.SGD
+    # hyperparameters: checked properties made from the rule (for type checkers here)
+    lr: float
+    momentum: float
+    weight_decay: float
 
     def __init__(self, weight, lr, momentum=0.0, weight_decay=0.0):
         super().__init__(weight, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -373,6 +377,8 @@ class Adagrad(_SparseOptimizer):
     """
 
     rule = rules.ADAGRAD
+    lr: float
+    eps: float
 
     def __init__(self, weight, lr, eps=1e-10, initial_accumulator_value=0.0):
         initial = check_real(initial_accumulator_value, "initial_accumulator_value")
@@ -388,6 +394,8 @@ class RowWiseAdagrad(_SparseOptimizer):
     """
 
     rule = rules.ROW_WISE_ADAGRAD
+    lr: float
+    eps: float
 
     def __init__(self, weight, lr, eps=1e-10):
         super().__init__(weight, lr=lr, eps=eps)
@@ -398,6 +406,10 @@ class Adam(_SparseOptimizer):
     moments; bias correction uses the optimizer's step count."""
 
     rule = rules.ADAM
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
 
     def __init__(self, weight, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(weight, lr=lr, eps=eps, **_split_betas(betas))
