@@ -379,17 +379,18 @@ def check_context(ctx):
 
 def check_grad_output_like(grad_output, ctx) -> None:
     """Check that ``grad_output`` (an array of either backend) has the forward output's
-    shape and the weight's dtype."""
+    shape and a floating dtype: like ``per_sample_weights``, it is then cast to the
+    weight's dtype (one rule for the floating inputs: NumPy code makes float64 easily)."""
     expected = (ctx.batch.num_bags, ctx.weight_shape[1])
     if tuple(grad_output.shape) != expected:
         raise ValueError(
             f"grad_output must have the forward output's shape {expected}, "
             f"got {tuple(grad_output.shape)}"
         )
-    if grad_output.dtype != ctx.batch.weight.dtype:
-        raise ValueError(
-            f"grad_output must have the weight's dtype {ctx.batch.weight.dtype}, "
-            f"got {grad_output.dtype}"
+    if not np.issubdtype(grad_output.dtype, np.floating):
+        raise TypeError(
+            f"grad_output must be a floating-point array (cast to the weight's dtype "
+            f"{ctx.batch.weight.dtype}), got dtype {grad_output.dtype}"
         )
 
 
@@ -401,7 +402,7 @@ def check_grad_output(grad_output, ctx) -> np.ndarray:
             f"grad_output must be a NumPy array, got {type(grad_output).__name__}"
         )
     check_grad_output_like(grad_output, ctx)
-    return np.ascontiguousarray(grad_output)
+    return np.ascontiguousarray(grad_output, dtype=ctx.batch.weight.dtype)
 
 
 def check_weights_grad_request(per_sample_weights_grad, ctx: BagContext) -> None:

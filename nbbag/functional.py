@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from nbbag._device import backend_for
-from nbbag._validate import check_context, forward_options
+from nbbag._validate import check_context, check_flag, forward_options
 from nbbag.base.records import BagContext
 from nbbag.modes import Mode
 from nbbag.sparse import RowSparseGrad
@@ -253,5 +253,7 @@ def embedding_bag_bwd(
     """
     weight = check_context(ctx)
     return backend_for(weight).embedding_bag_bwd(
-        grad_output, ctx, per_sample_weights_grad, deterministic
-    )
+        grad_output, ctx,
+        check_flag(per_sample_weights_grad, "per_sample_weights_grad"),
+        check_flag(deterministic, "deterministic"),
+    )  # fmt: skip

@@ -8,7 +8,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from nbbag._device import backend_for
-from nbbag._validate import forward_options
+from nbbag._validate import check_weight, forward_options, is_integer
+from nbbag.base.constants import NO_PADDING
 from nbbag.base.records import BagContext
 from nbbag.cpu.api import table as host_table
 from nbbag.functional import embedding_bag_bwd
@@ -26,18 +27,28 @@ class EmbeddingBag:
         The table's shape (V, D).
     mode : {"sum", "mean", "max", "sqrtn"} or Mode, default "mean"
     padding_idx : int, optional
-        A row left out of every bag (negative counts from the end); initialised to
-        zeros, as in torch.
+        A row left out of every bag (negative counts from the end); in a new table
+        initialised to zeros, as in torch (a given ``weight`` is used as it is).
     include_last_offset : bool, default False
-    dtype : float32 or float64, default float32
-    seed : int, optional
-        Seeds the initialisation: N(0, 1), as torch's.
+    dtype : float32 or float64, optional
+        The new table's dtype (default float32).  With ``weight``: None, or the
+        weight's own dtype (a different one is refused: the table is not converted).
+    seed : int >= 0, optional
+        Seeds the initialisation: N(0, 1), as torch's, drawn straight into the table
+        in its dtype (no temporary: the constructor's peak memory is the table's).
     weight : ndarray or device array (V, D), optional
         Use this array as the table (not copied: updates to it are the layer's).  A
         device array (Numba, CuPy, a torch CUDA tensor; needs the ``cuda`` extra)
         makes a layer on the GPU: its outputs and gradients are then device arrays.
     max_norm, norm_type, scale_grad_by_freq
         As in :func:`nbbag.embedding_bag`.
+
+    Attributes
+    ----------
+    weight : the table
+    num_embeddings, embedding_dim, mode, padding_idx, include_last_offset, max_norm,
+    norm_type, scale_grad_by_freq : the options, as torch's layer has them
+        (``padding_idx`` as a row in [0, V), or None).
 
     Examples
     --------
@@ -59,33 +70,39 @@ class EmbeddingBag:
         *,
         padding_idx: int | None = None,
         include_last_offset: bool = False,
-        dtype=np.float32,
+        dtype=None,
         seed: int | None = None,
         weight: np.ndarray | None = None,
         max_norm: float | None = None,
         norm_type: float = 2.0,
         scale_grad_by_freq: bool = False,
     ):
-        for name, value in (
-            ("num_embeddings", num_embeddings),
-            ("embedding_dim", embedding_dim),
-        ):
-            if not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        shape = (int(num_embeddings), int(embedding_dim))
+        shape = (
+            _check_size(num_embeddings, "num_embeddings"),
+            _check_size(embedding_dim, "embedding_dim"),
+        )
+        table_dtype = None if dtype is None else _check_dtype(dtype)
+        _check_seed(seed)
         # Options are checked now, not at the first forward.
         self.options = forward_options(
             mode, padding_idx, include_last_offset, max_norm, norm_type,
             scale_grad_by_freq, shape[0],
         )  # fmt: skip
         if weight is None:
-            weight = _new_table(shape, dtype, seed, padding_idx)
+            weight = _new_table(shape, table_dtype or np.dtype(np.float32), seed)
+            if self.options.padding_idx != NO_PADDING:
+                weight[self.options.padding_idx] = 0
         self._backend = backend_for(weight)
         self.weight = self._backend.check_table(weight)
         if tuple(self.weight.shape) != shape:
             raise ValueError(
                 f"weight must have shape (num_embeddings, embedding_dim) = {shape}, "
                 f"got {tuple(self.weight.shape)}"
+            )
+        if table_dtype is not None and self.weight.dtype != table_dtype:
+            raise ValueError(
+                f"dtype={table_dtype} but weight is {self.weight.dtype}: the given weight "
+                "is used as it is (leave dtype out, or convert the weight first)"
             )
         self._ctx: BagContext | None = None
         self.optimizer = None
@@ -160,20 +177,136 @@ class EmbeddingBag:
             )
         return self._ctx
 
+    # -- torch's attributes ---------------------------------------------------------
+    @property
+    def num_embeddings(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def padding_idx(self) -> int | None:
+        padding = self.options.padding_idx
+        return None if padding == NO_PADDING else padding
+
+    @property
+    def include_last_offset(self) -> bool:
+        return self.options.include_last_offset
+
+    @property
+    def max_norm(self) -> float | None:
+        return self.options.max_norm
+
+    @property
+    def norm_type(self) -> float:
+        return self.options.norm_type
+
+    @property
+    def scale_grad_by_freq(self) -> bool:
+        return self.options.scale_grad_by_freq
+
     def __repr__(self) -> str:
-        num_rows, dim = self.weight.shape
-        return (
-            f"EmbeddingBag({num_rows}, {dim}, mode={self.mode.name.lower()!r}, "
-            f"dtype={self.weight.dtype})"
-        )
+        """As torch prints its layer (the options that differ from the defaults), with
+        the dtype when it is not float32."""
+        parts = [str(self.num_embeddings), str(self.embedding_dim)]
+        if self.max_norm is not None:
+            parts.append(f"max_norm={self.max_norm}")
+        if self.norm_type != 2.0:
+            parts.append(f"norm_type={self.norm_type}")
+        if self.scale_grad_by_freq:
+            parts.append("scale_grad_by_freq=True")
+        parts.append(f"mode={str(self.mode)!r}")
+        if self.include_last_offset:
+            parts.append("include_last_offset=True")
+        if self.padding_idx is not None:
+            parts.append(f"padding_idx={self.padding_idx}")
+        if self.weight.dtype != np.float32:
+            parts.append(f"dtype={self.weight.dtype}")
+        return f"EmbeddingBag({', '.join(parts)})"
+
+    # -- construction from a table, checkpoints ---------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, embeddings, mode: Mode | str = "mean", *, copy: bool = True, **options
+    ) -> EmbeddingBag:
+        """A layer whose table is ``embeddings`` (V, D), as torch's ``from_pretrained``.
+
+        Parameters
+        ----------
+        embeddings : array (V, D), float32 or float64, or a device array
+        mode : as the constructor's
+        copy : bool, default True
+            Train a 64-byte aligned copy (the caller's array stays as it was); False
+            uses ``embeddings`` itself (it must be C-contiguous and writeable to train).
+        **options
+            ``padding_idx``, ``include_last_offset``, ``max_norm``, ``norm_type``,
+            ``scale_grad_by_freq``: as the constructor's.  torch's ``freeze`` has no
+            counterpart: a table changes only when an optimizer steps it.
+        """
+        if copy and isinstance(embeddings, np.ndarray):
+            table = check_weight(embeddings)
+            weight = host_table(table.shape, table.dtype)
+            np.copyto(weight, table)
+        else:
+            weight = embeddings
+        rows, dim = weight.shape
+        return cls(rows, dim, mode, weight=weight, **options)
+
+    def state_dict(self) -> dict:
+        """``{"weight": a host copy of the table}``, as torch's layer gives (an
+        optimizer's state is its own ``state_dict``)."""
+        return {"weight": self._backend.to_host(self.weight)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy ``state["weight"]`` into the table (same shape; a dtype that casts
+        safely), after checking it whole."""
+        if not isinstance(state, dict) or "weight" not in state:
+            raise ValueError("state must be a dict with a 'weight' entry")
+        weight = np.asarray(state["weight"])
+        if weight.shape != tuple(self.weight.shape):
+            raise ValueError(
+                f"state['weight'] has shape {weight.shape}, expected "
+                f"{tuple(self.weight.shape)}"
+            )
+        if not np.can_cast(weight.dtype, self.weight.dtype, casting="same_kind"):
+            raise TypeError(
+                f"state['weight'] has dtype {weight.dtype}, expected {self.weight.dtype}"
+            )
+        self._backend.copy_into(self.weight, weight)
 
 
-def _new_table(shape: tuple[int, int], dtype, seed, padding_idx) -> np.ndarray:
-    """A 64-byte aligned host table, N(0, 1) as torch's, the padding row zero."""
-    if np.dtype(dtype) not in (np.float32, np.float64):
+def _check_size(value, name: str) -> int:
+    if not is_integer(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return int(value)
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        table_dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if table_dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    return table_dtype
+
+
+def _check_seed(seed) -> None:
+    if seed is None:
+        return
+    if not is_integer(seed):
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must not be negative, got {seed}")
+
+
+def _new_table(shape: tuple[int, int], dtype: np.dtype, seed) -> np.ndarray:
+    """A 64-byte aligned host table, N(0, 1) as torch's, drawn in its own dtype
+    straight into it: no float64 temporary (the peak is the table itself)."""
     weight = host_table(shape, dtype)
-    weight[...] = np.random.default_rng(seed).standard_normal(shape)
-    if padding_idx is not None:
-        weight[padding_idx] = 0
+    np.random.default_rng(seed).standard_normal(dtype=dtype.type, out=weight)
     return weight

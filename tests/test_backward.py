@@ -232,12 +232,28 @@ def test_grad_output_of_wrong_shape(forward, backend):
         nbbag.embedding_bag_bwd(backend.array(np.ones((2, 3))), ctx)
 
 
-def test_grad_output_of_wrong_dtype(forward, backend):
+def test_grad_output_of_another_floating_dtype_is_cast(forward, backend):
+    """One rule for the floating inputs (grad_output, per_sample_weights): cast to
+    the weight's dtype; any other dtype is a TypeError."""
     _, out, ctx = forward
-    with pytest.raises(ValueError, match="grad_output.*float64.*float32"):
-        nbbag.embedding_bag_bwd(backend.array(np.ones(out.shape, dtype=np.float32)), ctx)
-    with pytest.raises(ValueError, match="grad_output.*float64.*float32"):
-        nbbag.embedding_bag_bwd(np.ones(out.shape, dtype=np.float32), ctx)  # host
+    half = np.full(out.shape, 0.5, dtype=np.float32)
+    expected = nbbag.embedding_bag_bwd(backend.array(half.astype(np.float64)), ctx)
+    for grad_output in (backend.array(half), half):  # on the backend, on the host
+        grad = nbbag.embedding_bag_bwd(grad_output, ctx)
+        assert grad.values.dtype == np.float64
+        np.testing.assert_array_equal(
+            backend.host(grad.values), backend.host(expected.values)
+        )
+    integers = np.ones(out.shape, dtype=np.int64)
+    with pytest.raises(TypeError, match="grad_output must be a floating-point.*int64"):
+        nbbag.embedding_bag_bwd(backend.array(integers), ctx)
+
+
+def test_backward_flags_must_be_bools(forward):
+    _, out, ctx = forward
+    for name in ("per_sample_weights_grad", "deterministic"):
+        with pytest.raises(TypeError, match=f"{name} must be True or False, got 'no'"):
+            nbbag.embedding_bag_bwd(np.ones(out.shape), ctx, **{name: "no"})
 
 
 def test_grad_output_not_an_array(forward, backend):

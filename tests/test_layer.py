@@ -180,3 +180,81 @@ def test_bad_input_with_an_optimizer_attached_changes_nothing(rng, backend):
         bag([1, 2, 3], [0, 5])  # offsets past the end
     for old, new in zip(before, arrays, strict=True):
         np.testing.assert_array_equal(old, backend.host(new))
+
+
+def test_the_constructor_peaks_at_the_table_itself():
+    """No float64 temporary: NumPy's allocations peak at <= 1.1x the table (the
+    previous constructor drew float64 and converted: 3x)."""
+    import tracemalloc
+
+    rows, dim = 200_000, 64
+    tracemalloc.start()
+    try:
+        bag = nbbag.EmbeddingBag(rows, dim, seed=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 1.1 * bag.weight.nbytes, (peak, bag.weight.nbytes)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"num_embeddings": True}, TypeError, "num_embeddings must be an int, got True"),
+        ({"num_embeddings": 10.0}, TypeError, "num_embeddings must be an int, got 10.0"),
+        ({"embedding_dim": -1}, ValueError, "embedding_dim must not be negative"),
+        ({"seed": -1}, ValueError, "seed must not be negative, got -1"),
+        ({"seed": "x"}, TypeError, "seed must be an int or None"),
+        (
+            {"dtype": "nonsense"},
+            TypeError,
+            "dtype must be float32 or float64, got 'nonsense'",
+        ),
+        ({"dtype": np.int32}, TypeError, "dtype must be float32 or float64"),
+        ({"padding_idx": True}, TypeError, "padding_idx must be an int or None"),
+    ],
+)
+def test_constructor_arguments_are_checked_by_name(kwargs, error, match):
+    arguments = {"num_embeddings": 10, "embedding_dim": 4, **kwargs}
+    with pytest.raises(error, match=match):
+        nbbag.EmbeddingBag(**arguments)
+
+
+def test_a_dtype_that_differs_from_the_given_weight_is_refused(rng):
+    weight = rng.standard_normal((10, 4))
+    with pytest.raises(ValueError, match="dtype=float32 but weight is float64"):
+        nbbag.EmbeddingBag(10, 4, dtype=np.float32, weight=weight)
+    assert nbbag.EmbeddingBag(10, 4, weight=weight).weight.dtype == np.float64
+
+
+def test_torchs_attributes_and_repr():
+    bag = nbbag.EmbeddingBag(10, 4, mode="sum", padding_idx=-10, max_norm=1.0)
+    assert (bag.num_embeddings, bag.embedding_dim, bag.padding_idx) == (10, 4, 0)
+    assert (bag.max_norm, bag.norm_type, bag.include_last_offset) == (1.0, 2.0, False)
+    assert bag.scale_grad_by_freq is False and bag.mode == nbbag.Mode.SUM
+    assert repr(bag) == "EmbeddingBag(10, 4, max_norm=1.0, mode='sum', padding_idx=0)"
+    other = nbbag.EmbeddingBag(3, 2, dtype=np.float64, include_last_offset=True)
+    assert repr(other) == (
+        "EmbeddingBag(3, 2, mode='mean', include_last_offset=True, dtype=float64)"
+    )
+    assert nbbag.EmbeddingBag(3, 2).padding_idx is None
+
+
+def test_from_pretrained_trains_a_copy_and_state_dict_round_trips(rng):
+    embeddings = rng.standard_normal((12, 5)).astype(np.float32)
+    bag = nbbag.EmbeddingBag.from_pretrained(embeddings, "sum", padding_idx=3)
+    assert bag.weight is not embeddings and bag.weight.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(bag.weight, embeddings)
+    assert bag.weight[3].any()  # a given table's padding row is left as it was
+    shared = nbbag.EmbeddingBag.from_pretrained(embeddings, copy=False)
+    assert shared.weight is embeddings
+
+    state = bag.state_dict()
+    assert set(state) == {"weight"} and state["weight"] is not bag.weight
+    fresh = nbbag.EmbeddingBag(12, 5, "sum", seed=1)
+    fresh.load_state_dict(state)
+    np.testing.assert_array_equal(fresh.weight, embeddings)
+    with pytest.raises(ValueError, match=r"state\['weight'\] has shape \(12, 4\)"):
+        fresh.load_state_dict({"weight": np.zeros((12, 4), np.float32)})
+    with pytest.raises(ValueError, match="'weight' entry"):
+        fresh.load_state_dict({})

@@ -103,6 +103,10 @@ def check_grad_output(grad_output, ctx: BagContext):
     _validate.check_grad_output_like(grad_output, ctx)
     if not grad_output.is_c_contiguous():
         raise ValueError("grad_output must be C-contiguous")
+    dtype = ctx.batch.weight.dtype
+    if grad_output.dtype != dtype:  # a floating one: cast, as on the CPU
+        flat = arrays.cast(grad_output.reshape(grad_output.size), dtype)
+        grad_output = flat.reshape(grad_output.shape)
     return grad_output
 
 
