@@ -23,6 +23,7 @@ optimizer's own state happen here, after the backend's kernels have succeeded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -285,10 +286,39 @@ class _SparseOptimizer:
         )
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: Mapping) -> None:
         """Restore a ``state_dict()`` (also one loaded back from ``np.savez``); the
-        weight itself is not part of it.  Everything is checked before anything is
-        changed."""
+        weight itself is not part of it.
+
+        Everything is checked before anything is changed, and a value no real run
+        could leave is refused with a message naming its key: a ``step_count`` that is
+        not a non-negative int, a hyperparameter out of its range, a state array of
+        another shape or of a dtype that does not cast, a negative accumulator, or a
+        row's ``last_step`` (SGD) below 0 or past ``step_count``.
+
+        Raises
+        ------
+        TypeError
+            ``state`` not a mapping, or a value of the wrong type.
+        ValueError
+            A missing key, a state for another optimizer, a value out of range.
+        """
+        arrays, values, step_count = self._checked_state(state)
+        for key, array in arrays.items():
+            self._backend.copy_into(getattr(self, key), array)
+        self._values = values  # no flush: the state was replaced whole
+        self.step_count = step_count
+        if self._log is not None:
+            tracker = str(self.rule.step_tracker)
+            self._log_loaded(self._log, values, arrays[tracker], step_count)
+
+    def _checked_state(self, state) -> tuple[dict, dict, int]:
+        """``state``'s arrays by key, hyperparameters and step count, all checked."""
+        if not isinstance(state, Mapping) and not hasattr(state, "files"):  # np.load
+            raise TypeError(
+                f"state must be a mapping (a state_dict(), or np.load of one), got "
+                f"{type(state).__name__}"
+            )
         saved_for = str(np.asarray(state.get("optimizer", "")))
         if saved_for != type(self).__name__:
             raise ValueError(
@@ -301,28 +331,65 @@ class _SparseOptimizer:
         ]
         if missing:
             raise ValueError(f"state lacks {missing} for {type(self).__name__}")
-        for key in self.state_names:
-            ours, theirs = getattr(self, key), np.asarray(state[key])
-            if theirs.shape != tuple(ours.shape):
-                raise ValueError(
-                    f"state[{key!r}] has shape {theirs.shape}, expected {tuple(ours.shape)}"
-                )
-            if not np.can_cast(theirs.dtype, ours.dtype, casting="same_kind"):
-                raise ValueError(
-                    f"state[{key!r}] has dtype {theirs.dtype}, expected {ours.dtype}"
-                )
+        step_count = _checked_step_count(state["step_count"])
         values = {
-            hyper.name: _check_hyper(hyper, np.asarray(state[hyper.name]).item())
+            hyper.name: _check_hyper(
+                hyper, _scalar(state[hyper.name], hyper.name), f"state[{hyper.name!r}]"
+            )
             for hyper in self.rule.hypers
         }
-        step_count = int(np.asarray(state["step_count"]))
-        for key in self.state_names:
-            self._backend.copy_into(getattr(self, key), np.asarray(state[key]))
-        self._values = values  # no flush: the state was replaced whole
-        self.step_count = step_count
-        if self._log is not None:
-            tracker = str(self.rule.step_tracker)
-            self._log_loaded(self._log, values, np.asarray(state[tracker]), step_count)
+        arrays = {
+            spec.name: self._checked_array(spec, state[spec.name], step_count)
+            for spec in self.rule.state
+        }
+        return arrays, values, step_count
+
+    def _checked_array(self, spec: rules.State, value, step_count: int) -> np.ndarray:
+        key, ours = spec.name, getattr(self, spec.name)
+        theirs = np.asarray(value)
+        if theirs.shape != tuple(ours.shape):
+            raise ValueError(
+                f"state[{key!r}] has shape {theirs.shape}, expected {tuple(ours.shape)}"
+            )
+        if not np.can_cast(theirs.dtype, ours.dtype, casting="same_kind"):
+            raise TypeError(
+                f"state[{key!r}] has dtype {theirs.dtype}, expected {ours.dtype}"
+            )
+        low, high = spec.low, None
+        if key == self.rule.step_tracker:  # the step each row was last brought up to
+            low, high = 0, step_count
+        if theirs.size and low is not None and not np.all(theirs >= low):
+            where = int(np.argmin((theirs >= low).reshape(-1)))  # NaN fails it too
+            raise ValueError(
+                f"state[{key!r}] must be >= {low} (a real run leaves no less), got "
+                f"{theirs.reshape(-1)[where]} at flat position {where}"
+            )
+        if theirs.size and high is not None and theirs.max() > high:
+            where = int(np.argmax(theirs.reshape(-1) > high))
+            raise ValueError(
+                f"state[{key!r}] must be <= step_count = {high}, got "
+                f"{theirs.reshape(-1)[where]} at position {where}"
+            )
+        return theirs
+
+
+def _scalar(value, key: str):
+    """A checkpoint's scalar: a number, or a 0-d array (np.savez makes one)."""
+    array = np.asarray(value)
+    if array.ndim != 0:
+        raise TypeError(
+            f"state[{key!r}] must be a number, got an array of shape {array.shape}"
+        )
+    return array.item()
+
+
+def _checked_step_count(value) -> int:
+    step_count = _scalar(value, "step_count")
+    if isinstance(step_count, bool) or not isinstance(step_count, int):
+        raise TypeError(f"state['step_count'] must be an int, got {step_count!r}")
+    if step_count < 0:
+        raise ValueError(f"state['step_count'] must not be negative, got {step_count}")
+    return step_count
 
 
 class SGD(_SparseOptimizer):

@@ -66,6 +66,7 @@ class State(NamedTuple):
     per: str
     dtype: str | None = None
     fill: float | str = 0.0
+    low: float | None = None  # the least value a real run leaves (a checkpoint's check)
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,7 @@ class AdagradStep(_LearningRateAndEps):
 ADAGRAD = Rule(
     name="Adagrad",
     hypers=(Hyper("lr"), Hyper("eps")),
-    state=(State("state_sum", "element", fill="initial_accumulator_value"),),
+    state=(State("state_sum", "element", fill="initial_accumulator_value", low=0.0),),
     step=lambda values, t, log: AdagradStep(values["lr"], values["eps"]),
 )
 
@@ -313,7 +314,7 @@ class RowWiseAdagradStep(_LearningRateAndEps):
 ROW_WISE_ADAGRAD = Rule(
     name="RowWiseAdagrad",
     hypers=(Hyper("lr"), Hyper("eps")),
-    state=(State("state_sum", "row", dtype="float64"),),
+    state=(State("state_sum", "row", dtype="float64", low=0.0),),
     step=lambda values, t, log: RowWiseAdagradStep(values["lr"], values["eps"]),
 )
 
@@ -366,7 +367,7 @@ ADAM = Rule(
         Hyper("beta2", high=1.0, high_open=True),
         Hyper("eps"),
     ),
-    state=(State("exp_avg", "element"), State("exp_avg_sq", "element")),
+    state=(State("exp_avg", "element"), State("exp_avg_sq", "element", low=0.0)),
     step=_adam_step,
 )
 

@@ -455,30 +455,150 @@ def _with(key, value):
 
 
 SGD_MWD = "SGD-momentum-wd"
+
+
+def _negated(key):
+    """The state with ``key``'s array made negative somewhere."""
+
+    def change(state):
+        array = np.array(state[key], copy=True)
+        array.reshape(-1)[-1] = -1.0
+        return {**state, key: array}
+
+    return change
+
+
+def _last_step_past_the_count(state):
+    last_step = np.array(state["last_step"], copy=True)
+    last_step[0] = state["step_count"] + 1
+    return {**state, "last_step": last_step}
+
+
+# (source, target, change, error, what the message names)
 REFUSED_STATES = {
-    "Adagrad-into-Adam": ("Adagrad", "Adam", lambda s: s, "optimizer 'Adagrad'"),
-    "Adagrad-into-RowWise": ("Adagrad", "RowWiseAdagrad", lambda s: s, "'Adagrad'"),
-    "Adam-into-SGD": ("Adam", SGD_MWD, lambda s: s, "optimizer 'Adam'"),
-    "state_sum": ("Adagrad", "Adagrad", _with("state_sum", np.ones((39, 5))), "state_sum"),
-    "row_state": ("RowWiseAdagrad",) * 2 + (_with("state_sum", np.ones(41)), "state_sum"),
-    "exp_avg_sq": ("Adam", "Adam", _with("exp_avg_sq", np.ones((40, 4))), "exp_avg_sq"),
-    "last_step": (SGD_MWD, SGD_MWD, _with("last_step", np.ones(3, np.int64)), "last_step"),
-    "lr": (SGD_MWD, SGD_MWD, _with("lr", -1.0), "lr"),
+    "Adagrad-into-Adam": (
+        "Adagrad",
+        "Adam",
+        lambda s: s,
+        ValueError,
+        "optimizer 'Adagrad'",
+    ),
+    "Adagrad-into-RowWise": (
+        "Adagrad",
+        "RowWiseAdagrad",
+        lambda s: s,
+        ValueError,
+        "'Adagrad'",
+    ),
+    "Adam-into-SGD": ("Adam", SGD_MWD, lambda s: s, ValueError, "optimizer 'Adam'"),
+    "state_sum": ("Adagrad",) * 2
+    + (_with("state_sum", np.ones((39, 5))), ValueError, "state_sum"),
+    "row_state": ("RowWiseAdagrad",) * 2
+    + (_with("state_sum", np.ones(41)), ValueError, "state_sum"),
+    "exp_avg_sq": (
+        "Adam",
+        "Adam",
+        _with("exp_avg_sq", np.ones((40, 4))),
+        ValueError,
+        "exp_avg_sq",
+    ),
+    "last_step": (
+        SGD_MWD,
+        SGD_MWD,
+        _with("last_step", np.ones(3, np.int64)),
+        ValueError,
+        "last_step",
+    ),
+    "lr": (SGD_MWD, SGD_MWD, _with("lr", -1.0), ValueError, "lr"),
+    "lr-string": (SGD_MWD, SGD_MWD, _with("lr", "0.1"), TypeError, "lr"),
     # the right shape, a dtype that cannot be cast: refused before anything changes
-    "float": (SGD_MWD, SGD_MWD, _with("last_step", np.full(40, 0.5)), "last_step"),
+    "float": (
+        SGD_MWD,
+        SGD_MWD,
+        _with("last_step", np.full(40, 0.5)),
+        TypeError,
+        "last_step",
+    ),
+    # values no real run leaves
+    "step_count-negative": (
+        "Adam",
+        "Adam",
+        _with("step_count", -5),
+        ValueError,
+        "step_count",
+    ),
+    "step_count-fraction": (
+        "Adam",
+        "Adam",
+        _with("step_count", 2.7),
+        TypeError,
+        "step_count",
+    ),
+    "step_count-string": (
+        SGD_MWD,
+        SGD_MWD,
+        _with("step_count", "7"),
+        TypeError,
+        "step_count",
+    ),
+    "step_count-bool": (
+        SGD_MWD,
+        SGD_MWD,
+        _with("step_count", True),
+        TypeError,
+        "step_count",
+    ),
+    "last_step-ahead": (
+        SGD_MWD,
+        SGD_MWD,
+        _last_step_past_the_count,
+        ValueError,
+        "last_step",
+    ),
+    "last_step-negative": (
+        SGD_MWD,
+        SGD_MWD,
+        _negated("last_step"),
+        ValueError,
+        "last_step",
+    ),
+    "state_sum-negative": (
+        "Adagrad",
+        "Adagrad",
+        _negated("state_sum"),
+        ValueError,
+        "state_sum",
+    ),
+    "row_sum-negative": ("RowWiseAdagrad",) * 2
+    + (_negated("state_sum"), ValueError, "state_sum"),
+    "exp_avg_sq-negative": (
+        "Adam",
+        "Adam",
+        _negated("exp_avg_sq"),
+        ValueError,
+        "exp_avg_sq",
+    ),
+    "none": ("Adam", "Adam", lambda s: None, TypeError, "state must be a mapping"),
+    "list": (
+        "Adam",
+        "Adam",
+        lambda s: list(s.items()),
+        TypeError,
+        "state must be a mapping",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(REFUSED_STATES))
 def test_load_state_dict_refuses_and_changes_nothing(case, rng, backend):
-    source, target, change, message = REFUSED_STATES[case]
+    source, target, change, error, message = REFUSED_STATES[case]
     other = OPTIMIZERS[source](backend.array(rng.standard_normal((40, 5))))
     opt = OPTIMIZERS[target](backend.array(rng.standard_normal((40, 5))))
     for batch in zipf_batches(rng, backend.pick(cpu=3, cuda=1), 40, 5):
         train_step(other, batch, backend)
         train_step(opt, batch, backend)
     before = snapshot(opt, backend)
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(error, match=re.escape(message)):
         opt.load_state_dict(change(other.state_dict()))
     assert_same(snapshot(opt, backend), before)
 
