@@ -9,6 +9,8 @@ matrix or array back.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse
 
@@ -110,23 +112,31 @@ class RowSparseGrad:
     Parameters
     ----------
     rows : array_like of int, shape (U,)
-        The rows the gradient touches, sorted, unique, each in [0, V).  Kept as int64
-        (converted from other integer dtypes).
+        The rows the gradient touches, sorted, unique, each in [0, V).  Kept as a
+        read-only int64 copy (O(U)): editing the array passed in changes nothing here.
     values : numpy.ndarray, shape (U, D), float32 or float64, C-contiguous
-        One row of values per entry of ``rows``, duplicates already summed.  Kept as
-        is, not copied.
+        One row of values per entry of ``rows``, duplicates already summed.  Shared,
+        not copied: writing to its elements (here, through ``values`` or through
+        ``to_scipy()``'s data) writes to the gradient's.
     shape : tuple of int
         (V, D), the shape of the embedding table.
 
     Attributes
     ----------
-    rows : numpy.ndarray of int64, shape (U,)
+    rows : numpy.ndarray of int64, shape (U,), read-only
     values : numpy.ndarray, shape (U, D)
     shape : tuple of int
         (V, D).
 
+    The attributes cannot be reassigned, and what they return is a view: reshaping it
+    leaves the gradient as it was.  A gradient cannot be made to lie about its rows
+    or its shape, so an optimizer's ``step`` trusts them: rows in range, sorted and
+    unique, values (U, D).
+
     A gradient computed on a GPU holds Numba device arrays as ``rows`` and ``values``;
-    ``to_scipy`` and ``to_dense`` copy them to the host.
+    ``to_scipy`` and ``to_dense`` copy them to the host.  A device array has no
+    read-only flag: an optimizer's ``step`` on the GPU checks the rows on the device
+    first (O(U)).
 
     Raises
     ------
@@ -151,41 +161,59 @@ class RowSparseGrad:
            [3., 4.]])
     """
 
-    __slots__ = ("rows", "values", "shape")
+    __slots__ = ("_rows", "_values", "_shape")
 
-    rows: np.ndarray
-    values: np.ndarray
-    shape: tuple[int, int]
+    _rows: Any
+    _values: Any
+    _shape: tuple[int, int]
 
     def __init__(self, rows, values, shape: tuple[int, int]) -> None:
         num_rows, dim = _check_shape(shape)
         rows = _check_rows(rows, num_rows)
         values = _check_values(values, rows.shape[0], dim)
-        self.rows = rows
-        self.values = values
-        self.shape = (num_rows, dim)
+        own_rows = np.array(rows, dtype=np.int64)  # a copy the caller cannot reach
+        self._set(own_rows, values, (num_rows, dim))
 
     @classmethod
-    def _trusted(
-        cls, rows: np.ndarray, values: np.ndarray, shape: tuple[int, int]
-    ) -> RowSparseGrad:
+    def _trusted(cls, rows, values, shape: tuple[int, int]) -> RowSparseGrad:
         """Build without checks, for callers that guarantee the invariants (int64 rows,
-        sorted, unique, in [0, V); C-contiguous float32/float64 values (U, D))."""
+        sorted, unique, in [0, V), not shared with a caller; C-contiguous
+        float32/float64 values (U, D))."""
         grad = cls.__new__(cls)
-        grad.rows = rows
-        grad.values = values
-        grad.shape = (int(shape[0]), int(shape[1]))
+        grad._set(rows, values, (int(shape[0]), int(shape[1])))
         return grad
+
+    def _set(self, rows, values, shape: tuple[int, int]) -> None:
+        if isinstance(rows, np.ndarray):
+            rows.flags.writeable = False
+            values = values.view()  # its own shape: the caller's cannot change it
+        self._rows, self._values, self._shape = rows, values, shape
+
+    @property
+    def rows(self):
+        """The rows (U,), int64, sorted and unique (read-only on the host)."""
+        return self._rows.view() if isinstance(self._rows, np.ndarray) else self._rows
+
+    @property
+    def values(self):
+        """The values (U, D), one row of values per row."""
+        values = self._values
+        return values.view() if isinstance(values, np.ndarray) else values
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(V, D), the table's shape."""
+        return self._shape
 
     @property
     def dtype(self) -> np.dtype:
         """The dtype of the values (the weight's)."""
-        return self.values.dtype
+        return self._values.dtype
 
     @property
     def nnz_rows(self) -> int:
         """U, the number of rows the gradient touches."""
-        return self.rows.shape[0]
+        return self._rows.shape[0]
 
     def __repr__(self) -> str:
         return (
@@ -213,9 +241,9 @@ class RowSparseGrad:
 
     def _host_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, values) as NumPy arrays: copied to the host when on a GPU."""
-        if isinstance(self.values, np.ndarray):
-            return self.rows, self.values
-        return self.rows.copy_to_host(), self.values.copy_to_host()
+        if isinstance(self._values, np.ndarray):
+            return self._rows, self._values
+        return self._rows.copy_to_host(), self._values.copy_to_host()
 
     def to_scipy(
         self, format: str = "csr"
@@ -260,7 +288,7 @@ class RowSparseGrad:
         """
         if format not in ("csr", "coo"):
             raise ValueError(f"format must be 'csr' or 'coo', got {format!r}")
-        if not isinstance(self.values, np.ndarray):  # on a GPU: SciPy is host-only
+        if not isinstance(self._values, np.ndarray):  # on a GPU: SciPy is host-only
             host = RowSparseGrad._trusted(*self._host_arrays(), self.shape)
             return host.to_scipy(format)
         if format == "csr":
@@ -273,10 +301,10 @@ class RowSparseGrad:
         num_rows, dim = self.shape
         count = self.nnz_rows
         index_dtype = _index_dtype(max(num_rows, dim, count * dim))
-        data = self.values.reshape(-1)
+        data = self._values.reshape(-1)
         indices = np.tile(np.arange(dim, dtype=index_dtype), count)
         indptr = np.zeros(num_rows + 1, dtype=index_dtype)
-        indptr[self.rows + 1] = dim
+        indptr[self._rows + 1] = dim
         np.cumsum(indptr, dtype=index_dtype, out=indptr)
         matrix = scipy.sparse.csr_array(
             (data, indices, indptr), shape=(num_rows, dim), copy=False
@@ -291,10 +319,10 @@ class RowSparseGrad:
         num_rows, dim = self.shape
         count = self.nnz_rows
         index_dtype = _index_dtype(max(num_rows, dim))
-        row = np.repeat(self.rows.astype(index_dtype, copy=False), dim)
+        row = np.repeat(self._rows.astype(index_dtype, copy=False), dim)
         col = np.tile(np.arange(dim, dtype=index_dtype), count)
         matrix = scipy.sparse.coo_array(
-            (self.values.reshape(-1), (row, col)), shape=(num_rows, dim), copy=False
+            (self._values.reshape(-1), (row, col)), shape=(num_rows, dim), copy=False
         )
         matrix.has_canonical_format = True  # row-major order, no duplicates
         return matrix

@@ -4,6 +4,7 @@ mid-call or makes the table read-only gets the right gradient or a clean error."
 
 import numpy as np
 import pytest
+from backends import backend_param
 
 import nbbag
 
@@ -212,3 +213,21 @@ def test_torchs_argument_order_gets_a_hint(rng):
         TypeError, match=r"weight must be float32 or float64, got dtype int64$"
     ):
         nbbag.embedding_bag(indices, indices, offsets)  # no float second: no hint
+
+
+@pytest.mark.parametrize("backend", [backend_param("cuda")], indirect=True)
+def test_a_device_gradient_edited_after_it_was_made_is_refused(rng, backend):
+    """A device array has no read-only flag: the GPU's step checks the rows first."""
+    weight = backend.array(rng.standard_normal((V, D)).astype(np.float32))
+    before = backend.host(weight).copy()
+    values = rng.standard_normal((3, D)).astype(np.float32)
+    optimizer = nbbag.optim.SGD(weight, lr=0.1)
+    for edit, match in (([1, 10**9, 7], "outside"), ([1, 7, 7], "sorted and unique")):
+        grad = nbbag.RowSparseGrad._trusted(
+            backend.array(np.array([1, 4, 7])), backend.array(values), (V, D)
+        )
+        grad.rows[:] = backend.array(np.array(edit))
+        with pytest.raises(ValueError, match=match):
+            optimizer.step(grad)
+    np.testing.assert_array_equal(backend.host(weight), before)
+    assert optimizer.step_count == 0

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
+import nbbag
 import nbbag.sparse
 from nbbag.sparse import RowSparseGrad, _index_dtype
 
@@ -47,8 +48,11 @@ def test_attributes(rng, dtype):
     rows = np.array([2, 5, 6], dtype=np.int64)
     values = rng.standard_normal((3, 4)).astype(dtype)
     grad = RowSparseGrad(rows, values, (9, 4))
-    assert grad.rows is rows  # int64 rows and values are kept, not copied
-    assert grad.values is values
+    # rows: a read-only copy of the gradient's own; values: shared, not copied
+    np.testing.assert_array_equal(grad.rows, rows)
+    assert not np.shares_memory(grad.rows, rows) and not grad.rows.flags.writeable
+    np.testing.assert_array_equal(grad.values, values)
+    assert np.shares_memory(grad.values, values)
     assert grad.shape == (9, 4)
     assert type(grad.shape[0]) is int
     assert grad.dtype == dtype
@@ -74,7 +78,9 @@ def test_trusted_skips_the_checks(rng):
     rows = np.array([4, 1])  # unsorted: the constructor would refuse it
     values = rng.standard_normal((2, 3))
     grad = RowSparseGrad._trusted(rows, values, (5, 3))
-    assert grad.rows is rows and grad.values is values and grad.shape == (5, 3)
+    assert np.shares_memory(grad.rows, rows) and np.shares_memory(grad.values, values)
+    np.testing.assert_array_equal(grad.rows, [4, 1])
+    assert grad.shape == (5, 3) and not rows.flags.writeable  # nbbag's own: locked
 
 
 # (name, exception, words the message must hold, rows, values, shape)
@@ -463,3 +469,59 @@ def test_from_scipy_rejects_indices_edited_past_the_shape(axis, bad):
     (m.row if axis == "row" else m.col)[0] = bad
     with pytest.raises(ValueError, match=rf"{axis} index {bad} outside"):
         RowSparseGrad.from_scipy(m)
+
+
+# A gradient cannot be made to lie about its rows or shape: an optimizer trusts them.
+
+
+def _grad(rng, rows=(1, 4, 7), num_rows=10, dim=3):
+    rows = np.array(rows, dtype=np.int64)
+    return RowSparseGrad(rows, rng.standard_normal((rows.size, dim)), (num_rows, dim)), rows
+
+
+def test_attributes_cannot_be_reassigned(rng):
+    grad, _ = _grad(rng)
+    for name, value in (("rows", np.array([10**9])), ("values", np.ones((1, 1))),
+                        ("shape", (10**9, 3))):  # fmt: skip
+        with pytest.raises(AttributeError):
+            setattr(grad, name, value)
+        with pytest.raises(AttributeError):
+            object.__setattr__(grad, name, value)
+
+
+def test_rows_are_read_only_and_the_callers_array_is_not_kept(rng):
+    grad, rows = _grad(rng)
+    rows[0] = 10**9  # the caller's array, after construction
+    np.testing.assert_array_equal(grad.rows, [1, 4, 7])
+    with pytest.raises(ValueError, match="read-only"):
+        grad.rows[0] = 10**9
+    view = grad.rows
+    with pytest.raises(ValueError):
+        view.flags.writeable = True
+
+
+def test_reshaping_what_the_attributes_return_leaves_the_gradient(rng):
+    grad, _ = _grad(rng)
+    grad.values.shape = (9,)
+    grad.rows.shape = (3, 1)
+    assert grad.values.shape == (3, 3) and grad.rows.shape == (3,)
+
+
+def test_the_callers_values_array_is_shared_but_cannot_change_shape(rng):
+    values = rng.standard_normal((3, 3))
+    grad = RowSparseGrad(np.array([1, 4, 7]), values, (10, 3))
+    values[0, 0] = 42.0  # documented: the values are shared
+    assert grad.values[0, 0] == 42.0
+    values.shape = (9,)  # the caller's own array object
+    assert grad.values.shape == (3, 3)
+
+
+def test_a_step_after_every_kind_of_edit_updates_only_the_rows(rng):
+    weight = rng.standard_normal((10, 3))
+    expected = weight.copy()
+    grad, rows = _grad(rng)
+    expected[[1, 4, 7]] -= 0.1 * grad.values
+    rows[:] = [9, 9, 9]
+    grad.values.shape = (9,)
+    nbbag.optim.SGD(weight, lr=0.1).step(grad)
+    np.testing.assert_allclose(weight, expected)

@@ -204,10 +204,12 @@ def as_gradient(grad: RowSparseGrad, weight) -> RowSparseGrad:
         grad = RowSparseGrad._trusted(
             arrays.to_device(grad.rows), arrays.to_device(values), grad.shape
         )
-    if grad.values.dtype != weight.dtype:
-        raise ValueError(
-            f"grad must have the weight's dtype {weight.dtype}, got {grad.values.dtype}"
-        )
+    else:
+        checks.check_device_gradient(grad.rows, grad.values, grad.shape)
+    if grad.values.dtype != weight.dtype:  # cast, as on the CPU
+        values = grad.values
+        cast = arrays.cast(values.reshape(values.size), weight.dtype).reshape(values.shape)
+        grad = RowSparseGrad._trusted(grad.rows, cast, grad.shape)
     return grad
 
 

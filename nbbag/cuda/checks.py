@@ -63,6 +63,48 @@ def offsets_checks_kernel(offsets, num_indices, result):
 
 
 @cuda.jit
+def rows_checks_kernel(rows, num_rows, result):
+    """result[0] = first i with rows[i] outside [0, num_rows); result[1] = first i
+    with rows[i + 1] <= rows[i] (each left as set when none).
+
+    Ownership: threads ``atomic.min`` into result.
+    """
+    for i in range(cuda.grid(1), rows.shape[0], cuda.gridsize(1)):
+        if rows[i] < 0 or rows[i] >= num_rows:
+            cuda.atomic.min(result, 0, i)
+        if i + 1 < rows.shape[0] and rows[i + 1] <= rows[i]:
+            cuda.atomic.min(result, 1, i)
+
+
+def check_device_gradient(rows, values, shape: tuple) -> None:
+    """A gradient's device arrays as an update relies on them: rows in [0, V), sorted
+    and unique; values (U, D).  A device array has no read-only flag, so its elements
+    may have been written since the gradient was made."""
+    count = rows.shape[0]
+    if tuple(values.shape) != (count, shape[1]):
+        raise ValueError(
+            f"grad.values has shape {tuple(values.shape)}, expected ({count}, {shape[1]})"
+        )
+    if not count:
+        return
+    result = arrays.to_device(np.array([count, count], dtype=np.int64))
+    grid, block = launch.linear(count)
+    rows_checks_kernel[grid, block](rows, shape[0], result)
+    outside, not_increasing = (int(v) for v in result.copy_to_host())
+    if outside < count:
+        value = int(rows[outside : outside + 1].copy_to_host()[0])
+        raise ValueError(
+            f"grad.rows[{outside}] = {value} is outside [0, {shape[0]}): the gradient's "
+            "rows were changed on the device after it was made"
+        )
+    if not_increasing < count:
+        raise ValueError(
+            f"grad.rows must be sorted and unique, but rows[{not_increasing}] >= "
+            f"rows[{not_increasing + 1}]: the gradient's rows were changed on the device"
+        )
+
+
+@cuda.jit
 def csr_offsets_kernel(offsets, num_indices, out):
     """out = offsets as int64, with num_indices appended when out is one longer.
 
