@@ -48,7 +48,8 @@ def embedding_bag(
     offsets : array_like of int32 or int64, shape (B,) or (B + 1,), optional
         Start of each bag in 1-D ``indices``; the last bag runs to N.  With
         ``include_last_offset=True`` it holds B + 1 entries (CSR form) and indices past
-        the last entry belong to no bag.
+        the last entry belong to no bag (torch 2.13 drops them only in its float32 sum
+        without padding, and folds them into the last bag elsewhere).
     mode : {"sum", "mean", "max", "sqrtn"} or Mode, default "mean"
         ``sqrtn`` is sum / sqrt(count), or sum_i w_i x_i / sqrt(sum_i w_i^2) with weights.
     per_sample_weights : array_like of float, shape of ``indices``, optional
@@ -236,8 +237,10 @@ def embedding_bag_bwd(
     Returns
     -------
     RowSparseGrad
-        ``rows`` (U,) int64 sorted unique: the rows that got a contribution;
-        ``values`` (U, D): their summed gradients; ``shape`` (V, D).  With
+        ``rows`` (U,) int64 sorted unique: every row with a token in a bag, as torch's
+        sparse gradient (a row whose weights are all 0 is there, with zeros; for max,
+        the rows that won a dimension); ``values`` (U, D): their summed gradients;
+        ``shape`` (V, D).  With
         ``scale_grad_by_freq`` each row is divided by its count in the batch.  Padding
         and empty bags give no gradient.  Deterministic: bit-identical for any number
         of threads (CPU) or launch order (GPU).  On the GPU (a device weight in the

@@ -116,9 +116,10 @@ def embedding_bag_backward(
 
     ``weight`` is the table as the forward read it (after any max_norm renorm).  Returns
     ``(weight_grad, rows, weights_grad)``: the dense (V, D) gradient in float64; the
-    sorted rows that got a contribution (a token in a bag, not padding, with a non-zero
-    coefficient; for max, a token that won a dimension); and the gradient with respect
-    to ``per_sample_weights`` (flat, float64), or None without weights.
+    sorted rows of the sparse gradient (every row with a token in a bag, not padding,
+    as torch's sparse gradient: a row whose weights are all 0 is there, with zeros;
+    for max, a row that won a dimension); and the gradient with respect to
+    ``per_sample_weights`` (flat, float64), or None without weights.
 
     ``scale_grad_by_freq`` divides each row's gradient by the number of times the row
     appears in the batch's bags (padding left out), as torch documents.
@@ -150,6 +151,7 @@ def embedding_bag_backward(
                 weight_grad[flat_indices[winner], d] += grad_output[b, d]
                 contributed.add(int(flat_indices[winner]))
             continue
+        contributed.update(int(row) for row in rows)
         w = np.ones(len(positions)) if flat_weights is None else flat_weights[positions]
         w = w.astype(np.float64)
         denominator = {"sum": 1.0, "mean": w.sum(), "sqrtn": np.sqrt((w * w).sum())}[mode]
@@ -157,8 +159,6 @@ def embedding_bag_backward(
             continue  # the forward gave zeros: no gradient flows
         for p, w_p in zip(positions, w, strict=True):
             weight_grad[flat_indices[p]] += w_p / denominator * grad_output[b]
-            if w_p != 0:
-                contributed.add(int(flat_indices[p]))
         if weights_grad is not None:
             out_b = (w[:, None] * table[rows]).sum(axis=0) / denominator
             for p, w_p, row in zip(positions, w, rows, strict=True):

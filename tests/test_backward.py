@@ -175,17 +175,26 @@ def test_bit_identical_with_one_and_two_threads(mode, rng):
     assert values[1][1].tobytes() == values[2][1].tobytes()
 
 
-def test_rows_list_only_rows_that_got_a_contribution(rng, backend):
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_rows_are_every_row_in_a_bag_as_in_torch(rng, backend, mode):
+    """As torch's sparse gradient: a row whose weights are 0 (or in a bag whose weights
+    sum to 0) is in the gradient with zeros; padding and rows in no bag are not."""
     weight = backend.array(rng.standard_normal((10, 3)))
     # row 0: padding only; row 1: weight 0; rows 2, 3: in a bag whose weights sum to 0;
-    # row 4: contributes; rows 5-9 never appear.
-    indices = np.array([0, 1, 4, 2, 3])
-    weights = np.array([1.0, 0.0, 1.0, 1.0, -1.0])
+    # row 4: contributes; row 5 only after the last offset; rows 6-9 never appear.
+    indices = np.array([0, 1, 4, 2, 3, 5])
+    weights = np.array([1.0, 0.0, 1.0, 1.0, -1.0, 1.0])
     _, ctx = nbbag.embedding_bag_fwd(
-        weight, indices, [0, 3], mode="mean", per_sample_weights=weights, padding_idx=0
-    )
+        weight, indices, [0, 3, 5], mode=mode, per_sample_weights=weights, padding_idx=0,
+        include_last_offset=True,
+    )  # fmt: skip
     grad = nbbag.embedding_bag_bwd(backend.array(np.ones((2, 3))), ctx)
-    np.testing.assert_array_equal(backend.host(grad.rows), [4])
+    np.testing.assert_array_equal(backend.host(grad.rows), [1, 2, 3, 4])
+    values = backend.host(grad.values)
+    np.testing.assert_array_equal(values[0], 0.0)  # row 1: weight 0
+    if mode == "mean":  # rows 2, 3: their bag's weights sum to 0, the output is 0
+        np.testing.assert_array_equal(values[1:3], 0.0)
+    assert np.all(values[3] != 0)
 
 
 def test_max_lists_only_the_winners(backend):
@@ -285,8 +294,9 @@ def test_per_sample_weights_grad_without_weights(forward):
 
 
 @pytest.mark.parametrize("mode", ["max", "weighted"])
-def test_the_highest_row_without_a_contribution_is_left_out(mode, rng, backend):
-    """The last of the sorted rows gets nothing: the values must still line up."""
+def test_the_highest_row_without_a_contribution(mode, rng, backend):
+    """The last of the sorted rows gets nothing: left out for max (it won no
+    dimension), kept with zeros for a weight of 0 (as torch); the values line up."""
     weight = np.abs(rng.standard_normal((10, 3)))
     weight[9] = -1.0  # loses every dimension of max
     options = {"mode": "max"}
@@ -297,6 +307,6 @@ def test_the_highest_row_without_a_contribution_is_left_out(mode, rng, backend):
     expected, rows, _ = reference.embedding_bag_backward(
         np.ones((1, 3)), weight, [2, 5, 9], [0], **options
     )
-    assert 9 not in backend.host(grad.rows)
+    assert (9 in backend.host(grad.rows)) == (mode == "weighted")
     np.testing.assert_array_equal(backend.host(grad.rows), rows)
     np.testing.assert_allclose(grad.to_dense(), expected)

@@ -115,6 +115,47 @@ SPARSE_MODES = ("sum", "mean")  # torch's sparse gradients, as the tests below u
 LAZY_CASES = product(LAZY, SPARSE_MODES)
 
 
+@needs_torch
+@on_backends("fused", [False, True])
+def test_adam_moves_rows_with_zero_weights_as_sparse_adam_does(fused, rng, backend):
+    """torch's sparse gradient keeps a row whose per-sample weights are 0 (with zeros),
+    so SparseAdam still moves it along its moments; nbbag's gradient keeps it too."""
+    num_rows, dim = 20, 4
+    weight = rng.standard_normal((num_rows, dim))
+    param = torch.nn.Parameter(torch.from_numpy(weight.copy()))
+    table = backend.array(weight)
+    ours = optim.Adam(table, 0.05, betas=(0.8, 0.95), eps=1e-6)
+    theirs = torch.optim.SparseAdam([param], 0.05, betas=(0.8, 0.95), eps=1e-6)
+    indices = np.array([1, 2, 3, 4, 5, 6])
+    offsets = np.array([0, 3])
+    after_first = None
+    for step in range(3):
+        weights = rng.uniform(0.5, 2.0, indices.size)
+        if step:
+            weights[[1, 4]] = 0.0  # then rows 2 and 5 weigh nothing: moments alone
+        grad_output = rng.standard_normal((2, dim))
+        out, ctx = nbbag.embedding_bag_fwd(
+            table, indices, offsets, mode="sum", per_sample_weights=weights
+        )
+        if fused:
+            ours.step_fused(backend.array(grad_output), ctx)
+        else:
+            ours.step(nbbag.embedding_bag_bwd(backend.array(grad_output), ctx))
+        out_t = torch.nn.functional.embedding_bag(
+            torch.from_numpy(indices), param, torch.from_numpy(offsets), mode="sum",
+            per_sample_weights=torch.from_numpy(weights), sparse=True,
+        )  # fmt: skip
+        out_t.backward(torch.from_numpy(grad_output))
+        theirs.step()
+        theirs.zero_grad()
+        if after_first is None:
+            after_first = backend.host(table)[[2, 5]].copy()
+    np.testing.assert_allclose(
+        backend.host(table), param.detach().numpy(), rtol=1e-10, atol=1e-13
+    )
+    assert np.all(backend.host(table)[[2, 5]] != after_first)  # they moved
+
+
 def torch_bags(param, indices, offsets, mode, sparse):
     indices, offsets = torch.from_numpy(indices), torch.from_numpy(offsets)
     return torch.nn.functional.embedding_bag(

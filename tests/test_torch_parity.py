@@ -194,3 +194,28 @@ def test_backward_matches_torch_autograd(
         np.testing.assert_allclose(
             backend.host(result[1]), torch_weights.grad.numpy(), rtol=rtol, atol=rtol
         )
+
+
+def test_ids_past_the_last_offset_are_in_no_bag_where_torch_differs():
+    """What the README says of include_last_offset: nbbag leaves the trailing ids out
+    in every mode; torch 2.13 does so only in its float32 sum without padding."""
+    weight = np.arange(12, dtype=np.float64).reshape(6, 2)
+    ids, offsets = np.arange(6), np.array([0, 2, 4])
+
+    def theirs(dtype, mode, padding_idx=None):
+        return torch.nn.functional.embedding_bag(
+            torch.from_numpy(ids), torch.from_numpy(weight.astype(dtype)),
+            torch.from_numpy(offsets), mode=mode, include_last_offset=True,
+            padding_idx=padding_idx,
+        ).numpy()  # fmt: skip
+
+    for mode in ("sum", "mean", "max"):
+        ours = nbbag.embedding_bag(
+            weight, ids, offsets, mode=mode, include_last_offset=True
+        )
+        last_bag = {"sum": weight[2:4].sum(0), "mean": weight[2:4].mean(0)}
+        np.testing.assert_array_equal(ours[1], last_bag.get(mode, weight[2:4].max(0)))
+    np.testing.assert_array_equal(theirs(np.float32, "sum")[1], weight[2:4].sum(0))
+    np.testing.assert_array_equal(theirs(np.float64, "sum")[1], weight[2:6].sum(0))
+    np.testing.assert_array_equal(theirs(np.float32, "max")[1], weight[2:6].max(0))
+    np.testing.assert_array_equal(theirs(np.float32, "sum", 5)[1], weight[2:5].sum(0))

@@ -94,4 +94,4 @@ class TokenGroups(NamedTuple):
     row_ptr: Any  # (U + 1,)
     positions: Any  # token positions grouped by row
     value_index: Any  # (U,) row k's slot among the rows that get a gradient, or -1
-    num_contributing: int  # how many rows get a gradient (a non-zero coefficient)
+    num_contributing: int  # how many rows get a gradient (max: the winners; else all)

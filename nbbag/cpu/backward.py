@@ -309,13 +309,14 @@ def group_tokens(
     num_unique = rows.shape[0]
     value_index = np.empty(num_unique, dtype=np.int64)
     num_contributing = 0
-    if per_sample_weights is None and argmax is None:
-        # every token in a bag has coefficient 1, 1/n or 1/sqrt(n): every row counts
+    if argmax is None:
+        # Every row with a token in a bag is in the gradient, as in torch's sparse
+        # gradient: a weight of 0 gives a row of zeros (which moves Adam's moments).
         for k in range(num_unique):
             value_index[k] = k
         num_contributing = num_unique
     else:
-        # a max loser, a weight of 0 or weights summing to 0 contribute nothing
+        # max: a row that won no dimension has no gradient
         contributes = np.empty(num_unique, dtype=np.bool_)
         _contributing_rows(coefficients, positions, row_ptr, contributes)
         for k in range(num_unique):

@@ -9,8 +9,8 @@ The CPU pipeline (:mod:`nbbag.cpu.backward`), step for step, on the device:
    digit-major then chunk by chunk, scatter: the CPU ``_radix_pass`` with a thread per
    chunk) and of the run heads that give the unique rows; :mod:`nbbag.cuda.grouping`
    launches them.
-3. ``contributing_rows`` (a thread per row): where a coefficient can be 0 (max,
-   weights), which rows get a gradient at all.
+3. ``contributing_rows`` (a thread per row): for max, which rows won a dimension and
+   so get a gradient at all (in the other modes every row does).
 4. ``accumulate_rows``: one thread group per unique row, lanes along D, each lane sums
    its dimension over the row's tokens in position order: bit-identical from run to
    run whatever the launch order.  ``accumulate_rows_atomic`` (``deterministic=False``)

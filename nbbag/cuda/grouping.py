@@ -119,8 +119,9 @@ def group_tokens(
     )
     num_unique = rows.shape[0]
     value_index = arrays.empty(num_unique, np.int64)
-    if argmax is not None or per_sample_weights is not None:
-        # A max loser, a weight of 0 or weights summing to 0 contribute nothing.
+    if argmax is not None:
+        # max: a row that won no dimension has no gradient.  Otherwise every row with
+        # a token in a bag is in it, as in torch (a weight of 0: a row of zeros).
         contributes = arrays.empty(num_unique, np.int64)
         num_contributing = 0
         if num_unique:
