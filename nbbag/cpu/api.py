@@ -3,7 +3,9 @@
 functions for device tables.
 
 Inputs are checked (:mod:`nbbag._validate`), outputs allocated once here, and the
-kernel variant that runs each call is chosen by :mod:`nbbag.cpu.variants`.
+kernel variant that runs each call is chosen by :mod:`nbbag.cpu.variants`.  Each
+function the front calls that may run a parallel kernel is :func:`~nbbag._threads.guarded`
+(serialised under Numba's workqueue layer, refused in a child forked after GNU OpenMP).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from nbbag import _validate as checks
 from nbbag._memory import aligned_empty, aligned_full, padded_length
+from nbbag._threads import guarded
 from nbbag.base.constants import OK
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
 from nbbag.cpu import backward, optim, variants
@@ -44,6 +47,7 @@ def table(shape: tuple[int, int], dtype) -> np.ndarray:
 
 
 # -- the forward -------------------------------------------------------------------------
+@guarded
 def embedding_bag(
     weight, indices, offsets, per_sample_weights, options: ForwardOptions, out=None
 ):
@@ -52,6 +56,7 @@ def embedding_bag(
     return _forward(weight, indices, offsets, per_sample_weights, options, False, out)[0]
 
 
+@guarded
 def embedding_bag_fwd(
     weight, indices, offsets, per_sample_weights, options: ForwardOptions
 ):
@@ -109,6 +114,7 @@ def _private(array: np.ndarray, given) -> np.ndarray:
     return array.copy()
 
 
+@guarded
 def check_batch(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
     """Every check of a forward, the offsets' and ids' values included, without running
     it: for callers that write before the forward reads (an optimizer's catch-up)."""
@@ -154,6 +160,7 @@ def group_tokens(ctx: BagContext) -> TokenGroups:
     )  # fmt: skip
 
 
+@guarded
 def embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad, deterministic):
     """The row-sparse gradient (and the weights' gradient when asked for); the CPU
     backward is always deterministic."""
@@ -225,12 +232,14 @@ def as_gradient(grad: RowSparseGrad, weight: np.ndarray) -> RowSparseGrad:
     return grad
 
 
+@guarded
 def apply_gradient(step, weight, grad: RowSparseGrad, state, t: int) -> None:
     """Step ``t`` of a rule (its step record ``step``) with a row-sparse gradient;
     ``state`` is (per-element state arrays, per-row state arrays)."""
     variants.apply_row_gradients(step, weight, grad.rows, grad.values, state, t)
 
 
+@guarded
 def apply_fused(step, weight, grad_output, ctx: BagContext, state, t: int) -> None:
     """Step ``t`` with the gradient of ``ctx``'s forward, computed row by row."""
     groups = group_tokens(ctx)
@@ -250,6 +259,7 @@ def apply_fused(step, weight, grad_output, ctx: BagContext, state, t: int) -> No
     )  # fmt: skip
 
 
+@guarded
 def check_rows(indices, num_rows: int) -> np.ndarray:
     """``indices`` (any shape) checked against the table, as a flat array."""
     indices = checks.check_indices(indices)
@@ -260,12 +270,14 @@ def check_rows(indices, num_rows: int) -> np.ndarray:
     return flat
 
 
+@guarded
 def catch_up(step, weight, rows, state, target_step: int) -> None:
     """Bring ``rows`` (checked, repeats allowed) up to ``target_step``."""
     element_state, row_state = state
     optim.catch_up_rows(step, weight, rows, element_state, row_state, target_step)
 
 
+@guarded
 def catch_up_all(step, weight, state, target_step: int) -> None:
     """Bring every row up to ``target_step``."""
     element_state, row_state = state
