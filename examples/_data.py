@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,3 +188,11 @@ def to_bags(ids: list[list[int]], labels: np.ndarray) -> Bags:
     np.cumsum(lengths, out=offsets[1:])
     indices = np.fromiter((i for doc in ids for i in doc), np.int64, int(offsets[-1]))
     return Bags(indices, offsets, np.asarray(labels, np.int64))
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import text_classification as nbbag_model  # noqa: E402
-from _data import LABEL_PREFIX, DataError  # noqa: E402
+from _data import LABEL_PREFIX, DataError, available_cores  # noqa: E402
 
 # fastText's hogwild SGD at lr 0.5 sometimes diverges ("Encountered NaN"), depending on
 # how its threads interleave (about 1 run in 3 on BBC News, measured); a diverged run is
@@ -32,9 +32,14 @@ FASTTEXT_ATTEMPTS = 3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--data", help="a fastText-format file (default: BBC News)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=available_cores(), help="the cores available"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="use only this many documents")
     parser.add_argument("--epochs", type=int, help="override every model's epochs")
@@ -44,7 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="skip torch")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--fasttext-worker", type=Path, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("threads", "limit", "epochs", "fasttext_dim", "fasttext_epochs"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return args
 
 
 def nbbag_options(args: argparse.Namespace) -> argparse.Namespace:

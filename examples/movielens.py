@@ -19,19 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-# Many short parallel regions per step: see text_classification.py.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numba  # noqa: E402
-from _data import Bags, DataError, package_dir, stratified_split, to_bags  # noqa: E402
+from _data import (  # noqa: E402
+    Bags,
+    DataError,
+    available_cores,
+    package_dir,
+    stratified_split,
+    to_bags,
+)
 
 import nbbag  # noqa: E402
 
@@ -41,7 +45,10 @@ PUBLISHED_MF_RMSE = (0.90, 0.95)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--data", help="a RecBole .inter file (default: ml-100k)")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=20)
@@ -49,13 +56,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reg", type=float, default=0.02, help="L2 on the rows used")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--no-implicit", action="store_true", help="plain biased MF")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=available_cores(), help="the cores available"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="use only this many ratings")
     args = parser.parse_args(argv)
-    for name in ("dim", "epochs", "batch_size", "threads"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("dim", "epochs", "batch_size", "threads", "limit"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.lr <= 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
+    if args.reg < 0:
+        parser.error(f"--reg must not be negative, got {args.reg}")
     return args
 
 

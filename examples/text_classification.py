@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,11 +23,6 @@ from pathlib import Path
 import numba
 import numpy as np
 
-# A training step is a handful of short parallel regions.  GNU OpenMP's default lets a
-# thread that finished its share spin for a while; on a machine whose cores are shared,
-# that spinning takes the core from the thread it waits for, and a step can take 10x
-# longer.  Waiting passively costs nothing measurable on an idle machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _data import (  # noqa: E402
@@ -36,6 +30,7 @@ from _data import (  # noqa: E402
     Corpus,
     DataError,
     Vocabulary,
+    available_cores,
     load_bbc_news,
     load_fasttext_file,
     stratified_split,
@@ -54,25 +49,33 @@ OPTIMIZERS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--data", help="a fastText-format file (default: BBC News)")
     parser.add_argument("--dim", type=int, default=32, help="embedding size")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.3, help="initial learning rate")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adagrad")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=available_cores(), help="the cores available"
+    )
     parser.add_argument("--bigrams", action="store_true", help="add hashed word bigrams")
     parser.add_argument("--buckets", type=int, default=200_000, help="bigram rows")
     parser.add_argument("--seed", type=int, default=0, help="split and initialisation")
     parser.add_argument("--limit", type=int, help="use only this many documents")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    for name in ("dim", "epochs", "batch_size", "threads", "buckets"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("dim", "epochs", "batch_size", "threads", "buckets", "limit"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.lr <= 0:
-        parser.error("--lr must be positive")
+        parser.error(f"--lr must be positive, got {args.lr}")
+    if args.buckets != parser.get_default("buckets") and not args.bigrams:
+        parser.error("--buckets sizes the bigram rows: it needs --bigrams")
     return args
 
 

@@ -103,6 +103,18 @@ def _check_values(values, num_rows: int, dim: int) -> np.ndarray:
     return values
 
 
+def _same_memory(a, b) -> bool:
+    """Whether ``a`` is a NumPy array over exactly ``b``'s elements, laid out alike."""
+    return (
+        isinstance(a, np.ndarray)
+        and isinstance(b, np.ndarray)
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
+
+
 class RowSparseGrad:
     """The gradient of an embedding table (V, D) that is non-zero on a few rows only.
 
@@ -199,6 +211,16 @@ class RowSparseGrad:
         """The values (U, D), one row of values per row."""
         values = self._values
         return values.view() if isinstance(values, np.ndarray) else values
+
+    @values.setter
+    def values(self, new) -> None:
+        # ``grad.values += x`` adds in place, then assigns the same memory back: allowed.
+        # Anything else would change what the rows are paired with: refused.
+        if not _same_memory(new, self._values):
+            raise AttributeError(
+                "a RowSparseGrad's values cannot be replaced: write into them "
+                "(grad.values[...] = ..., grad.values += ...) or make a new RowSparseGrad"
+            )
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -5,6 +5,7 @@ this package; without them the tests skip.  The scripts are imported from exampl
 (not a package) and called through their ``main``; one test runs a script as a process.
 """
 
+import importlib
 import importlib.util
 import json
 import os
@@ -161,3 +162,36 @@ def test_a_script_with_bad_input_exits_non_zero_without_a_traceback(tmp_path):
         process.stderr.strip()
         == "text_classification.py: error: cannot read nope.txt: No such file or directory"
     )
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("text_classification", ["--limit", "0"], "--limit must be positive, got 0"),
+        ("text_classification", ["--limit", "-5"], "--limit must be positive, got -5"),
+        ("text_classification", ["--buckets", "1000"], "--buckets sizes the bigram rows"),
+        ("movielens", ["--limit", "0"], "--limit must be positive, got 0"),
+        ("movielens", ["--lr", "-1"], "--lr must be positive, got -1.0"),
+        ("compare_fasttext", ["--limit", "-5"], "--limit must be positive, got -5"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line(script, argv, message, capsys):
+    pytest.importorskip("tqdm")
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize("script", ["text_classification", "movielens", "compare_fasttext"])
+def test_help_shows_the_defaults_and_threads_default_to_the_cores(script, capsys):
+    pytest.importorskip("tqdm")
+    module = importlib.import_module(script)
+    from _data import available_cores
+
+    assert module.parse_args([]).threads == available_cores()
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    assert "(default: " in capsys.readouterr().out

@@ -479,6 +479,14 @@ def _grad(rng, rows=(1, 4, 7), num_rows=10, dim=3):
     return RowSparseGrad(rows, rng.standard_normal((rows.size, dim)), (num_rows, dim)), rows
 
 
+def test_values_take_an_in_place_add(rng):
+    """``grad.values += x`` writes into the values (and assigns the same memory back)."""
+    grad, _ = _grad(rng)
+    before = grad.values.copy()
+    grad.values += 1.0
+    np.testing.assert_array_equal(grad.values, before + 1.0)
+
+
 def test_attributes_cannot_be_reassigned(rng):
     grad, _ = _grad(rng)
     for name, value in (("rows", np.array([10**9])), ("values", np.ones((1, 1))),
