@@ -144,7 +144,8 @@ def stratified_split(
 
 @functools.lru_cache(maxsize=1 << 20)
 def fnv1a_32(word: str) -> int:
-    """fastText's word hash (FNV-1a, 32 bits, over the UTF-8 bytes)."""
+    """FNV-1a, 32 bits, over the UTF-8 bytes, each XORed as a signed char (fastText's
+    word hash; its bigram buckets then differ from these, see ``Vocabulary``)."""
     value = 2166136261
     for byte in word.encode():
         # fastText XORs the byte as a signed char.
@@ -156,7 +157,9 @@ def fnv1a_32(word: str) -> int:
 @dataclass
 class Vocabulary:
     """Word ids from the training documents; with ``buckets`` > 0, word bigrams are
-    hashed into ``buckets`` extra rows after the words, as fastText does."""
+    hashed into ``buckets`` extra rows after the words, chained with fastText's
+    constant.  Not bit-for-bit fastText's buckets: fastText chains the word hashes as
+    sign-extended int32 values and adds an end-of-line token."""
 
     word_id: dict[str, int]
     buckets: int = 0
