@@ -103,11 +103,7 @@ def check_grad_output(grad_output, ctx: BagContext):
     _validate.check_grad_output_like(grad_output, ctx)
     if not grad_output.is_c_contiguous():
         raise ValueError("grad_output must be C-contiguous")
-    dtype = ctx.batch.weight.dtype
-    if grad_output.dtype != dtype:  # a floating one: cast, as on the CPU
-        flat = arrays.cast(grad_output.reshape(grad_output.size), dtype)
-        grad_output = flat.reshape(grad_output.shape)
-    return grad_output
+    return arrays.cast(grad_output, ctx.batch.weight.dtype)  # a floating one, as the CPU
 
 
 def group_tokens(ctx: BagContext) -> TokenGroups:
@@ -207,9 +203,8 @@ def as_gradient(grad: RowSparseGrad, weight) -> RowSparseGrad:
     else:
         checks.check_device_gradient(grad.rows, grad.values, grad.shape)
     if grad.values.dtype != weight.dtype:  # cast, as on the CPU
-        values = grad.values
-        cast = arrays.cast(values.reshape(values.size), weight.dtype).reshape(values.shape)
-        grad = RowSparseGrad._trusted(grad.rows, cast, grad.shape)
+        values = arrays.cast(grad.values, weight.dtype)
+        grad = RowSparseGrad._trusted(grad.rows, values, grad.shape)
     return grad
 
 

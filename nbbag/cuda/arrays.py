@@ -115,13 +115,14 @@ def _cast_kernel(source, target):
 
 
 def cast(array, dtype):
-    """A 1-D device array in ``dtype``: itself if it already is, else a converted copy."""
+    """A C-contiguous device array in ``dtype``: itself if it already is, else a
+    converted copy of the same shape (converted element by element, flattened)."""
     if array.dtype == dtype:
         return array
     out = cuda.device_array(array.shape, dtype=dtype)
-    if array.shape[0]:
-        grid, block = launch.linear(array.shape[0])
-        _cast_kernel[grid, block](array, out)
+    if array.size:
+        grid, block = launch.linear(array.size)
+        _cast_kernel[grid, block](array.reshape(array.size), out.reshape(out.size))
     return out
 
 

@@ -186,7 +186,7 @@ def check_device_per_sample_weights(per_sample_weights, indices_shape, mode, dty
     check_weights_like(weights, indices_shape)
     if not weights.is_c_contiguous():
         raise ValueError("per_sample_weights must be C-contiguous")
-    return arrays.cast(weights.reshape(weights.size), dtype)
+    return arrays.cast(weights.reshape(weights.size), dtype)  # flat, as the kernels read
 
 
 def check_device_out(out, shape: tuple, weight):
