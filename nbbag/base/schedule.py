@@ -162,7 +162,9 @@ class ScheduleLog:
 
     def opens_run(self, values: dict) -> bool:
         """Whether a step with the hyperparameters ``values`` opens a new run."""
-        matrix = self.step_matrix(values)
+        return self._opens_run(self.step_matrix(values))
+
+    def _opens_run(self, matrix: tuple) -> bool:
         return self.count == 0 or tuple(self.matrices[self.count - 1]) != matrix
 
     @property
@@ -172,9 +174,9 @@ class ScheduleLog:
     def append(self, step: int, values: dict) -> None:
         """Step ``step`` (the one after the last logged; or the first of the steps
         since the log started, all taken with ``values``) takes ``values``."""
-        if not self.opens_run(values):
-            return
         matrix = self.step_matrix(values)
+        if not self._opens_run(matrix):
+            return
         if self.count:
             self._close(self.count - 1, step - int(self.starts[self.count - 1]))
         run = self.count
