@@ -169,6 +169,19 @@ def check_writeable(writeable: bool, why: str, name: str = "weight") -> None:
         raise ValueError(f"{name} must be writeable: {why}")
 
 
+def checked_state_array(key: str, value, like) -> np.ndarray:
+    """``state[key]`` (a checkpoint's array) as a NumPy array of ``like``'s shape and a
+    dtype that casts to ``like``'s (an array of either backend)."""
+    array = np.asarray(value)
+    if array.shape != tuple(like.shape):
+        raise ValueError(
+            f"state[{key!r}] has shape {array.shape}, expected {tuple(like.shape)}"
+        )
+    if not np.can_cast(array.dtype, like.dtype, casting="same_kind"):
+        raise TypeError(f"state[{key!r}] has dtype {array.dtype}, expected {like.dtype}")
+    return array
+
+
 def check_out_like(out, shape: tuple, dtype, c_contiguous: bool) -> None:
     """An ``out=`` array's shape, dtype and layout (either backend)."""
     if out.dtype != dtype:

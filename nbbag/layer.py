@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from nbbag._device import backend_for
-from nbbag._validate import check_weight, forward_options, is_integer
+from nbbag._validate import check_weight, checked_state_array, forward_options, is_integer
 from nbbag.base.constants import NO_PADDING
 from nbbag.base.records import BagContext
 from nbbag.cpu.api import table as host_table
@@ -264,16 +264,7 @@ class EmbeddingBag:
         safely), after checking it whole."""
         if not isinstance(state, dict) or "weight" not in state:
             raise ValueError("state must be a dict with a 'weight' entry")
-        weight = np.asarray(state["weight"])
-        if weight.shape != tuple(self.weight.shape):
-            raise ValueError(
-                f"state['weight'] has shape {weight.shape}, expected "
-                f"{tuple(self.weight.shape)}"
-            )
-        if not np.can_cast(weight.dtype, self.weight.dtype, casting="same_kind"):
-            raise TypeError(
-                f"state['weight'] has dtype {weight.dtype}, expected {self.weight.dtype}"
-            )
+        weight = checked_state_array("weight", state["weight"], self.weight)
         self._backend.copy_into(self.weight, weight)
 
 

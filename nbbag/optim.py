@@ -31,7 +31,7 @@ import scipy.sparse
 
 from nbbag import rules
 from nbbag._device import backend_for
-from nbbag._validate import check_real
+from nbbag._validate import check_real, checked_state_array
 from nbbag.base.records import BagContext
 from nbbag.base.schedule import Schedule, ScheduleLog
 from nbbag.sparse import RowSparseGrad
@@ -345,16 +345,8 @@ class _SparseOptimizer:
         return arrays, values, step_count
 
     def _checked_array(self, spec: rules.State, value, step_count: int) -> np.ndarray:
-        key, ours = spec.name, getattr(self, spec.name)
-        theirs = np.asarray(value)
-        if theirs.shape != tuple(ours.shape):
-            raise ValueError(
-                f"state[{key!r}] has shape {theirs.shape}, expected {tuple(ours.shape)}"
-            )
-        if not np.can_cast(theirs.dtype, ours.dtype, casting="same_kind"):
-            raise TypeError(
-                f"state[{key!r}] has dtype {theirs.dtype}, expected {ours.dtype}"
-            )
+        key = spec.name
+        theirs = checked_state_array(key, value, getattr(self, key))
         low, high = spec.low, None
         if key == self.rule.step_tracker:  # the step each row was last brought up to
             low, high = 0, step_count
