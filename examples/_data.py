@@ -8,7 +8,6 @@ Nothing here downloads anything: the default corpora ship inside PyPI wheels
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import re
@@ -18,8 +17,12 @@ from pathlib import Path
 import numpy as np
 
 LABEL_PREFIX = "__label__"
-# fastText's constant for chaining word hashes into n-gram buckets.
+# fastText's word hash (32-bit FNV-1a), its constant for chaining word hashes into
+# n-gram buckets, and the token it reads at each end of line.
+FNV_OFFSET = 2166136261
+FNV_PRIME = 16777619
 NGRAM_HASH_MULTIPLIER = 116049371
+EOS = "</s>"
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 
@@ -142,24 +145,44 @@ def stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-@functools.lru_cache(maxsize=1 << 20)
-def fnv1a_32(word: str) -> int:
-    """FNV-1a, 32 bits, over the UTF-8 bytes, each XORed as a signed char (fastText's
-    word hash; its bigram buckets then differ from these, see ``Vocabulary``)."""
-    value = 2166136261
-    for byte in word.encode():
-        # fastText XORs the byte as a signed char.
-        value = ((value ^ (byte - 256 if byte > 127 else byte)) & 0xFFFFFFFF) * 16777619
-        value &= 0xFFFFFFFF
-    return value
+def word_hashes(words: list[str]) -> np.ndarray:
+    """fastText's hash of each word, as the int32 values fastText keeps: 32-bit FNV-1a
+    over the UTF-8 bytes, each byte XORed in as a signed char (sign-extended, so bytes
+    >= 0x80 differ from textbook FNV-1a).  Vectorised over the words: one pass per byte
+    position, not a Python loop over bytes."""
+    encoded = [word.encode() for word in words]
+    lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    width = int(lengths.max()) if len(encoded) else 0
+    # The words' bytes as the rows of a (words, longest word) matrix.
+    padded = np.zeros((len(encoded), width), np.int8)
+    row_of_byte = np.repeat(np.arange(len(encoded)), lengths)
+    starts = np.cumsum(lengths) - lengths
+    column_of_byte = np.arange(int(lengths.sum())) - starts[row_of_byte]
+    padded[row_of_byte, column_of_byte] = np.frombuffer(b"".join(encoded), np.int8)
+    hashes = np.full(len(encoded), FNV_OFFSET, np.uint32)
+    for column in range(width):
+        mixed = (hashes ^ padded[:, column].astype(np.uint32)) * np.uint32(FNV_PRIME)
+        hashes = np.where(lengths > column, mixed, hashes)
+    return hashes.view(np.int32)
+
+
+def bigram_buckets(tokens: list[str], buckets: int) -> np.ndarray:
+    """The bucket in [0, buckets) of each word bigram of a line, as fastText computes
+    it for ``-wordNgrams 2``: the line's tokens followed by its end-of-line token, each
+    pair's hashes chained in unsigned 64-bit arithmetic from the sign-extended int32
+    word hashes.  Unknown words take part, as in fastText."""
+    hashes = word_hashes([*tokens, EOS]).astype(np.int64).view(np.uint64)
+    chained = hashes[:-1] * np.uint64(NGRAM_HASH_MULTIPLIER) + hashes[1:]
+    return (chained % np.uint64(buckets)).astype(np.int64)
 
 
 @dataclass
 class Vocabulary:
     """Word ids from the training documents; with ``buckets`` > 0, word bigrams are
-    hashed into ``buckets`` extra rows after the words, chained with fastText's
-    constant.  Not bit-for-bit fastText's buckets: fastText chains the word hashes as
-    sign-extended int32 values and adds an end-of-line token."""
+    hashed into ``buckets`` extra rows after the words, into the buckets fastText's
+    ``-wordNgrams 2 -bucket buckets`` gives them (:func:`bigram_buckets`; the word rows
+    themselves are numbered differently from fastText's, and fastText's end-of-line
+    token has no row of its own here)."""
 
     word_id: dict[str, int]
     buckets: int = 0
@@ -177,10 +200,8 @@ class Vocabulary:
         """The row ids of a document: known words, then its bigrams' buckets."""
         ids = [self.word_id[word] for word in tokens if word in self.word_id]
         if self.buckets:
-            hashes = [fnv1a_32(word) for word in tokens]
-            for first, second in zip(hashes, hashes[1:], strict=False):
-                bucket = (first * NGRAM_HASH_MULTIPLIER + second) % (2**64) % self.buckets
-                ids.append(len(self.word_id) + bucket)
+            bigrams = len(self.word_id) + bigram_buckets(tokens, self.buckets)
+            ids.extend(bigrams.tolist())
         return ids
 
 
