@@ -7,6 +7,7 @@ gradients back.
 
 from nbbag import (
     _cache,  # noqa: F401  (before any kernel is defined: see its docstring)
+    _notice,  # noqa: F401  (a line on stderr at the first compile)
     _threads,  # noqa: F401  (before any kernel runs: picks the threading layer)
     optim,
 )
