@@ -12,6 +12,7 @@ from nbbag import (
     optim,
 )
 from nbbag.base.records import BagContext
+from nbbag.collection import EmbeddingBagCollection, TableConfig
 from nbbag.functional import embedding_bag, embedding_bag_bwd, embedding_bag_fwd
 from nbbag.layer import EmbeddingBag
 from nbbag.modes import Mode
@@ -20,8 +21,10 @@ from nbbag.sparse import RowSparseGrad
 __all__ = [
     "BagContext",
     "EmbeddingBag",
+    "EmbeddingBagCollection",
     "Mode",
     "RowSparseGrad",
+    "TableConfig",
     "embedding_bag",
     "embedding_bag_bwd",
     "embedding_bag_fwd",

@@ -34,9 +34,10 @@ from nbbag._device import backend_for
 from nbbag._validate import check_real, checked_state_array
 from nbbag.base.records import BagContext
 from nbbag.base.schedule import Schedule, ScheduleLog
+from nbbag.collection import EmbeddingBagCollection
 from nbbag.sparse import RowSparseGrad
 
-__all__ = ["SGD", "Adagrad", "Adam", "RowWiseAdagrad"]
+__all__ = ["SGD", "Adagrad", "Adam", "CollectionOptimizer", "RowWiseAdagrad"]
 
 # The most runs of equal hyperparameters SGD's log keeps (80 bytes each): a schedule
 # that changes the learning rate every step flushes the table once in this many steps.
@@ -76,6 +77,13 @@ class _SparseOptimizer:
         for hyper in cls.rule.hypers:
             if hyper.name not in cls.__dict__:
                 setattr(cls, hyper.name, _hyper_property(hyper))
+
+    def __new__(cls, weight=None, *args, **kwargs):
+        """Built on an :class:`~nbbag.EmbeddingBagCollection`, an optimizer of this
+        kind over each of its tables: a :class:`CollectionOptimizer`."""
+        if isinstance(weight, EmbeddingBagCollection):
+            return CollectionOptimizer(cls, weight, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, weight, *, options: dict | None = None, **values):
         self._backend = backend_for(weight)
@@ -187,19 +195,7 @@ class _SparseOptimizer:
         )
 
     def _as_row_sparse(self, grad) -> RowSparseGrad:
-        if scipy.sparse.issparse(grad):
-            grad = RowSparseGrad.from_scipy(grad)
-        if not isinstance(grad, RowSparseGrad):
-            raise TypeError(
-                f"grad must be a RowSparseGrad or a SciPy sparse matrix, got "
-                f"{type(grad).__name__}"
-            )
-        if tuple(grad.shape) != tuple(self.weight.shape):
-            raise ValueError(
-                f"grad must have the weight's shape {tuple(self.weight.shape)}, "
-                f"got {grad.shape}"
-            )
-        return grad
+        return _row_sparse(grad, tuple(self.weight.shape))
 
     # -- catch-up -----------------------------------------------------------------------
     def catch_up(self, indices) -> None:
@@ -365,6 +361,22 @@ class _SparseOptimizer:
         return theirs
 
 
+def _row_sparse(grad, shape: tuple) -> RowSparseGrad:
+    """``grad`` (a RowSparseGrad or SciPy sparse) as a RowSparseGrad of ``shape``."""
+    if scipy.sparse.issparse(grad):
+        grad = RowSparseGrad.from_scipy(grad)
+    if not isinstance(grad, RowSparseGrad):
+        raise TypeError(
+            f"grad must be a RowSparseGrad or a SciPy sparse matrix, got "
+            f"{type(grad).__name__}"
+        )
+    if tuple(grad.shape) != tuple(shape):
+        raise ValueError(
+            f"grad must have the weight's shape {tuple(shape)}, got {grad.shape}"
+        )
+    return grad
+
+
 def _scalar(value, key: str):
     """A checkpoint's scalar: a number, or a 0-d array (np.savez makes one)."""
     array = np.asarray(value)
@@ -495,3 +507,154 @@ def _split_betas(betas) -> dict:
         name: _check_hyper(rules.ADAM.hyper(name), beta, f"betas[{i}]")
         for i, (name, beta) in enumerate(zip(("beta1", "beta2"), pair, strict=True))
     }
+
+
+class CollectionOptimizer:
+    """One optimizer over every table of an :class:`~nbbag.EmbeddingBagCollection`,
+    made by any optimizer class given the collection
+    (``nbbag.optim.Adagrad(coll, lr=0.1)``).
+
+    The state is per table (per row, as each optimizer keeps it: a table's rows are
+    caught up exactly, on their own), one step count for the collection.  Under it,
+    one optimizer of the class per stack of the collection (tables of one D and mode).
+
+    Attributes
+    ----------
+    collection : the collection
+    kind : the optimizer class
+    the class's hyperparameters (``lr``, ...) : read and set for every table at once
+    """
+
+    def __init__(self, kind: type, collection: EmbeddingBagCollection, *args, **kwargs):
+        parts = [kind(weight, *args, **kwargs) for weight, _ in collection.stacks()]
+        object.__setattr__(self, "collection", collection)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "_parts", parts)
+        object.__setattr__(self, "_tables", [tables for _, tables in collection.stacks()])
+
+    def __getattr__(self, name: str):
+        if name in self.kind.hyper_names or name == "betas":
+            return getattr(self._parts[0], name)
+        raise AttributeError(f"{self.kind.__name__} over a collection has no {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in self.kind.hyper_names and name != "betas":
+            raise AttributeError(f"cannot set {name!r} on an optimizer over a collection")
+        for part in self._parts:  # the first checks the value before any is changed
+            setattr(part, name, value)
+
+    @property
+    def step_count(self) -> int:
+        return self._parts[0].step_count
+
+    @property
+    def step_type(self) -> type:
+        return self._parts[0].step_type
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{k}={v!r}" for k, v in self._parts[0]._values.items())
+        tables = len(self.collection.tables)
+        return (
+            f"{self.kind.__name__}({values}, step_count={self.step_count}, "
+            f"collection of {tables} tables)"
+        )
+
+    # -- what the collection calls ----------------------------------------------------
+    def catch_up_stacks(self, ids_per_stack) -> None:
+        """Catch up the rows each stack's forward is about to read."""
+        for part, ids in zip(self._parts, ids_per_stack, strict=True):
+            part.catch_up(ids)
+
+    def step_fused_stacks(self, grads, contexts) -> None:
+        """One fused step of every stack; all or none (what can fail is checked
+        first)."""
+        for part in self._parts:
+            part._check_writes("the optimizer updates it in place")
+        for part, grad, ctx in zip(self._parts, grads, contexts, strict=True):
+            part.step_fused(grad, ctx)
+
+    # -- the public methods -----------------------------------------------------------
+    def step(self, grads: Mapping) -> None:
+        """One step with ``{table name: RowSparseGrad or SciPy sparse (V, D)}`` (a
+        table left out has no gradient this step; it still counts as a step)."""
+        if not isinstance(grads, Mapping):
+            raise TypeError(
+                f"grads must be a mapping of table name to gradient, got "
+                f"{type(grads).__name__}"
+            )
+        known = {name for tables in self._tables for name, _, _ in tables}
+        for name in grads:
+            if name not in known:
+                raise ValueError(f"grads: unknown table {name!r}, the tables are {known}")
+        stacked = []
+        for part, tables in zip(self._parts, self._tables, strict=True):
+            rows, values = [], []
+            for name, base, _ in tables:
+                if name not in grads:
+                    continue
+                weight = self.collection.weights[name]
+                try:
+                    grad = _row_sparse(grads[name], weight.shape)
+                except (TypeError, ValueError) as error:
+                    raise type(error)(f"grads[{name!r}]: {error}") from None
+                rows.append(np.asarray(grad.rows) + base)
+                values.append(np.asarray(grad.values, dtype=weight.dtype))
+            dim = part.weight.shape[1]
+            stacked.append(
+                RowSparseGrad(
+                    np.concatenate(rows) if rows else np.empty(0, np.int64),
+                    np.concatenate(values)
+                    if values
+                    else np.empty((0, dim), part.weight.dtype),
+                    part.weight.shape,
+                )
+            )
+        for part in self._parts:
+            part._check_writes("the optimizer updates it in place")
+        for part, grad in zip(self._parts, stacked, strict=True):
+            part.step(grad)
+
+    def flush(self) -> None:
+        """Bring every row of every table up to date."""
+        for part in self._parts:
+            part.flush()
+
+    def state_dict(self) -> dict:
+        """Plain arrays and numbers: the step count, the hyperparameters, and each
+        table's state arrays under ``"<table>/<state>"``."""
+        parts = [part.state_dict() for part in self._parts]
+        state = {
+            key: value
+            for key, value in parts[0].items()
+            if not isinstance(value, np.ndarray)
+        }
+        for part_state, tables in zip(parts, self._tables, strict=True):
+            for name, base, num_rows in tables:
+                for key in self.kind.state_names:
+                    state[f"{name}/{key}"] = part_state[key][base : base + num_rows].copy()
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a :meth:`state_dict`; everything is checked before anything is
+        changed (as a single optimizer's ``load_state_dict``)."""
+        if not isinstance(state, Mapping) and not hasattr(state, "files"):
+            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
+        assembled = []
+        for part, tables in zip(self._parts, self._tables, strict=True):
+            # the stack's own arrays (its spare padding row's state stays as it is)
+            part_state = {
+                key: part._backend.to_host(getattr(part, key)).copy()
+                for key in self.kind.state_names
+            }
+            part_state.update({key: state[key] for key in state if "/" not in key})
+            for name, base, num_rows in tables:
+                for key in self.kind.state_names:
+                    entry = f"{name}/{key}"
+                    if entry not in state:
+                        raise ValueError(f"state lacks {entry!r}")
+                    rows = part_state[key][base : base + num_rows]
+                    rows[...] = checked_state_array(entry, state[entry], rows)
+            part._checked_state(part_state)
+            assembled.append(part_state)
+        for part, part_state in zip(self._parts, assembled, strict=True):
+            part.load_state_dict(part_state)

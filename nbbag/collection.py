@@ -1,0 +1,473 @@
+"""Many tables in one call: :class:`TableConfig` and :class:`EmbeddingBagCollection`.
+
+A recommender reads tens of sparse features per example, each from its own table. The
+collection looks them all up in one call: the tables that share a width D and a mode
+live in one *stack* (their rows one after another, plus one spare row standing for every
+table's padding), a batch's features become bags of their stack in one parallel pass
+(:func:`nbbag.cpu.collection.combine_features`, which also checks every offset and id
+against its own table), and each stack then runs the single table's forward, backward
+and fused optimizer step: a DLRM-like model whose tables all have one D and one mode
+is one stack, and a call is two parallel regions whatever the number of tables.
+
+Pairs are bag-major (feature f's bag b is the stack's bag b * F + f), so a stack's
+(B * F, D) output is its features' columns side by side, and where the stack holds every
+feature of the collection it is the collection's (B, F * D) output itself, not a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nbbag import _validate as checks
+from nbbag._device import backend_for
+from nbbag._memory import aligned_full
+from nbbag.base.constants import BAD_OFFSETS, NO_PADDING, OK
+from nbbag.base.records import BagContext, ForwardOptions
+from nbbag.cpu.collection import BAD_ID, combine_features
+from nbbag.functional import embedding_bag_bwd
+from nbbag.modes import Mode
+from nbbag.sparse import RowSparseGrad
+
+__all__ = ["EmbeddingBagCollection", "TableConfig"]
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """One table of a collection, and the features that read it.
+
+    Parameters
+    ----------
+    name : str
+        The table's name (``coll.weights[name]``, the keys of gradients and state).
+    num_embeddings, embedding_dim : int
+        The table's shape (V, D).
+    mode : {"sum", "mean", "max", "sqrtn"} or Mode, default "sum"
+        How each feature's bags of rows are reduced (TorchRec's default pooling, sum).
+    features : sequence of str, optional
+        The features that read this table (default, or empty: one, named as the
+        table).  Their
+        gradients add up in the table.
+    padding_idx : int, optional
+        A row left out of every bag of this table's features (negative counts from the
+        end), as :class:`nbbag.EmbeddingBag`'s; initialised to zeros.
+    """
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+    mode: Mode | str = "sum"
+    features: Sequence[str] = ()
+    padding_idx: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"TableConfig name must be a non-empty str, got {self.name!r}")
+        where = f"table {self.name!r}"
+        for key in ("num_embeddings", "embedding_dim"):
+            value = getattr(self, key)
+            if not checks.is_integer(value) or value <= 0:
+                raise ValueError(f"{where}: {key} must be a positive int, got {value!r}")
+            object.__setattr__(self, key, int(value))
+        try:
+            object.__setattr__(self, "mode", Mode.parse(self.mode))
+            padding = checks.check_padding_idx(self.padding_idx, self.num_embeddings)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}: {error}") from None
+        object.__setattr__(self, "padding_idx", None if padding == NO_PADDING else padding)
+        features = self.features
+        if isinstance(features, str) or not all(
+            isinstance(name, str) and name for name in features
+        ):
+            raise TypeError(f"{where}: features must be a sequence of non-empty str")
+        features = tuple(features) or (self.name,)
+        if len(set(features)) != len(features):
+            raise ValueError(f"{where}: features must be distinct, got {list(features)}")
+        object.__setattr__(self, "features", tuple(features))
+
+
+@dataclass
+class _Stack:
+    """Tables of one (D, mode): their rows, then the spare padding row."""
+
+    dim: int
+    mode: Mode
+    tables: list[TableConfig] = field(default_factory=list)
+    row_base: dict[str, int] = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)  # in the output's column order
+    weight: Any = None
+    options: ForwardOptions | None = None
+
+    @property
+    def pad_row(self) -> int:
+        return sum(table.num_embeddings for table in self.tables)
+
+    def table_rows(self) -> list[tuple[str, int, int]]:
+        """(table name, first row in the stack, rows) of each table."""
+        return [
+            (table.name, self.row_base[table.name], table.num_embeddings)
+            for table in self.tables
+        ]
+
+
+@dataclass
+class CollectionContext:
+    """What a collection's backward needs from its forward: each stack's context."""
+
+    num_bags: int
+    contexts: list[BagContext]
+
+
+class EmbeddingBagCollection:
+    """Many embedding tables, looked up, differentiated and trained in one call.
+
+    Parameters
+    ----------
+    tables : sequence of TableConfig
+        Names distinct, feature names distinct across tables.
+    dtype : float32 or float64, default float32
+    seed : int, optional
+        Seeds the initialisation: N(0, 1) as :class:`nbbag.EmbeddingBag`'s, drawn table
+        by table in the list's order; padding rows are zeros.
+
+    Attributes
+    ----------
+    weights : dict of str to ndarray (V, D)
+        Each table's rows: views into the collection's stacks (updated in place by
+        its optimizer; write them to initialise).
+    features : tuple of str
+        The features, in the output's column order: tables in list order, each
+        table's features in order.
+    columns : dict of str to slice
+        Each feature's D columns of the output (and of ``grad_output``).
+    embedding_dim : int
+        The output's width: D summed over the features.
+
+    Examples
+    --------
+    >>> import numpy as np, nbbag
+    >>> coll = nbbag.EmbeddingBagCollection(
+    ...     [nbbag.TableConfig("user", 100, 4), nbbag.TableConfig("genre", 20, 2, "mean",
+    ...      features=["genre", "liked"])], seed=0)
+    >>> out = coll({"user": ([3, 7], [0, 1]), "genre": ([1, 2, 5], [0, 2]),
+    ...             "liked": ([4], [0, 1])})
+    >>> out.shape, coll.columns["liked"]
+    ((2, 8), slice(6, 8, None))
+    >>> sorted(coll.backward(np.ones_like(out)))
+    ['genre', 'user']
+    """
+
+    def __init__(
+        self, tables: Iterable[TableConfig], *, dtype: Any = np.float32, seed=None
+    ):
+        self.tables = tuple(tables)
+        if not self.tables or not all(isinstance(t, TableConfig) for t in self.tables):
+            raise TypeError("tables must be a non-empty sequence of nbbag.TableConfig")
+        self._check_names()
+        table_dtype = np.dtype(dtype)
+        if table_dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+        if seed is not None and (not checks.is_integer(seed) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        self._stacks = self._make_stacks(table_dtype, seed)
+        self.features = tuple(f for table in self.tables for f in table.features)
+        self.columns: dict[str, slice] = {}
+        start = 0
+        for table in self.tables:
+            for feature in table.features:
+                self.columns[feature] = slice(start, start + table.embedding_dim)
+                start += table.embedding_dim
+        self.embedding_dim = start
+        self._table_of = {f: table for table in self.tables for f in table.features}
+        self._ctx: CollectionContext | None = None
+        self.optimizer: Any = None
+
+    def _check_names(self) -> None:
+        names = [table.name for table in self.tables]
+        if len(set(names)) != len(names):
+            raise ValueError(f"table names must be distinct, got {names}")
+        features = [f for table in self.tables for f in table.features]
+        repeated = sorted({f for f in features if features.count(f) > 1})
+        if repeated:
+            raise ValueError(f"features {repeated} are read by more than one table")
+
+    def _make_stacks(self, dtype: np.dtype, seed) -> list[_Stack]:
+        stacks: dict[tuple[int, Mode], _Stack] = {}
+        for table in self.tables:
+            key = (table.embedding_dim, Mode.parse(table.mode))
+            stack = stacks.setdefault(key, _Stack(*key))
+            stack.row_base[table.name] = stack.pad_row
+            stack.tables.append(table)
+            stack.features.extend(table.features)
+        rng = np.random.default_rng(seed)
+        self.weights: dict[str, np.ndarray] = {}
+        for stack in stacks.values():
+            stack.weight = aligned_full((stack.pad_row + 1, stack.dim), 0, dtype)
+            stack.options = checks.forward_options(
+                stack.mode, stack.pad_row, True, None, 2.0, False, stack.pad_row + 1
+            )
+        for table in self.tables:
+            stack = stacks[(table.embedding_dim, Mode.parse(table.mode))]
+            base = stack.row_base[table.name]
+            weight = stack.weight[base : base + table.num_embeddings]
+            rng.standard_normal(dtype=dtype.type, out=weight)
+            if table.padding_idx is not None:
+                weight[table.padding_idx] = 0
+            self.weights[table.name] = weight
+        return list(stacks.values())
+
+    # -- the forward --------------------------------------------------------------------
+    def __call__(self, features: Mapping[str, Any]) -> np.ndarray:
+        """Look up every feature's bags and reduce each by its table's mode.
+
+        Parameters
+        ----------
+        features : mapping of feature name to ``(indices, offsets)``,
+            ``(indices, offsets, per_sample_weights)`` or 2-D ``indices`` (B, L)
+            Every feature of the collection, each with the same number of bags B;
+            offsets in torch's B form (B entries, the start of each bag).
+
+        Returns
+        -------
+        ndarray (B, embedding_dim)
+            Feature f's bags in columns ``columns[f]``.
+
+        Raises
+        ------
+        ValueError, TypeError, IndexError
+            Naming the feature: an unknown or missing feature, a B unlike the others',
+            offsets or an id outside its table, weights on a max table.  Nothing is
+            changed (tables, optimizer state).
+        """
+        batch = self._checked_batch(features)
+        num_bags = batch[self.features[0]][1]
+        combined = [self._combine(stack, batch, num_bags) for stack in self._stacks]
+        optimizer = self.optimizer
+        if optimizer is not None:
+            optimizer.catch_up_stacks([ids for ids, _, _ in combined])
+        outputs, contexts = [], []
+        for stack, (ids, offsets, weights) in zip(self._stacks, combined, strict=True):
+            backend = backend_for(stack.weight)
+            out, ctx = backend.embedding_bag_fwd(
+                stack.weight, ids, offsets, weights, stack.options
+            )
+            outputs.append(out)
+            contexts.append(ctx)
+        self._ctx = CollectionContext(num_bags, contexts)
+        return self._assemble(outputs, num_bags)
+
+    def _checked_batch(self, features: Mapping[str, Any]) -> dict[str, tuple]:
+        """Each feature's (indices, B, bag starts, weights or None), checked."""
+        if not isinstance(features, Mapping):
+            raise TypeError(
+                f"features must be a mapping of feature name to (indices, offsets), got "
+                f"{type(features).__name__}"
+            )
+        unknown = [name for name in features if name not in self._table_of]
+        if unknown:
+            raise ValueError(
+                f"unknown feature {unknown[0]!r}: the collection's features are "
+                f"{list(self.features)}"
+            )
+        missing = [name for name in self.features if name not in features]
+        if missing:
+            raise ValueError(f"feature {missing[0]!r} is missing from the batch")
+        batch = {}
+        for name in self.features:
+            try:
+                batch[name] = self._checked_feature(name, features[name])
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"feature {name!r}: {error}") from None
+        sizes = {name: entry[1] for name, entry in batch.items()}
+        first = self.features[0]
+        for name, size in sizes.items():
+            if size != sizes[first]:
+                raise ValueError(
+                    f"feature {name!r} has {size} bags, feature {first!r} "
+                    f"{sizes[first]}: every feature needs the same B"
+                )
+        return batch
+
+    def _checked_feature(self, name: str, value) -> tuple:
+        table = self._table_of[name]
+        if isinstance(value, tuple | list):
+            if len(value) not in (2, 3):
+                raise ValueError(
+                    "expected (indices, offsets) or (indices, offsets, "
+                    f"per_sample_weights), got a sequence of {len(value)}"
+                )
+            indices, offsets, weights = (*value, None)[:3]
+        else:
+            indices, offsets, weights = value, None, None
+        indices = checks.check_indices(indices)
+        offsets, append_end, num_bags = checks.bag_offsets(offsets, indices, False)
+        starts = offsets[:num_bags] if not append_end else offsets
+        if weights is not None:
+            dtype = self.weights[table.name].dtype
+            weights = checks.check_per_sample_weights(
+                weights, indices, Mode.parse(table.mode), dtype
+            )
+        flat = checks.flat_contiguous(indices)
+        return flat, num_bags, starts, weights, indices, offsets
+
+    def _combine(self, stack: _Stack, batch: dict, num_bags: int) -> tuple:
+        """The stack's bags for this batch: (ids, CSR offsets, weights or None)."""
+        entries = [batch[f] for f in stack.features]
+        lengths = np.array([entry[0].shape[0] for entry in entries], dtype=np.int64)
+        token_starts = np.zeros(len(entries) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=token_starts[1:])
+        ids = np.concatenate([entry[0] for entry in entries])
+        bag_starts = np.empty((len(entries), num_bags), dtype=np.int64)
+        for k, entry in enumerate(entries):
+            bag_starts[k] = entry[2]
+        tables = [self._table_of[f] for f in stack.features]
+        row_base = np.array([stack.row_base[t.name] for t in tables], dtype=np.int64)
+        num_rows = np.array([t.num_embeddings for t in tables], dtype=np.int64)
+        padding = np.array(
+            [NO_PADDING if t.padding_idx is None else t.padding_idx for t in tables],
+            dtype=np.int64,
+        )
+        weights = out_weights = None
+        if any(entry[3] is not None for entry in entries):  # 1 for unweighted features
+            dtype = stack.weight.dtype
+            weights = np.concatenate(
+                [
+                    np.ones(n, dtype) if e[3] is None else e[3]
+                    for n, e in zip(lengths, entries, strict=True)
+                ]
+            )
+            out_weights = np.empty(ids.shape[0], dtype=dtype)
+        out_ids = np.empty(ids.shape[0], dtype=np.int64)
+        out_offsets = np.empty(num_bags * len(entries) + 1, dtype=np.int64)
+        status = combine_features(
+            ids, token_starts, bag_starts, row_base, num_rows, padding, stack.pad_row,
+            weights, out_ids, out_offsets, out_weights,
+        )  # fmt: skip
+        if status != OK:
+            self._raise_for(stack, batch, status)
+        return out_ids, out_offsets, out_weights
+
+    def _raise_for(self, stack: _Stack, batch: dict, status: int) -> None:
+        """Raise the error, naming the feature, for what ``combine_features`` found."""
+        for name in stack.features:
+            flat, _, _, _, indices, offsets = batch[name]
+            num_rows = self._table_of[name].num_embeddings
+            try:
+                if status == BAD_OFFSETS:
+                    checks.check_offsets_values(offsets, flat.shape[0])
+                elif status == BAD_ID:
+                    checks.check_bag_contents(indices, offsets, num_rows)
+            except (ValueError, IndexError) as error:
+                table = self._table_of[name].name
+                raise type(error)(f"feature {name!r} (table {table!r}): {error}") from None
+        raise RuntimeError(f"combine_features returned {status} for valid input")
+
+    def _assemble(self, outputs: list[np.ndarray], num_bags: int) -> np.ndarray:
+        """The (B, embedding_dim) output from each stack's (B * F, D) output."""
+        if len(self._stacks) == 1:
+            return outputs[0].reshape(num_bags, self.embedding_dim)
+        out = np.empty((num_bags, self.embedding_dim), dtype=outputs[0].dtype)
+        for stack, stacked in zip(self._stacks, outputs, strict=True):
+            by_feature = stacked.reshape(num_bags, len(stack.features), stack.dim)
+            for k, feature in enumerate(stack.features):
+                out[:, self.columns[feature]] = by_feature[:, k]
+        return out
+
+    # -- the backward and the step ------------------------------------------------------
+    def _stack_grads(self, grad_output) -> list[np.ndarray]:
+        """``grad_output`` (B, embedding_dim) as each stack's (B * F, D) gradient."""
+        ctx = self._last_context()
+        grad_output = checks.as_array(grad_output, "grad_output")
+        expected = (ctx.num_bags, self.embedding_dim)
+        if tuple(grad_output.shape) != expected:
+            raise ValueError(
+                f"grad_output must have the forward output's shape {expected}, "
+                f"got {tuple(grad_output.shape)}"
+            )
+        if not np.issubdtype(grad_output.dtype, np.floating):
+            raise TypeError(
+                f"grad_output must be a floating-point array, got dtype {grad_output.dtype}"
+            )
+        if len(self._stacks) == 1:
+            stack = self._stacks[0]
+            grad = np.ascontiguousarray(grad_output, dtype=stack.weight.dtype)
+            return [grad.reshape(-1, stack.dim)]
+        grads = []
+        for stack in self._stacks:
+            by_feature = np.empty(
+                (ctx.num_bags, len(stack.features), stack.dim), dtype=stack.weight.dtype
+            )
+            for k, feature in enumerate(stack.features):
+                by_feature[:, k] = grad_output[:, self.columns[feature]]
+            grads.append(by_feature.reshape(-1, stack.dim))
+        return grads
+
+    def backward(self, grad_output) -> dict[str, RowSparseGrad]:
+        """The gradient of the last forward: ``{table name: RowSparseGrad (V, D)}``
+        (features sharing a table add up; a table no token read has no rows)."""
+        grads: dict[str, RowSparseGrad] = {}
+        ctx = self._last_context()
+        for stack, grad, stack_ctx in zip(
+            self._stacks, self._stack_grads(grad_output), ctx.contexts, strict=True
+        ):
+            stacked = embedding_bag_bwd(grad, stack_ctx)
+            for name, base, rows in stack.table_rows():
+                first, last = np.searchsorted(stacked.rows, (base, base + rows))
+                grads[name] = RowSparseGrad(
+                    stacked.rows[first:last] - base,
+                    stacked.values[first:last],
+                    (rows, stack.dim),
+                )
+        return grads
+
+    def attach(self, optimizer) -> None:
+        """Train with ``optimizer`` (one of :mod:`nbbag.optim` built on this
+        collection): forwards catch the rows they read up, :meth:`step` is fused."""
+        if getattr(optimizer, "collection", None) is not self:
+            raise ValueError("optimizer must be built on this collection")
+        self.optimizer = optimizer
+
+    def step(self, grad_output) -> None:
+        """Backward of the last forward and the attached optimizer's update of every
+        table, fused."""
+        if self.optimizer is None:
+            raise RuntimeError("step() needs an optimizer: call attach(optimizer) first")
+        grads = self._stack_grads(grad_output)
+        self.optimizer.step_fused_stacks(grads, self._last_context().contexts)
+
+    def _last_context(self) -> CollectionContext:
+        if self._ctx is None:
+            raise RuntimeError("backward needs a forward first: call the collection")
+        return self._ctx
+
+    # -- for the optimizers ---------------------------------------------------------------
+    def stacks(self) -> list[tuple[np.ndarray, list[tuple[str, int, int]]]]:
+        """Each stack's (weight, [(table, first row, rows), ...]): what an optimizer
+        over the collection keeps its state for."""
+        return [(stack.weight, stack.table_rows()) for stack in self._stacks]
+
+    # -- checkpoints, repr ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``{table name: a copy of its weight}``."""
+        return {name: weight.copy() for name, weight in self.weights.items()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Copy each table's weight in; every table is checked first."""
+        arrays = {}
+        for name, weight in self.weights.items():
+            if name not in state:
+                raise ValueError(f"state lacks table {name!r}")
+            arrays[name] = checks.checked_state_array(name, state[name], weight)
+        for name, array in arrays.items():
+            np.copyto(self.weights[name], array)
+
+    def __repr__(self) -> str:
+        parts = [
+            f"{t.name}: {t.num_embeddings}x{t.embedding_dim} {t.mode}"
+            + (f" features={list(t.features)}" if t.features != (t.name,) else "")
+            for t in self.tables
+        ]
+        return f"EmbeddingBagCollection({'; '.join(parts)})"

@@ -1,0 +1,347 @@
+"""EmbeddingBagCollection: its forward, backward and fused steps equal per-feature nbbag
+calls, over random configurations (shared tables, every mode, weights, padding, empty
+bags, both index and float dtypes); bad input names the feature and changes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nbbag
+
+MODES = ("sum", "mean", "max", "sqrtn")
+OPTIMIZERS = {
+    "sgd": lambda w: nbbag.optim.SGD(w, lr=0.1),
+    "sgd-momentum": lambda w: nbbag.optim.SGD(w, lr=0.1, momentum=0.9, weight_decay=0.01),
+    "adagrad": lambda w: nbbag.optim.Adagrad(w, lr=0.1),
+    "rowwise-adagrad": lambda w: nbbag.optim.RowWiseAdagrad(w, lr=0.1),
+    "adam": lambda w: nbbag.optim.Adam(w, lr=0.01),
+}
+
+
+@dataclass
+class Setup:
+    """A collection's configuration and one batch for it."""
+
+    tables: list[nbbag.TableConfig]
+    dtype: type
+    batch: dict
+    num_bags: int
+
+    def collection(self) -> nbbag.EmbeddingBagCollection:
+        return nbbag.EmbeddingBagCollection(self.tables, dtype=self.dtype, seed=1)
+
+
+@st.composite
+def setups(draw, max_tables=4):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    index_dtype = draw(st.sampled_from([np.int32, np.int64]))
+    num_bags = draw(st.integers(0, 5))
+    tables, batch = [], {}
+    for t in range(draw(st.integers(1, max_tables))):
+        rows = draw(st.integers(1, 30))
+        mode = draw(st.sampled_from(MODES))
+        padding = draw(st.one_of(st.none(), st.integers(-rows, rows - 1)))
+        features = [f"t{t}f{k}" for k in range(draw(st.integers(1, 2)))]
+        dim = draw(st.sampled_from([1, 3, 16]))
+        tables.append(
+            nbbag.TableConfig(
+                f"t{t}", rows, dim, mode, features=features, padding_idx=padding
+            )
+        )
+        for feature in features:
+            lengths = draw(
+                st.lists(st.integers(0, 4), min_size=num_bags, max_size=num_bags)
+            )
+            ids = draw(
+                st.lists(
+                    st.integers(0, rows - 1), min_size=sum(lengths), max_size=sum(lengths)
+                )
+            )
+            if draw(st.booleans()) and ids:  # a hot row, repeated
+                ids = [ids[0]] * len(ids)
+            offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(index_dtype)
+            entry = (np.array(ids, dtype=index_dtype), offsets[:num_bags])
+            if mode != "max" and draw(st.booleans()):
+                seed = draw(st.integers(0, 2**16))
+                weights = np.random.default_rng(seed).uniform(-1, 2, len(ids))
+                entry = (*entry, weights.astype(dtype))
+            batch[feature] = entry
+    return Setup(tables, dtype, batch, num_bags)
+
+
+def per_feature_forward(coll: nbbag.EmbeddingBagCollection, setup: Setup):
+    """Each feature by its own nbbag call: (the output's blocks, the contexts)."""
+    blocks, contexts = [], {}
+    for table in setup.tables:
+        for feature in table.features:
+            ids, offsets, *weights = setup.batch[feature]
+            out, ctx = nbbag.embedding_bag_fwd(
+                coll.weights[table.name], ids, offsets, mode=table.mode,
+                per_sample_weights=weights[0] if weights else None,
+                padding_idx=table.padding_idx,
+            )  # fmt: skip
+            blocks.append(out)
+            contexts[feature] = ctx
+    return np.concatenate(blocks, axis=1), contexts
+
+
+def per_table_grads(coll, setup: Setup, contexts, grad_output) -> dict:
+    """Each table's gradient: its features' gradients added, on the union of their rows
+    (a row a token read keeps its entry, zeros included, as a single table's does)."""
+    grads = {}
+    for table in setup.tables:
+        dense = np.zeros((table.num_embeddings, table.embedding_dim), setup.dtype)
+        rows = []
+        for feature in table.features:
+            grad = nbbag.embedding_bag_bwd(
+                grad_output[:, coll.columns[feature]], contexts[feature]
+            )
+            dense[grad.rows] += grad.values
+            rows.append(grad.rows)
+        union = np.unique(np.concatenate(rows))
+        grads[table.name] = nbbag.RowSparseGrad(union, dense[union], dense.shape)
+    return grads
+
+
+def dense(grad: nbbag.RowSparseGrad) -> np.ndarray:
+    out = np.zeros(grad.shape, grad.values.dtype)
+    out[grad.rows] = grad.values
+    return out
+
+
+def close(dtype) -> dict:
+    return {"rtol": 2e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12}
+
+
+@settings(max_examples=60, deadline=None)
+@given(setups())
+def test_forward_and_backward_equal_per_feature_calls(setup):
+    coll = setup.collection()
+    out = coll(setup.batch)
+    expected, contexts = per_feature_forward(coll, setup)
+    assert out.shape == (setup.num_bags, coll.embedding_dim)
+    np.testing.assert_allclose(out, expected, **close(setup.dtype))
+    grad_output = np.random.default_rng(2).standard_normal(out.shape).astype(setup.dtype)
+    grads = coll.backward(grad_output)
+    reference = per_table_grads(coll, setup, contexts, grad_output)
+    assert sorted(grads) == sorted(reference)
+    for name, grad in grads.items():
+        assert grad.shape == reference[name].shape
+        np.testing.assert_array_equal(grad.rows, reference[name].rows)
+        np.testing.assert_allclose(
+            dense(grad), dense(reference[name]), **close(setup.dtype)
+        )
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@settings(max_examples=12, deadline=None)
+@given(setup=setups(max_tables=3))
+def test_fused_steps_equal_per_table_optimizers(optimizer, setup):
+    coll = setup.collection()
+    opt = OPTIMIZERS[optimizer](coll)
+    coll.attach(opt)
+    tables = {name: weight.copy() for name, weight in coll.weights.items()}
+    references = {name: OPTIMIZERS[optimizer](weight) for name, weight in tables.items()}
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        for table in setup.tables:  # what the collection's forward does first
+            for feature in table.features:
+                references[table.name].catch_up(setup.batch[feature][0])
+        out = coll(setup.batch)
+        expected, contexts = per_feature_forward(_Tables(tables, coll.columns), setup)
+        np.testing.assert_allclose(out, expected, **close(setup.dtype))
+        grad_output = rng.standard_normal(out.shape).astype(setup.dtype)
+        coll.step(grad_output)
+        grads = per_table_grads(coll, setup, contexts, grad_output)
+        for name, grad in grads.items():
+            references[name].step(grad)
+    opt.flush()
+    for name, reference in references.items():
+        reference.flush()
+        np.testing.assert_allclose(coll.weights[name], tables[name], **close(setup.dtype))
+    assert opt.step_count == 3
+
+
+@dataclass
+class _Tables:
+    """Stands in for a collection in the per-feature helpers: its tables and columns."""
+
+    weights: dict
+    columns: dict
+
+
+def test_optimizer_over_a_collection_step_and_hyperparameters():
+    coll = nbbag.EmbeddingBagCollection(
+        [nbbag.TableConfig("a", 10, 4), nbbag.TableConfig("b", 5, 2, "mean")], seed=0
+    )
+    opt = nbbag.optim.SGD(coll, lr=0.5)
+    assert isinstance(opt, nbbag.optim.CollectionOptimizer) and opt.lr == 0.5
+    opt.lr = 0.25
+    assert opt.lr == 0.25
+    with pytest.raises(ValueError, match="lr"):
+        opt.lr = -1
+    assert opt.lr == 0.25
+    before = {name: weight.copy() for name, weight in coll.weights.items()}
+    grad = nbbag.RowSparseGrad(np.array([1, 3]), np.ones((2, 4), np.float32), (10, 4))
+    opt.step({"a": grad})
+    np.testing.assert_allclose(coll.weights["a"][[1, 3]], before["a"][[1, 3]] - 0.25)
+    np.testing.assert_array_equal(coll.weights["b"], before["b"])
+    assert opt.step_count == 1
+    with pytest.raises(ValueError, match="unknown table 'c'"):
+        opt.step({"c": grad})
+    with pytest.raises(
+        ValueError, match=r"grads\['b'\]: grad must have the weight's shape"
+    ):
+        opt.step({"b": grad})
+    assert opt.step_count == 1
+    assert "SGD(lr=0.25" in repr(opt) and "2 tables" in repr(opt)
+
+
+def test_checkpoint_resumes_bit_identically():
+    tables = [
+        nbbag.TableConfig("a", 50, 16, "sum", features=["a1", "a2"]),
+        nbbag.TableConfig("b", 20, 3, "mean", padding_idx=0),
+    ]
+    rng = np.random.default_rng(0)
+
+    def batch():
+        return {
+            name: (rng.integers(0, rows, 12), np.arange(0, 12, 3))
+            for name, rows in (("a1", 50), ("a2", 50), ("b", 20))
+        }
+
+    def train(coll, batches):
+        for features, grad_output in batches:
+            coll(features)
+            coll.step(grad_output)
+
+    batches = [(batch(), rng.standard_normal((4, 35)).astype(np.float32)) for _ in range(4)]
+    coll = nbbag.EmbeddingBagCollection(tables, seed=0)
+    opt = nbbag.optim.SGD(coll, lr=0.1, momentum=0.9, weight_decay=0.01)
+    coll.attach(opt)
+    train(coll, batches[:2])
+    weights, state = coll.state_dict(), opt.state_dict()
+    assert set(state) >= {"a/momentum_buffer", "b/last_step", "step_count", "lr"}
+    train(coll, batches[2:])
+    opt.flush()
+
+    resumed = nbbag.EmbeddingBagCollection(tables, seed=5)
+    resumed.load_state_dict(weights)
+    opt2 = nbbag.optim.SGD(resumed, lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt2.load_state_dict(state)
+    resumed.attach(opt2)
+    train(resumed, batches[2:])
+    opt2.flush()
+    for name in coll.weights:
+        np.testing.assert_array_equal(resumed.weights[name], coll.weights[name])
+
+
+def snapshot(coll, opt) -> list[np.ndarray]:
+    return [w.copy() for w in coll.weights.values()] + [
+        np.asarray(v).copy() for v in opt.state_dict().values()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("edit", "error", "message"),
+    [
+        (lambda b: b.update(z=([1], [0])), ValueError, "unknown feature 'z'"),
+        (lambda b: b.pop("liked"), ValueError, "feature 'liked' is missing"),
+        (
+            lambda b: b.update(liked=([1, 2], [0, 1, 2])),
+            ValueError,
+            "feature 'liked' has 3 bags, feature 'user' 2",
+        ),
+        (
+            lambda b: b.update(genre=([1, 20], [0, 1])),
+            IndexError,
+            r"feature 'genre' \(table 'genre'\): indices\[1\] = 20 is outside \[0, 20\)",
+        ),
+        (
+            lambda b: b.update(liked=([1, -1], [0, 1])),
+            IndexError,
+            r"feature 'liked' \(table 'genre'\): indices\[1\] = -1",
+        ),
+        (
+            lambda b: b.update(item=([1, 2], [0, 1], [0.5, 1.0])),
+            ValueError,
+            "feature 'item': per_sample_weights is not supported with mode 'max'",
+        ),
+        (
+            lambda b: b.update(user=([1, 2], [1, 1])),
+            ValueError,
+            r"feature 'user' \(table 'user'\): offsets\[0\] must be 0",
+        ),
+        (
+            lambda b: b.update(user=([1.0, 2.0], [0, 1])),
+            TypeError,
+            "feature 'user': indices must be int32 or int64",
+        ),
+    ],
+    ids=[
+        "unknown", "missing", "mismatched-B", "id-past-table", "negative-id",
+        "weights-on-max", "bad-offsets", "float-ids",
+    ],
+)  # fmt: skip
+def test_bad_input_names_the_feature_and_changes_nothing(edit, error, message):
+    coll = nbbag.EmbeddingBagCollection(
+        [
+            nbbag.TableConfig("user", 10, 4, "sum"),
+            nbbag.TableConfig("item", 10, 4, "max"),
+            nbbag.TableConfig("genre", 20, 2, "mean", features=["genre", "liked"]),
+        ],
+        seed=0,
+    )
+    opt = nbbag.optim.SGD(coll, lr=0.1, momentum=0.9, weight_decay=0.1)
+    coll.attach(opt)
+    good = {
+        "user": ([1, 2], [0, 1]),
+        "item": ([3, 4], [0, 1]),
+        "genre": ([5, 6, 7], [0, 2]),
+        "liked": ([8], [0, 1]),
+    }
+    coll(good)
+    coll.step(np.ones((2, 12), np.float32))  # rows now lag behind: a catch-up would write
+    before = snapshot(coll, opt)
+    bad = dict(good)
+    edit(bad)
+    with pytest.raises(error, match=message):
+        coll(bad)
+    for was, now in zip(before, snapshot(coll, opt), strict=True):
+        np.testing.assert_array_equal(was, now)
+
+
+def test_table_configs_are_checked():
+    with pytest.raises(ValueError, match="table 'a': num_embeddings must be a positive"):
+        nbbag.TableConfig("a", 0, 4)
+    with pytest.raises(ValueError, match="table 'a': mode"):
+        nbbag.TableConfig("a", 3, 4, "median")
+    with pytest.raises(ValueError, match="table 'a': padding_idx"):
+        nbbag.TableConfig("a", 3, 4, padding_idx=3)
+    with pytest.raises(TypeError, match="features must be a sequence"):
+        nbbag.TableConfig("a", 3, 4, features="a")
+    assert nbbag.TableConfig("a", 3, 4, padding_idx=-1).padding_idx == 2
+    with pytest.raises(ValueError, match=r"features \['x'\] are read by more than one"):
+        nbbag.EmbeddingBagCollection(
+            [
+                nbbag.TableConfig("a", 3, 4, features=["x"]),
+                nbbag.TableConfig("b", 3, 4, features=["x"]),
+            ]
+        )
+
+
+def test_each_feature_has_its_columns_and_one_stack_returns_its_output_whole():
+    coll = nbbag.EmbeddingBagCollection(
+        [nbbag.TableConfig(f"t{i}", 100, 8) for i in range(5)], seed=0
+    )
+    batch = {f"t{i}": (np.arange(6) + i, np.array([0, 2, 4])) for i in range(5)}
+    out = coll(batch)
+    assert out.shape == (3, 40) and coll.columns["t3"] == slice(24, 32)
+    for i in range(5):
+        expected = nbbag.embedding_bag(coll.weights[f"t{i}"], *batch[f"t{i}"], mode="sum")
+        np.testing.assert_array_equal(out[:, coll.columns[f"t{i}"]], expected)
