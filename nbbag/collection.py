@@ -4,8 +4,8 @@ A recommender reads tens of sparse features per example, each from its own table
 collection looks them all up in one call: the tables that share a width D and a mode
 live in one *stack* (their rows one after another, plus one spare row standing for every
 table's padding), a batch's features become bags of their stack in one parallel pass
-(:func:`nbbag.cpu.collection.combine_features`, which also checks every offset and id
-against its own table), and each stack then runs the single table's forward, backward
+(the backend's ``combine_features``, which also checks every offset and id against
+its own table), and each stack then runs the single table's forward, backward
 and fused optimizer step: a DLRM-like model whose tables all have one D and one mode
 is one stack, and a call is two parallel regions whatever the number of tables.
 
@@ -25,9 +25,8 @@ import numpy as np
 from nbbag import _validate as checks
 from nbbag._device import backend_for
 from nbbag._memory import aligned_full
-from nbbag.base.constants import BAD_OFFSETS, NO_PADDING, OK
+from nbbag.base.constants import BAD_ID, BAD_OFFSETS, NO_PADDING, OK
 from nbbag.base.records import BagContext, ForwardOptions
-from nbbag.cpu.collection import BAD_ID, combine_features
 from nbbag.functional import embedding_bag_bwd
 from nbbag.modes import Mode
 from nbbag.sparse import RowSparseGrad
@@ -100,6 +99,8 @@ class _Stack:
     features: list[str] = field(default_factory=list)  # in the output's column order
     weight: Any = None
     options: ForwardOptions | None = None
+    # (row_base, num_rows, padding) of each feature's table, as int64 arrays (F,)
+    feature_tables: tuple = ()
 
     @property
     def pad_row(self) -> int:
@@ -194,6 +195,9 @@ class EmbeddingBagCollection:
         if repeated:
             raise ValueError(f"features {repeated} are read by more than one table")
 
+    def _table_of_feature(self, feature: str) -> TableConfig:
+        return next(t for t in self.tables if feature in t.features)
+
     def _make_stacks(self, dtype: np.dtype, seed) -> list[_Stack]:
         stacks: dict[tuple[int, Mode], _Stack] = {}
         for table in self.tables:
@@ -205,6 +209,21 @@ class EmbeddingBagCollection:
         rng = np.random.default_rng(seed)
         self.weights: dict[str, np.ndarray] = {}
         for stack in stacks.values():
+            tables = [self._table_of_feature(f) for f in stack.features]
+            stack.feature_tables = tuple(
+                np.array(column, dtype=np.int64)
+                for column in zip(
+                    *[
+                        (
+                            stack.row_base[t.name],
+                            t.num_embeddings,
+                            NO_PADDING if t.padding_idx is None else t.padding_idx,
+                        )
+                        for t in tables
+                    ],
+                    strict=True,
+                )
+            )
             stack.weight = aligned_full((stack.pad_row + 1, stack.dim), 0, dtype)
             stack.options = checks.forward_options(
                 stack.mode, stack.pad_row, True, None, 2.0, False, stack.pad_row + 1
@@ -316,39 +335,21 @@ class EmbeddingBagCollection:
     def _combine(self, stack: _Stack, batch: dict, num_bags: int) -> tuple:
         """The stack's bags for this batch: (ids, CSR offsets, weights or None)."""
         entries = [batch[f] for f in stack.features]
-        lengths = np.array([entry[0].shape[0] for entry in entries], dtype=np.int64)
-        token_starts = np.zeros(len(entries) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=token_starts[1:])
-        ids = np.concatenate([entry[0] for entry in entries])
         bag_starts = np.empty((len(entries), num_bags), dtype=np.int64)
         for k, entry in enumerate(entries):
             bag_starts[k] = entry[2]
-        tables = [self._table_of[f] for f in stack.features]
-        row_base = np.array([stack.row_base[t.name] for t in tables], dtype=np.int64)
-        num_rows = np.array([t.num_embeddings for t in tables], dtype=np.int64)
-        padding = np.array(
-            [NO_PADDING if t.padding_idx is None else t.padding_idx for t in tables],
-            dtype=np.int64,
+        status, ids, offsets, weights = backend_for(stack.weight).combine_features(
+            [entry[0] for entry in entries],
+            np.array([entry[0].shape[0] for entry in entries], dtype=np.int64),
+            bag_starts,
+            stack.feature_tables,
+            stack.pad_row,
+            [entry[3] for entry in entries],
+            stack.weight.dtype,
         )
-        weights = out_weights = None
-        if any(entry[3] is not None for entry in entries):  # 1 for unweighted features
-            dtype = stack.weight.dtype
-            weights = np.concatenate(
-                [
-                    np.ones(n, dtype) if e[3] is None else e[3]
-                    for n, e in zip(lengths, entries, strict=True)
-                ]
-            )
-            out_weights = np.empty(ids.shape[0], dtype=dtype)
-        out_ids = np.empty(ids.shape[0], dtype=np.int64)
-        out_offsets = np.empty(num_bags * len(entries) + 1, dtype=np.int64)
-        status = combine_features(
-            ids, token_starts, bag_starts, row_base, num_rows, padding, stack.pad_row,
-            weights, out_ids, out_offsets, out_weights,
-        )  # fmt: skip
         if status != OK:
             self._raise_for(stack, batch, status)
-        return out_ids, out_offsets, out_weights
+        return ids, offsets, weights
 
     def _raise_for(self, stack: _Stack, batch: dict, status: int) -> None:
         """Raise the error, naming the feature, for what ``combine_features`` found."""

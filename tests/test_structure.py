@@ -20,9 +20,10 @@ import nbbag.kernels
 from nbbag.base import shared
 
 PACKAGE = Path(nbbag.__file__).parent
-FRONT = ("nbbag.functional", "nbbag.layer", "nbbag.optim")
+FRONT = ("nbbag.functional", "nbbag.layer", "nbbag.optim", "nbbag.collection")
 BACKENDS = ("nbbag.cpu", "nbbag.cuda")
 HOST_MODULES = (
+    "nbbag.collection",
     "nbbag.functional",
     "nbbag.layer",
     "nbbag.optim",

@@ -11,3 +11,4 @@ INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 # BAD_OFFSETS, or else the position of the first id outside [0, V).
 OK = -1
 BAD_OFFSETS = -2
+BAD_ID = -3  # a collection's kernel: an id outside its table (the host finds which)

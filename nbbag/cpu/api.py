@@ -18,7 +18,7 @@ from nbbag._memory import aligned_empty, aligned_full, padded_length
 from nbbag._threads import guarded
 from nbbag.base.constants import OK
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
-from nbbag.cpu import backward, optim, variants
+from nbbag.cpu import backward, collection, optim, variants
 from nbbag.cpu.checks import index_range
 from nbbag.cpu.forward import offsets_to_csr, renorm_rows
 from nbbag.sparse import RowSparseGrad
@@ -144,6 +144,35 @@ def _first_bad_id(flat, num_rows: int) -> int:
     if smallest >= 0 and largest < num_rows:
         return -1
     return checks.first_outside(flat, num_rows)
+
+
+# -- a collection's features as one stack's bags -----------------------------------------
+@guarded
+def combine_features(ids, lengths, bag_starts, tables, pad_row: int, weights, dtype):
+    """(status, ids, CSR offsets, weights or None) of a stack's bags
+    (:func:`nbbag.cpu.collection.combine_features`) from its features' ``ids`` and
+    ``weights`` (lists, a feature's weights None where it has none), their ``lengths``
+    and ``bag_starts`` (F, B); ``tables`` (row_base, num_rows, padding) arrays (F,)."""
+    token_starts = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=token_starts[1:])
+    flat = np.concatenate(ids)
+    stacked_weights = out_weights = None
+    if any(w is not None for w in weights):  # 1 for the tokens of unweighted features
+        stacked_weights = np.concatenate(
+            [
+                np.ones(n, dtype) if w is None else w
+                for n, w in zip(lengths, weights, strict=True)
+            ]
+        )
+        out_weights = np.empty(flat.shape[0], dtype=dtype)
+    out_ids = np.empty(flat.shape[0], dtype=np.int64)
+    out_offsets = np.empty(bag_starts.size + 1, dtype=np.int64)
+    row_base, num_rows, padding = tables
+    status = collection.combine_features(
+        flat, token_starts, bag_starts, row_base, num_rows, padding, pad_row,
+        stacked_weights, out_ids, out_offsets, out_weights,
+    )  # fmt: skip
+    return status, out_ids, out_offsets, out_weights
 
 
 # -- the backward ------------------------------------------------------------------------

@@ -19,10 +19,8 @@ padding row (or -1); ``pad_row``: the stack's spare row; ``out_ids`` (N,) and
 
 from numba import njit, prange
 
-from nbbag.base.constants import BAD_OFFSETS, OK
+from nbbag.base.constants import BAD_ID, BAD_OFFSETS, OK
 from nbbag.cpu import PARALLEL
-
-BAD_ID = -3  # status: an id outside its table (the host finds which, to name it)
 
 
 @njit(cache=True, inline="always")

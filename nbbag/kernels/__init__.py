@@ -90,6 +90,14 @@ arrays that the record's ``reads`` names, ``t`` the step number from 1::
     rows, last = rows_behind(indices, last_step, target_step)
     advance_rows(step, weight, rows, last, target_step, element_state)  # SGD's catch-up
 
+Collection kernel (see nbbag.cpu.collection; provisional, as the backward's)::
+
+    status = combine_features(ids, token_starts, bag_starts, row_base, num_rows, padding,
+                              pad_row, weights, out_ids, out_offsets, out_weights)
+        # F features' bags (ids one after another, bag_starts (F, B) in torch's B form)
+        # as the bags of one stacked table, bag-major (pair b * F + f), each id shifted
+        # by its table's row_base; OK, BAD_OFFSETS (-2) or BAD_ID (-3)
+
 Example, from a user's own ``@njit`` function::
 
     from numba import njit
@@ -115,6 +123,7 @@ from nbbag.cpu.backward import (
     weighted_token_coefficients,
 )
 from nbbag.cpu.checks import index_range
+from nbbag.cpu.collection import combine_features
 from nbbag.cpu.forward import (
     bag_max,
     bag_max_argmax,
@@ -162,6 +171,7 @@ __all__ = [
     "bag_weighted_sum",
     "catch_up_all_rows",
     "catch_up_rows",
+    "combine_features",
     "contributing_rows",
     "group_positions_by_row",
     "group_tokens",
