@@ -105,28 +105,30 @@ def load_ratings(path: Path) -> np.ndarray:
 
 
 class Table:
-    """An embedding table looked up as bags, trained by a lazy sparse optimizer."""
+    """An embedding table looked up as bags (an nbbag layer), trained by a lazy sparse
+    optimizer with L2 on each row a batch reads, once per read."""
 
-    def __init__(self, rows: int, dim: int, scale: float, rng, lr: float):
-        self.weight = nbbag.EmbeddingBag(rows, dim).weight
-        self.weight[...] = rng.normal(0, scale, self.weight.shape) if scale else 0
-        self.optimizer = nbbag.optim.SGD(self.weight, lr)
+    def __init__(self, rows: int, dim: int, scale: float, rng, lr: float, mode="sum"):
+        self.bag = nbbag.EmbeddingBag(rows, dim, mode, include_last_offset=mode != "sum")
+        self.bag.weight[...] = rng.normal(0, scale, self.bag.weight.shape) if scale else 0
+        self.optimizer = nbbag.optim.SGD(self.bag.weight, lr)
+        self.read: np.ndarray | None = None  # the ids of the last lookup
 
-    def lookup(self, ids: np.ndarray):
-        """One row per id (bags of one): (rows (B, D), context)."""
-        return nbbag.embedding_bag_fwd(self.weight, ids.reshape(-1, 1), mode="sum")
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """One row per id (bags of one): (B, D)."""
+        self.read = ids
+        return self.bag(ids.reshape(-1, 1))
 
-    def pool(self, indices: np.ndarray, offsets: np.ndarray):
-        """|bag|^-1/2 times the sum of each bag's rows."""
-        return nbbag.embedding_bag_fwd(
-            self.weight, indices, offsets, mode="sqrtn", include_last_offset=True
-        )
+    def pool(self, indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """|bag|^-1/2 times the sum of each bag's rows (a ``sqrtn`` table)."""
+        self.read = indices
+        return self.bag(indices, offsets)
 
-    def update(self, grad_output: np.ndarray, ctx, reg: float) -> None:
-        """Step with the gradient plus L2 on each row read, once per read."""
-        grad = nbbag.embedding_bag_bwd(grad_output, ctx)
-        counts = np.bincount(ctx.batch.indices.ravel(), minlength=self.weight.shape[0])
-        grad.values += reg * counts[grad.rows, None] * self.weight[grad.rows]
+    def update(self, grad_output: np.ndarray, reg: float) -> None:
+        """Step with the last lookup's gradient plus L2 on each row it read."""
+        grad = self.bag.backward(grad_output)
+        counts = np.bincount(self.read, minlength=self.bag.num_embeddings)
+        grad.values += reg * counts[grad.rows, None] * self.bag.weight[grad.rows]
         self.optimizer.step(grad)
 
 
@@ -141,40 +143,38 @@ class SVDpp:
         self.item_bias = Table(num_items, 1, 0.0, rng, args.lr)
         self.user = Table(len(users), args.dim, 0.1, rng, args.lr)
         self.item = Table(num_items, args.dim, 0.1, rng, args.lr)
-        self.implicit_item = Table(num_items, args.dim, 0.0, rng, args.lr)
+        self.implicit_item = Table(num_items, args.dim, 0.0, rng, args.lr, "sqrtn")
 
     def forward(self, users: np.ndarray, items: np.ndarray):
-        bu, bu_ctx = self.user_bias.lookup(users)
-        bi, bi_ctx = self.item_bias.lookup(items)
-        p, p_ctx = self.user.lookup(users)
-        q, q_ctx = self.item.lookup(items)
+        bu = self.user_bias.lookup(users)
+        bi = self.item_bias.lookup(items)
+        p = self.user.lookup(users)
+        q = self.item.lookup(items)
         taste, pooled = p, None
         if self.implicit:
             distinct, which = np.unique(users, return_inverse=True)
-            pooled_rows, pooled_ctx = self.implicit_item.pool(*self.rated.batch(distinct))
+            pooled_rows = self.implicit_item.pool(*self.rated.batch(distinct))
             taste = p + pooled_rows[which]
-            pooled = (which, len(distinct), pooled_ctx)
+            pooled = (which, len(distinct))
         prediction = self.mean + bu[:, 0] + bi[:, 0] + np.einsum("bd,bd->b", q, taste)
-        contexts = (bu_ctx, bi_ctx, p_ctx, q_ctx, pooled)
-        return prediction, (q, taste, contexts)
+        return prediction, (q, taste, pooled)
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         return np.clip(self.forward(users, items)[0], 1.0, 5.0)
 
     def train_step(self, users, items, ratings) -> float:
         """One batch of squared errors (summed, as per-rating SGD); returns the MSE."""
-        prediction, (q, taste, contexts) = self.forward(users, items)
-        bu_ctx, bi_ctx, p_ctx, q_ctx, pooled = contexts
+        prediction, (q, taste, pooled) = self.forward(users, items)
         error = (prediction - ratings).astype(np.float32)[:, None]
-        self.user_bias.update(error, bu_ctx, self.reg)
-        self.item_bias.update(error, bi_ctx, self.reg)
-        self.user.update(error * q, p_ctx, self.reg)
-        self.item.update(error * taste, q_ctx, self.reg)
+        self.user_bias.update(error, self.reg)
+        self.item_bias.update(error, self.reg)
+        self.user.update(error * q, self.reg)
+        self.item.update(error * taste, self.reg)
         if pooled is not None:
-            which, num_distinct, pooled_ctx = pooled
+            which, num_distinct = pooled
             grad_pooled = np.zeros((num_distinct, q.shape[1]), np.float32)
             np.add.at(grad_pooled, which, error * q)
-            self.implicit_item.update(grad_pooled, pooled_ctx, self.reg)
+            self.implicit_item.update(grad_pooled, self.reg)
         return float(np.mean(error**2))
 
 
@@ -234,20 +234,32 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed + 1)
     train_start = time.perf_counter()
     epochs = tqdm(range(args.epochs), desc="epochs", unit="epoch", file=sys.stderr)
-    for _ in epochs:
+    diverged = False
+    for epoch in epochs:
         order = train[rng.permutation(len(train))]
-        losses = [
-            model.train_step(users[batch], items[batch], values[batch])
-            for batch in np.array_split(order, max(1, len(order) // args.batch_size))
-        ]
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence: said below
+            losses = [
+                model.train_step(users[batch], items[batch], values[batch])
+                for batch in np.array_split(order, max(1, len(order) // args.batch_size))
+            ]
         epochs.set_postfix(train_rmse=f"{np.sqrt(np.mean(losses)):.4f}")
+        if not np.isfinite(np.mean(losses)):  # one check an epoch: nothing per step
+            epochs.close()
+            print(
+                f"{Path(__file__).name}: warning: the loss diverged in epoch {epoch + 1}: "
+                f"training stopped; try a lower --lr (now {args.lr})",
+                file=sys.stderr,
+            )
+            diverged = True
+            break
     train_seconds = time.perf_counter() - train_start
     test_rmse = rmse(model.predict(users[test], items[test]), values[test])
     return {
         "dataset": "ml-100k" if args.data is None else Path(args.data).name,
         "model": "biased MF" if args.no_implicit else "SVD++ (nbbag sqrtn bags)",
         "ratings": len(ratings),
-        "test_rmse": round(test_rmse, 4),
+        "test_rmse": round(test_rmse, 4) if np.isfinite(test_rmse) else None,
+        "diverged": diverged,
         "baseline_rmse": round(rmse(np.full(len(test), mean), values[test]), 4),
         "published_mf_rmse": list(PUBLISHED_MF_RMSE),
         "epochs": args.epochs,
@@ -266,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
         return 1
+    rmse_text = "n/a (diverged)" if result["test_rmse"] is None else result["test_rmse"]
     print(
-        f"test RMSE {result['test_rmse']:.4f} vs mean-rating baseline "
+        f"test RMSE {rmse_text} vs mean-rating baseline "
         f"{result['baseline_rmse']:.4f} (published MF on ML-100K: 0.90-0.95)"
     )
     print(json.dumps(result))

