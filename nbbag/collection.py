@@ -4,14 +4,15 @@ A recommender reads tens of sparse features per example, each from its own table
 collection looks them all up in one call: the tables that share a width D and a mode
 live in one *stack* (their rows one after another, plus one spare row standing for every
 table's padding), a batch's features become bags of their stack in one parallel pass
-(the backend's ``combine_features``, which also checks every offset and id against
-its own table), and each stack then runs the single table's forward, backward
-and fused optimizer step: a DLRM-like model whose tables all have one D and one mode
-is one stack, and a call is two parallel regions whatever the number of tables.
+(the backend's ``combine_features``, which also checks every offset and id against its
+own table), and each stack then runs the single table's forward, backward and fused
+optimizer step: a DLRM-like model whose tables all have one D and one mode is one
+stack, and a call is two parallel regions whatever the number of tables.
 
-Pairs are bag-major (feature f's bag b is the stack's bag b * F + f), so a stack's
-(B * F, D) output is its features' columns side by side, and where the stack holds every
-feature of the collection it is the collection's (B, F * D) output itself, not a copy.
+A stack's bags are feature-major (feature f's bag b is its bag f * B + b: each table's
+rows are read together), and its forward writes bag f * B + b straight into row b,
+columns of feature f, of a (B, F, D) view of the output: where one stack holds every
+feature, the collection's output is written in place, not copied.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from nbbag import _validate as checks
 from nbbag._device import backend_for
-from nbbag._memory import aligned_full
+from nbbag._memory import aligned_empty, aligned_full
 from nbbag.base.constants import BAD_ID, BAD_OFFSETS, NO_PADDING, OK
 from nbbag.base.records import BagContext, ForwardOptions
 from nbbag.functional import embedding_bag_bwd
@@ -267,16 +268,19 @@ class EmbeddingBagCollection:
         optimizer = self.optimizer
         if optimizer is not None:
             optimizer.catch_up_stacks([ids for ids, _, _ in combined])
-        outputs, contexts = [], []
-        for stack, (ids, offsets, weights) in zip(self._stacks, combined, strict=True):
-            backend = backend_for(stack.weight)
-            out, ctx = backend.embedding_bag_fwd(
-                stack.weight, ids, offsets, weights, stack.options
+        contexts = []
+        out, views = self._outputs(num_bags)
+        for stack, view, (ids, offsets, weights) in zip(
+            self._stacks, views, combined, strict=True
+        ):
+            contexts.append(
+                backend_for(stack.weight).stack_forward(
+                    stack.weight, ids, offsets, weights, stack.options, view
+                )
             )
-            outputs.append(out)
-            contexts.append(ctx)
+        self._assemble(out, views)
         self._ctx = CollectionContext(num_bags, contexts)
-        return self._assemble(outputs, num_bags)
+        return out
 
     def _checked_batch(self, features: Mapping[str, Any]) -> dict[str, tuple]:
         """Each feature's (indices, B, bag starts, weights or None), checked."""
@@ -366,20 +370,33 @@ class EmbeddingBagCollection:
                 raise type(error)(f"feature {name!r} (table {table!r}): {error}") from None
         raise RuntimeError(f"combine_features returned {status} for valid input")
 
-    def _assemble(self, outputs: list[np.ndarray], num_bags: int) -> np.ndarray:
-        """The (B, embedding_dim) output from each stack's (B * F, D) output."""
+    def _outputs(self, num_bags: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The (B, embedding_dim) output and each stack's (B, F, D) view to write:
+        with one stack, a view of the output itself; else an array of its own."""
+        # 64-byte aligned: a row then fills whole cache lines, where a feature-major
+        # forward writes the rows of one feature far apart (NumPy's own alignment
+        # made it 1.2 ms slower of 4.9 at B = 2048, 26 features, D = 64, measured).
+        dtype = self._stacks[0].weight.dtype
+        out = aligned_empty((num_bags, self.embedding_dim), dtype)
         if len(self._stacks) == 1:
-            return outputs[0].reshape(num_bags, self.embedding_dim)
-        out = np.empty((num_bags, self.embedding_dim), dtype=outputs[0].dtype)
-        for stack, stacked in zip(self._stacks, outputs, strict=True):
-            by_feature = stacked.reshape(num_bags, len(stack.features), stack.dim)
+            stack = self._stacks[0]
+            return out, [out.reshape(num_bags, len(stack.features), stack.dim)]
+        return out, [
+            aligned_empty((num_bags, len(stack.features), stack.dim), dtype)
+            for stack in self._stacks
+        ]
+
+    def _assemble(self, out: np.ndarray, views: list[np.ndarray]) -> None:
+        """Copy each stack's features into their columns (unless written in place)."""
+        if len(self._stacks) == 1:
+            return
+        for stack, view in zip(self._stacks, views, strict=True):
             for k, feature in enumerate(stack.features):
-                out[:, self.columns[feature]] = by_feature[:, k]
-        return out
+                out[:, self.columns[feature]] = view[:, k]
 
     # -- the backward and the step ------------------------------------------------------
     def _stack_grads(self, grad_output) -> list[np.ndarray]:
-        """``grad_output`` (B, embedding_dim) as each stack's (B * F, D) gradient."""
+        """``grad_output`` (B, embedding_dim) as each stack's (F * B, D) gradient."""
         ctx = self._last_context()
         grad_output = checks.as_array(grad_output, "grad_output")
         expected = (ctx.num_bags, self.embedding_dim)
@@ -392,17 +409,13 @@ class EmbeddingBagCollection:
             raise TypeError(
                 f"grad_output must be a floating-point array, got dtype {grad_output.dtype}"
             )
-        if len(self._stacks) == 1:
-            stack = self._stacks[0]
-            grad = np.ascontiguousarray(grad_output, dtype=stack.weight.dtype)
-            return [grad.reshape(-1, stack.dim)]
         grads = []
-        for stack in self._stacks:
+        for stack in self._stacks:  # feature-major: the stack's bag f * B + b
             by_feature = np.empty(
-                (ctx.num_bags, len(stack.features), stack.dim), dtype=stack.weight.dtype
+                (len(stack.features), ctx.num_bags, stack.dim), dtype=stack.weight.dtype
             )
             for k, feature in enumerate(stack.features):
-                by_feature[:, k] = grad_output[:, self.columns[feature]]
+                by_feature[k] = grad_output[:, self.columns[feature]]
             grads.append(by_feature.reshape(-1, stack.dim))
         return grads
 

@@ -4,75 +4,72 @@ The tables of a collection that share a width D and a mode live in one stack: th
 one after another, then one spare row that stands for every table's padding (the bag
 kernels leave that one row out of every bag).  :func:`combine_features` turns the
 features of a stack, each given as its own ids and B-form offsets, into bags of the
-stack, in bag-major order: pair ``p = b * F + f`` is feature f's bag b.  The stack's
-(B * F, D) output is then, as a (B, F * D) array, the features' columns side by side,
-and its backward and optimizer step are the single table's.
+stack, feature-major: the stack's bag ``f * B + b`` is feature f's bag b, and its ids
+are the features' ids one after another, each shifted to its table's rows.  (Feature-
+major, each table's rows are read together: 20-30% faster than bag-major on 26 tables,
+measured.)  The forward writes bag ``f * B + b`` to row (b, f) of a (B, F, D) output
+(:func:`nbbag.cpu.forward.output_row`), which is the features' columns side by side.
 
 Arguments: ``ids`` (N,) int32/int64, every feature's ids one after another (feature
 f's at ``token_starts[f]:token_starts[f + 1]``); ``bag_starts`` (F, B) int64, feature
 f's offsets in torch's B form, relative to its own ids; ``row_base``, ``num_rows`` and
 ``padding`` (F,) int64: where feature f's table starts in the stack, its rows, and its
 padding row (or -1); ``pad_row``: the stack's spare row; ``out_ids`` (N,) and
-``out_offsets`` (B * F + 1,) int64: the stack's bags; ``weights`` and ``out_weights``
-(N,) of the table's dtype, or None.
+``out_offsets`` (F * B + 1,) int64: the stack's bags, in the CSR form.
 """
 
 from numba import njit, prange
 
 from nbbag.base.constants import BAD_ID, BAD_OFFSETS, OK
+from nbbag.base.sort import chunk_bounds
 from nbbag.cpu import PARALLEL
 
-
-@njit(cache=True, inline="always")
-def _bag_bounds(token_starts, bag_starts, f, b):
-    """(start, end) of feature f's bag b, relative to its ids, and whether they are
-    valid: from 0, non-decreasing, within the feature's ids."""
-    count = token_starts[f + 1] - token_starts[f]
-    start = bag_starts[f, b]
-    end = bag_starts[f, b + 1] if b + 1 < bag_starts.shape[1] else count
-    valid = 0 <= start <= end <= count and (b > 0 or start == 0)
-    return start, end, valid
+# Pieces each feature's ids are cut into for the parallel copy: enough to share one
+# large feature among the threads.
+CHUNKS_PER_FEATURE = 16
 
 
 @njit(parallel=PARALLEL, cache=True)
 def combine_features(
-    ids, token_starts, bag_starts, row_base, num_rows, padding, pad_row, weights,
-    out_ids, out_offsets, out_weights,
+    ids, token_starts, bag_starts, row_base, num_rows, padding, pad_row, out_ids,
+    out_offsets,
 ):  # fmt: skip
     """Write the features' bags as the stack's bags (see the module's docstring): each
-    id shifted to its table's rows in the stack, a padding id to ``pad_row``; with
-    ``weights`` (N,) (in ``ids``' order), each token's weight into ``out_weights``
-    (N,) beside its id (both None without weights).
+    id shifted to its table's rows in the stack, a padding id to ``pad_row``.
 
     Returns OK, BAD_OFFSETS (a feature's offsets are not valid; ``out_ids`` untouched)
     or BAD_ID (an id outside its table; ``out_ids`` is then to be discarded).
 
-    Ownership: iteration b of each prange writes the entries of pairs b * F ... b * F +
-    F - 1 only (their lengths, then their ids); the prefix sum between is serial.
+    Ownership: iteration f of the first prange writes ``out_offsets[f * B : (f + 1) *
+    B]``; iteration c of the second, the ids of piece c (of feature c //
+    CHUNKS_PER_FEATURE) in ``out_ids``.
     """
     num_features, num_bags = bag_starts.shape
-    out_offsets[0] = 0
     bad_offsets = 0
-    for b in prange(num_bags):
-        for f in range(num_features):
-            start, end, valid = _bag_bounds(token_starts, bag_starts, f, b)
-            out_offsets[b * num_features + f + 1] = end - start if valid else 0
-            bad_offsets += not valid
+    for f in prange(num_features):
+        first = token_starts[f]
+        count = token_starts[f + 1] - first
+        previous = 0
+        for b in range(num_bags):
+            start = bag_starts[f, b]
+            bad_offsets += not ((b > 0 or start == 0) and previous <= start <= count)
+            out_offsets[f * num_bags + b] = first + start
+            previous = start
     if bad_offsets:
         return BAD_OFFSETS
-    for p in range(num_bags * num_features):
-        out_offsets[p + 1] += out_offsets[p]
+    # With no bags every token is in none: the CSR form of no bags is [0].
+    out_offsets[num_features * num_bags] = token_starts[num_features] if num_bags else 0
     bad_ids = 0
-    for b in prange(num_bags):
-        for f in range(num_features):
-            start = token_starts[f] + bag_starts[f, b]
-            first = out_offsets[b * num_features + f]
-            last = out_offsets[b * num_features + f + 1]
-            base, rows, pad = row_base[f], num_rows[f], padding[f]
-            for i in range(last - first):
-                row = ids[start + i]
-                bad_ids += row < 0 or row >= rows
-                out_ids[first + i] = pad_row if row == pad else base + row
-                if weights is not None:
-                    out_weights[first + i] = weights[start + i]
+    for c in prange(num_features * CHUNKS_PER_FEATURE):
+        f = c // CHUNKS_PER_FEATURE
+        first, last = chunk_bounds(
+            c % CHUNKS_PER_FEATURE,
+            CHUNKS_PER_FEATURE,
+            token_starts[f + 1] - token_starts[f],
+        )
+        base, rows, pad = row_base[f], num_rows[f], padding[f]
+        for i in range(token_starts[f] + first, token_starts[f] + last):
+            row = ids[i]
+            bad_ids += row < 0 or row >= rows
+            out_ids[i] = pad_row if row == pad else base + row
     return OK if bad_ids == 0 else BAD_ID

@@ -16,14 +16,17 @@ Three layers:
 Arguments, in this order everywhere: ``weight`` (V, D) float32/float64 C-contiguous;
 ``indices`` (N,) int32/int64; ``offsets`` (B + 1,) int, non-decreasing from 0 to at
 most N (bag ``b`` is ``indices[offsets[b]:offsets[b + 1]]``); ``per_sample_weights``
-(N,) of weight's dtype, or None; ``out`` (B, D) of weight's dtype; ``padding_idx`` a
-row in [0, V) left out of every bag, or NO_PADDING (-1).
+(N,) of weight's dtype, or None; ``out`` (B, D) of weight's dtype (the front's kernels
+also take a (B', F, D) ``out``: a collection's features side by side, see
+:func:`output_row`); ``padding_idx`` a row in [0, V) left out of every bag, or
+NO_PADDING (-1).
 """
 
 import math
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from nbbag.base.constants import BAD_OFFSETS, NO_PADDING, OK
 from nbbag.base.sort import chunk_bounds
@@ -190,17 +193,49 @@ def scale_row(out_row, denominator):
     store_scaled(out_row, out_row, denominator)
 
 
+# -- where bag b's output row is ----------------------------------------------------------
+def output_row(out, b):
+    """Bag b's row of ``out``: ``out[b]`` for a (B, D) output; for a (B, F, D) output (a
+    collection's features side by side, bag b = f * B + b' feature-major),
+    ``out[b', f]``.  Chosen at compile time by ``out``'s rank."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(output_row)
+def _output_row_overload(out, b):
+    if out.ndim == 3:
+
+        def by_feature(out, b):
+            return out[b % out.shape[0], b // out.shape[0]]
+
+        return by_feature
+    return lambda out, b: out[b]
+
+
+def output_rows(out):
+    """How many bags ``out`` holds a row for (see :func:`output_row`)."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(output_rows)
+def _output_rows_overload(out):
+    if out.ndim == 3:
+        return lambda out: out.shape[0] * out.shape[1]
+    return lambda out: out.shape[0]
+
+
 # -- per-bag reductions, one signature for _each_bag -------------------------------------
 @njit(cache=True)
 def _reduce_sums(
     weight, indices, per_sample_weights, start, end, padding_idx, out, argmax, b, mode,
     lanes,
 ):  # fmt: skip
-    """Bag b of the sum family into ``out[b]``: the sum of its rows (weighted when
+    """Bag b of the sum family into its row of ``out`` (:func:`output_row`): the sum of
+    its rows (weighted when
     ``per_sample_weights`` is given), divided by 1 (sum), the count or sum of weights
     (mean) or its square root, of counts or of squared weights (sqrtn).  ``argmax`` is
     not used."""
-    out_row = out[b]
+    out_row = output_row(out, b)
     total = sum_buffer(out_row, weight, lanes)
     if per_sample_weights is None:
         count = _add_rows(weight, indices, start, end, padding_idx, total, lanes)
@@ -222,13 +257,13 @@ def _reduce_max(
     weight, indices, per_sample_weights, start, end, padding_idx, out, argmax, b, mode,
     lanes,
 ):  # fmt: skip
-    """Bag b's elementwise max into ``out[b]``, its winners into ``argmax[b]`` when
-    ``argmax`` is given.  ``per_sample_weights``, ``mode`` and ``lanes`` are not
+    """Bag b's elementwise max into its row of ``out``, its winners into ``argmax[b]``
+    when ``argmax`` (B, D) is given.  ``per_sample_weights``, ``mode`` and ``lanes`` are not
     used."""
     if argmax is None:
-        max_rows(weight, indices, start, end, padding_idx, out[b], None)
+        max_rows(weight, indices, start, end, padding_idx, output_row(out, b), None)
     else:
-        max_rows(weight, indices, start, end, padding_idx, out[b], argmax[b])
+        max_rows(weight, indices, start, end, padding_idx, output_row(out, b), argmax[b])
 
 
 @njit(cache=True, inline="always")
@@ -242,10 +277,10 @@ def _each_bag(
     [0, num_rows) is skipped.  Returns OK, or the first position of such an id
     (``out`` is then to be discarded).
 
-    Ownership: iteration c of the prange writes ``out[b]`` (and ``argmax[b]``) for the
-    bags b of chunk c only.
+    Ownership: iteration c of the prange writes bag b's row of ``out`` (and
+    ``argmax[b]``) for the bags b of chunk c only.
     """
-    num_bags = out.shape[0]
+    num_bags = output_rows(out)
     num_tokens = indices.shape[0]
     first_bad = num_tokens
     for c in prange(num_chunks):
@@ -402,7 +437,7 @@ def _checked_bags(
         return BAD_OFFSETS
     return _each_bag(
         reduce_bag, weight, indices, per_sample_weights, csr, out, argmax, padding_idx,
-        mode, lanes, weight.shape[0], min(out.shape[0], CHECKED_CHUNKS),
+        mode, lanes, weight.shape[0], min(output_rows(out), CHECKED_CHUNKS),
     )  # fmt: skip
 
 

@@ -104,7 +104,9 @@ class Forward:
         out,
         padding_idx,
     ):
-        argmax = np.empty(out.shape, dtype=np.int64) if self.records_winners else None
+        argmax = None
+        if self.records_winners:  # (B, D), whether out is (B, D) or (B', F, D)
+            argmax = np.empty((csr.shape[0] - 1, out.shape[-1]), dtype=np.int64)
         status = self.kernel(
             weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
             padding_idx, self.lanes,
