@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -113,6 +113,17 @@ class _Stack:
             (table.name, self.row_base[table.name], table.num_embeddings)
             for table in self.tables
         ]
+
+
+class _FeatureBatch(NamedTuple):
+    """One feature's part of a batch, checked (its values still to be, by the kernel)."""
+
+    ids: np.ndarray  # (N,) C-contiguous
+    num_bags: int
+    starts: np.ndarray  # (B,) where each bag starts in ids
+    weights: np.ndarray | None  # (N,) in the table's dtype
+    indices: np.ndarray  # as given (1-D or 2-D) and offsets as read: for the messages
+    offsets: np.ndarray
 
 
 @dataclass
@@ -263,7 +274,7 @@ class EmbeddingBagCollection:
             changed (tables, optimizer state).
         """
         batch = self._checked_batch(features)
-        num_bags = batch[self.features[0]][1]
+        num_bags = batch[self.features[0]].num_bags
         combined = [self._combine(stack, batch, num_bags) for stack in self._stacks]
         optimizer = self.optimizer
         if optimizer is not None:
@@ -282,8 +293,9 @@ class EmbeddingBagCollection:
         self._ctx = CollectionContext(num_bags, contexts)
         return out
 
-    def _checked_batch(self, features: Mapping[str, Any]) -> dict[str, tuple]:
-        """Each feature's (indices, B, bag starts, weights or None), checked."""
+    def _checked_batch(self, features: Mapping[str, Any]) -> dict[str, _FeatureBatch]:
+        """Each feature's part of the batch, checked but for the values of its offsets
+        and ids (the stacks' pass checks those)."""
         if not isinstance(features, Mapping):
             raise TypeError(
                 f"features must be a mapping of feature name to (indices, offsets), got "
@@ -304,7 +316,7 @@ class EmbeddingBagCollection:
                 batch[name] = self._checked_feature(name, features[name])
             except (TypeError, ValueError) as error:
                 raise type(error)(f"feature {name!r}: {error}") from None
-        sizes = {name: entry[1] for name, entry in batch.items()}
+        sizes = {name: entry.num_bags for name, entry in batch.items()}
         first = self.features[0]
         for name, size in sizes.items():
             if size != sizes[first]:
@@ -314,7 +326,7 @@ class EmbeddingBagCollection:
                 )
         return batch
 
-    def _checked_feature(self, name: str, value) -> tuple:
+    def _checked_feature(self, name: str, value) -> _FeatureBatch:
         table = self._table_of[name]
         if isinstance(value, tuple | list):
             if len(value) not in (2, 3):
@@ -334,21 +346,23 @@ class EmbeddingBagCollection:
                 weights, indices, Mode.parse(table.mode), dtype
             )
         flat = checks.flat_contiguous(indices)
-        return flat, num_bags, starts, weights, indices, offsets
+        return _FeatureBatch(flat, num_bags, starts, weights, indices, offsets)
 
-    def _combine(self, stack: _Stack, batch: dict, num_bags: int) -> tuple:
+    def _combine(
+        self, stack: _Stack, batch: dict[str, _FeatureBatch], num_bags: int
+    ) -> tuple:
         """The stack's bags for this batch: (ids, CSR offsets, weights or None)."""
         entries = [batch[f] for f in stack.features]
         bag_starts = np.empty((len(entries), num_bags), dtype=np.int64)
         for k, entry in enumerate(entries):
-            bag_starts[k] = entry[2]
+            bag_starts[k] = entry.starts
         status, ids, offsets, weights = backend_for(stack.weight).combine_features(
-            [entry[0] for entry in entries],
-            np.array([entry[0].shape[0] for entry in entries], dtype=np.int64),
+            [entry.ids for entry in entries],
+            np.array([entry.ids.shape[0] for entry in entries], dtype=np.int64),
             bag_starts,
             stack.feature_tables,
             stack.pad_row,
-            [entry[3] for entry in entries],
+            [entry.weights for entry in entries],
             stack.weight.dtype,
         )
         if status != OK:
@@ -358,13 +372,13 @@ class EmbeddingBagCollection:
     def _raise_for(self, stack: _Stack, batch: dict, status: int) -> None:
         """Raise the error, naming the feature, for what ``combine_features`` found."""
         for name in stack.features:
-            flat, _, _, _, indices, offsets = batch[name]
+            entry = batch[name]
             num_rows = self._table_of[name].num_embeddings
             try:
                 if status == BAD_OFFSETS:
-                    checks.check_offsets_values(offsets, flat.shape[0])
+                    checks.check_offsets_values(entry.offsets, entry.ids.shape[0])
                 elif status == BAD_ID:
-                    checks.check_bag_contents(indices, offsets, num_rows)
+                    checks.check_bag_contents(entry.indices, entry.offsets, num_rows)
             except (ValueError, IndexError) as error:
                 table = self._table_of[name].name
                 raise type(error)(f"feature {name!r} (table {table!r}): {error}") from None
