@@ -31,7 +31,7 @@ import numpy as np
 
 INSTALL = "pip install --no-deps fbgemm-gpu-cpu==1.8.0"
 SKIP_REASON = (
-    f"fbgemm_gpu is not installed: the TBE cases are skipped (install it with "
+    f"fbgemm_gpu cannot be imported: the TBE cases are skipped (install it with "
     f"`{INSTALL}` beside torch==2.13.0; fbgemm-gpu-cpu 1.9.0 does not load with "
     f"torch 2.13.0)"
 )
