@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks import tbe
 from benchmarks.common import (
     DISTS,
     NUM_BAGS,
@@ -42,6 +43,17 @@ def torch_module():
     if torch is None:
         pytest.skip("torch is not installed: the torch comparison cases are skipped")
     return torch
+
+
+@pytest.fixture(scope="session")
+def tbe_module():
+    """``benchmarks.tbe`` (FBGEMM's CPU TBE), checked against NumPy once, or a skip
+    naming how to install fbgemm_gpu where it cannot be imported."""
+    reason = tbe.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    tbe.check()
+    return tbe
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -2,11 +2,12 @@
 
 Usage: ``python benchmarks/ratios.py results.json``.  A ratio peer/nbbag above 1 means
 nbbag is faster.  The peers are torch and, where a group has one, a dense NumPy
-baseline (its columns appear only when some group has it).  Groups with nbbag alone
-(such as ``to_scipy``) get a second table: one row per size V.  Groups with peers at
-several sizes V (such as ``step-scaling``) get a third: one row per V, the impls side by
-side.  A case timed as a loop of calls (``calls_per_round`` in its extra_info, the tiny
-batches) is shown per call.
+baseline, FBGEMM's TBE and, in the collection groups, nbbag called per table
+(``nbbag-per-feature``); a peer's columns appear only when some group has it (torch's
+always).  Groups with nbbag alone (such as ``to_scipy``) get a second table: one row per
+size V.  Groups with peers at several sizes V (such as ``step-scaling``) get a third:
+one row per V, the impls side by side.  A case timed as a loop of calls
+(``calls_per_round`` in its extra_info, the tiny batches) is shown per call.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import argparse
 import json
 from collections import defaultdict
 
-PEERS = ("torch", "dense")  # the column order; any other peer follows, sorted
+# the column order; any other peer follows, sorted
+PEERS = ("torch", "dense", "tbe", "nbbag-per-feature")
 
 
 def _ms(seconds: float | None) -> str:

@@ -13,6 +13,12 @@ Paths:
 - ``dense``: what a NumPy user writes without nbbag: the mean by ``np.add.reduceat``,
   the gradient by ``np.zeros((V, D))`` + ``np.add.at``, then the optimizer's update of
   every row of the table and its state.
+- ``tbe``: FBGEMM's table-batched embeddings on the CPU (``benchmarks/tbe.py``), the
+  optimizer fused into its backward (SGD, Adagrad, row-wise Adagrad: ``TBE_OPTS``), on
+  its own copy of the table (``step.table`` is that copy, as NumPy).
+
+:func:`check_rows` and :func:`check_only_rows_changed` compare a step's rows with a
+reference's.
 """
 
 from __future__ import annotations
@@ -22,14 +28,23 @@ import math
 import numpy as np
 
 import nbbag
+from benchmarks import tbe
 
 MODE = "mean"
 OPTS = ("sgd", "momentum", "adagrad", "rowwise_adagrad", "adam")
 TORCH_OPTS = ("sgd", "momentum", "adagrad", "adam")  # torch has no row-wise Adagrad
+TBE_OPTS = tuple(tbe.OPTIMIZERS)  # FBGEMM's EXACT_SGD, EXACT_ADAGRAD, EXACT_ROWWISE_ADAGRAD
 LR = {"sgd": 0.01, "momentum": 0.01, "adagrad": 0.01, "rowwise_adagrad": 0.01, "adam": 1e-3}
 MOMENTUM = 0.9
 ADAGRAD_EPS = 1e-10
 BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # nbbag's and torch's defaults
+# float32 sums in different orders, scaled by the step size.  Elementwise Adagrad's and
+# Adam's first step is lr * g / (|g| + eps): where |g| is tiny, the order of the sum
+# moves it by up to ~lr * 1e-3 (torch's sparse Adagrad, whose order varies from run to
+# run, differed by up to 3.2e-6 in 0.1% of the elements once), hence atol 1e-5.
+RTOL, ATOL = 1e-4, 1e-5
+# Where g is ~0 the summation order can flip the sign: a few elements may differ.
+MAX_MISMATCH = 1e-5
 
 
 class StepBatch:
@@ -137,6 +152,33 @@ def torch_step(torch, batch: StepBatch, weight: np.ndarray, opt: str):
     return step
 
 
+def tbe_step(batch: StepBatch, weight: np.ndarray, opt: str):
+    """FBGEMM TBE's step (forward, then the backward that applies the optimizer) on its
+    own copy of ``weight``: ``step.table``."""
+    module = tbe.TBE([weight], opt, lr=LR[opt], eps=ADAGRAD_EPS, mode=MODE)
+    indices, offsets = module.inputs([batch.ids], [batch.starts])
+    grad_output = module.torch.from_numpy(batch.grad_output)
+
+    def step():
+        return module.step(indices, offsets, grad_output)
+
+    step.table = module.weights[0]  # type: ignore[attr-defined]
+    return step
+
+
+def check_rows(actual: np.ndarray, expected: np.ndarray) -> None:
+    """``actual`` close to ``expected`` (RTOL, ATOL), but for a fraction MAX_MISMATCH."""
+    close = np.isclose(actual, expected, RTOL, ATOL)
+    if close.mean() < 1 - MAX_MISMATCH:
+        np.testing.assert_allclose(actual, expected, RTOL, ATOL)
+
+
+def check_only_rows_changed(before: np.ndarray, after: np.ndarray, rows: np.ndarray):
+    """No row outside ``rows`` differs between ``before`` and ``after``."""
+    changed = np.flatnonzero((after != before).any(axis=1))
+    assert np.isin(changed, rows).all(), "a row without a gradient changed"
+
+
 def _dense_sgd(weight, grad, state, step):
     grad *= LR["sgd"]  # in place: no third (V, D) array at V = 10**7
     weight -= grad
@@ -213,7 +255,8 @@ def dense_step(batch: StepBatch, weight: np.ndarray, opt: str):
 
 
 def make_step(path: str, batch: StepBatch, weight: np.ndarray, opt: str, torch=None):
-    """The step of ``path`` ("nbbag", "nbbag-grad", "nbbag-scipy", "torch", "dense")."""
+    """The step of ``path`` ("nbbag", "nbbag-grad", "nbbag-scipy", "torch", "dense",
+    "tbe")."""
     if path == "nbbag":
         return nbbag_fused_step(batch, weight, opt)
     if path in ("nbbag-grad", "nbbag-scipy"):
@@ -222,4 +265,6 @@ def make_step(path: str, batch: StepBatch, weight: np.ndarray, opt: str, torch=N
         return torch_step(torch, batch, weight, opt)
     if path == "dense":
         return dense_step(batch, weight, opt)
+    if path == "tbe":
+        return tbe_step(batch, weight, opt)
     raise ValueError(f"unknown step path {path!r}")

@@ -6,10 +6,14 @@ from benchmarks.acceptance import Check
 from benchmarks.results import Entry, Results, gbps
 
 PEERS = ("torch", "dense")
+OPTIONAL_PEERS = ("tbe",)  # columns of the ratio table only where the run has them
+COLLECTION_OPS = ("collection-forward", "collection-step")
+COLLECTION_PEERS = ("nbbag-per-feature", "tbe")
 SCALING_PATHS = ("nbbag", "nbbag-grad", "nbbag-scipy", "torch", "dense")
 COMMAND = "python -m benchmarks.report"
 TINY_OPS = {"tiny-forward": "forward (sum)", "tiny-step": "step (fwd+bwd+Adagrad)"}
 TINY_TITLE = "Tiny batches (D = 64, 20 ids a bag, V = 100k): per call"
+COLLECTION_TITLE = "Collections: a DLRM-like batch of 26 tables in one call"
 EMPTY = "None in this run."
 
 
@@ -83,7 +87,7 @@ def acceptance_lines(checks: list[Check]) -> list[str]:
     return lines + _table(header, rows, text_columns=2)
 
 
-def _ratio_rows(group: str, entries: list[Entry]) -> list[list[str]]:
+def _ratio_rows(group: str, entries: list[Entry], peers) -> list[list[str]]:
     by_size: dict[object, dict[str, float]] = {}
     for entry in entries:
         by_size.setdefault(entry.extra.get("V"), {})[entry.impl] = entry.median
@@ -91,7 +95,7 @@ def _ratio_rows(group: str, entries: list[Entry]) -> list[list[str]]:
     for size, medians in by_size.items():
         ours = medians.get("nbbag")
         row = [group, "-" if size is None else f"{size:,}", _ms(ours)]
-        for peer in PEERS:
+        for peer in peers:
             row += [_ms(medians.get(peer)), _ratio(medians.get(peer), ours)]
         rows.append(row)
     return rows
@@ -99,22 +103,54 @@ def _ratio_rows(group: str, entries: list[Entry]) -> list[list[str]]:
 
 def ratio_lines(results: Results) -> list[str]:
     """One row per group (and size V where a group has several), nbbag against the
-    peers; the scaling sweep, the copy and the tiny batches have tables of their own."""
+    peers (TBE's columns where the run has it); the scaling sweep, the copy, the tiny
+    batches and the collections have tables of their own."""
+    groups = {
+        group: entries
+        for group, entries in results.groups().items()
+        if entries[0].extra.get("op")
+        not in ("step-scaling", "copy", *TINY_OPS, *COLLECTION_OPS)
+    }
+    present = {entry.impl for entries in groups.values() for entry in entries}
+    peers = [*PEERS, *(p for p in OPTIONAL_PEERS if p in present)]
     rows = []
-    for group, entries in results.groups().items():
-        op = entries[0].extra.get("op")
-        if op not in ("step-scaling", "copy") and op not in TINY_OPS:
-            rows += _ratio_rows(group, entries)
-    header = [
-        "group",
-        "V",
-        "nbbag (ms)",
-        "torch (ms)",
-        "torch/nbbag",
-        "dense (ms)",
-        "dense/nbbag",
-    ]
+    for group, entries in groups.items():
+        rows += _ratio_rows(group, entries, peers)
+    header = ["group", "V", "nbbag (ms)"]
+    for peer in peers:
+        header += [f"{peer} (ms)", f"{peer}/nbbag"]
     return _table(header, rows)
+
+
+def collection_lines(results: Results) -> list[str]:
+    """The collections: one row per group, nbbag's collection against 26 per-table
+    nbbag calls and against FBGEMM's TBE."""
+    rows = []
+    tables, max_rows = None, None
+    for group, entries in results.groups().items():
+        extra = entries[0].extra
+        if extra.get("op") not in COLLECTION_OPS:
+            continue
+        tables, max_rows = extra.get("num_tables"), extra.get("max_rows")
+        medians = {entry.impl: entry.median for entry in entries}
+        ours = medians.get("nbbag")
+        row = [group, str(extra.get("num_bags", "-")), str(extra.get("bag_len", "-"))]
+        row.append(_ms(ours))
+        for peer in COLLECTION_PEERS:
+            row += [_ms(medians.get(peer)), _ratio(medians.get(peer), ours)]
+        rows.append(row)
+    header = ["group", "B", "L", "nbbag (ms)"]
+    for peer in COLLECTION_PEERS:
+        header += [f"{peer} (ms)", f"{peer}/nbbag"]
+    lines = _table(header, rows, text_columns=1)
+    if rows:
+        about = (
+            f"{tables} tables (the Criteo-Kaggle cardinalities capped at {max_rows:,} "
+            "rows), D = 64, sum, Zipf ids, L ids a bag; nbbag is the collection, "
+            "nbbag-per-feature one nbbag call per table, tbe FBGEMM's CPU TBE:"
+        )
+        lines = [about, ""] + lines
+    return lines
 
 
 def tiny_lines(results: Results) -> list[str]:
@@ -198,6 +234,7 @@ def render(results: Results, figures: dict[str, bool]) -> str:
     """The results block for users (RESULTS.md), in Markdown."""
     lines = machine_lines(results)
     lines += ["", "### Ratios per group", ""] + ratio_lines(results)
+    lines += ["", f"### {COLLECTION_TITLE}", ""] + collection_lines(results)
     lines += ["", f"### {TINY_TITLE}", ""] + tiny_lines(results)
     lines += [
         "",

@@ -5,7 +5,11 @@ The forward's workload (V = 1M x D = 64 float32, 64-byte aligned, 4096 bags of ~
 Zipf(1.05) ids), mode "mean", a fixed random grad_output (B, D) standing in for dL/dout.
 Every impl steps its own aligned copy of the table (a step changes it), made once per
 test, outside the timed region.  Optimizers: SGD, SGD with momentum, Adagrad, row-wise
-Adagrad (no torch peer), Adam (torch: SparseAdam).
+Adagrad (no torch peer), Adam (torch: SparseAdam).  FBGEMM's CPU TBE (``tbe``, with
+PoolingMode.MEAN) for SGD, Adagrad and row-wise Adagrad (EXACT_SGD, EXACT_ADAGRAD,
+EXACT_ROWWISE_ADAGRAD, fused into its backward), stepping its own copy of the table;
+skipped where fbgemm_gpu cannot be imported (``benchmarks/tbe.py`` says how to install
+it).
 
 One step from the same starting table is checked first (it is also the warm-up, and
 compiles nbbag's kernels): each impl's touched rows must match nbbag's, and no other
@@ -20,17 +24,20 @@ import numpy as np
 import pytest
 
 from benchmarks.common import aligned_copy, time_case
-from benchmarks.steps import MODE, OPTS, TORCH_OPTS, StepBatch, make_step
+from benchmarks.steps import (
+    MODE,
+    OPTS,
+    TBE_OPTS,
+    TORCH_OPTS,
+    StepBatch,
+    check_only_rows_changed,
+    check_rows,
+    make_step,
+)
 
 DIST = "zipf"
-IMPLS = ("nbbag", "torch", "dense")
-# float32 sums in different orders, scaled by the step size.  Elementwise Adagrad's and
-# Adam's first step is lr * g / (|g| + eps): where |g| is tiny, the order of the sum
-# moves it by up to ~lr * 1e-3 (torch's sparse Adagrad, whose order varies from run to
-# run, differed by up to 3.2e-6 in 0.1% of the elements once), hence atol 1e-5.
-RTOL, ATOL = 1e-4, 1e-5
-# Where g is ~0 the summation order can flip the sign: a few elements may differ.
-MAX_MISMATCH = 1e-5
+IMPLS = ("nbbag", "torch", "dense", "tbe")
+PEER_OPTS = {"torch": TORCH_OPTS, "tbe": TBE_OPTS}  # the optimizers each peer has
 SEED = 20240602  # the backward benchmark's grad_output
 
 # impl varies fastest, so each nbbag case runs right before its peers: the two OpenMP
@@ -38,7 +45,7 @@ SEED = 20240602  # the backward benchmark's grad_output
 CASES = [
     pytest.param(opt, impl, id=f"op=step-opt={opt}-dist={DIST}-impl={impl}")
     for opt, impl in itertools.product(OPTS, IMPLS)
-    if impl != "torch" or opt in TORCH_OPTS
+    if opt in PEER_OPTS.get(impl, OPTS)
 ]
 
 
@@ -69,24 +76,16 @@ def step_case(forward_workloads) -> StepCase:
     return StepCase(forward_workloads[DIST])
 
 
-def _check_rows(actual: np.ndarray, expected: np.ndarray) -> None:
-    close = np.isclose(actual, expected, RTOL, ATOL)
-    if close.mean() < 1 - MAX_MISMATCH:
-        np.testing.assert_allclose(actual, expected, RTOL, ATOL)
-
-
-def _check_only_rows_changed(before: np.ndarray, after: np.ndarray, rows: np.ndarray):
-    changed = np.flatnonzero((after != before).any(axis=1))
-    assert np.isin(changed, rows).all(), "a row without a gradient changed"
-
-
 @pytest.mark.parametrize(("opt", "impl"), CASES)
 def test_step(benchmark, request, step_case, opt, impl):
     batch = step_case.batch
     expected = step_case.expected(opt)
     weight = aligned_copy(step_case.table)  # this impl's own table, stepped in place
     torch = request.getfixturevalue("torch_module") if impl == "torch" else None
+    if impl == "tbe":
+        request.getfixturevalue("tbe_module")  # a skip without fbgemm_gpu
     step = make_step(impl, batch, weight, opt, torch)
+    weight = getattr(step, "table", weight)  # TBE steps its own copy of the table
 
     # One step from the reference's starting table, checked outside the timed region;
     # it is also the warm-up (nbbag compiles or loads its kernels here).
@@ -94,8 +93,8 @@ def test_step(benchmark, request, step_case, opt, impl):
     if impl == "nbbag":
         np.testing.assert_array_equal(weight[batch.rows], expected)  # deterministic
     else:
-        _check_rows(weight[batch.rows], expected)
-    _check_only_rows_changed(step_case.table, weight, batch.rows)
+        check_rows(weight[batch.rows], expected)
+    check_only_rows_changed(step_case.table, weight, batch.rows)
 
     benchmark.group = f"step-{opt}-{DIST}"
     benchmark.extra_info.update(

@@ -15,7 +15,14 @@ pytest.importorskip("tqdm")
 from benchmarks import report  # noqa: E402
 from benchmarks.acceptance import acceptance_checks  # noqa: E402
 from benchmarks.results import Results  # noqa: E402
-from benchmarks.tables import TINY_TITLE, ratio_lines, scaling_lines, tiny_lines  # noqa: E402
+from benchmarks.tables import (  # noqa: E402
+    COLLECTION_TITLE,
+    TINY_TITLE,
+    collection_lines,
+    ratio_lines,
+    scaling_lines,
+    tiny_lines,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GB = 1e9
@@ -127,6 +134,62 @@ def test_tables(run_data):
     )
 
 
+def _collection(op, num_bags, nbbag_s, per_feature_s, tbe_s):
+    opt = None if op == "forward" else op.removeprefix("step-")
+    extra = dict(
+        op="collection-forward" if opt is None else "collection-step",
+        opt=opt,
+        num_tables=26,
+        max_rows=200_000,
+        V=1_483_115,
+        num_bags=num_bags,
+        bag_len=10,
+    )
+    group = f"collection-{op}-B{num_bags}-L10"
+    return [
+        _bench(group, "nbbag", nbbag_s, **extra),
+        _bench(group, "nbbag-per-feature", per_feature_s, **extra),
+        _bench(group, "tbe", tbe_s, **extra),
+    ]
+
+
+def test_collections_and_tbe(run_data, tmp_path):
+    data = dict(run_data)
+    data["benchmarks"] = run_data["benchmarks"] + [
+        _bench("step-sgd-zipf", "tbe", 0.030, op="step", opt="sgd"),
+        *_collection("forward", 2048, 0.002, 0.006, 0.004),
+        *_collection("step-sgd", 128, 0.001, 0.005, 0.0005),
+    ]
+    results = Results(data)
+    ratios = "\n".join(ratio_lines(results))
+    assert "| tbe (ms) | tbe/nbbag |" in ratios
+    row = "| step-sgd-zipf | - | 10.000 | 50.000 | 5.00 | 200.000 | 20.00 | 30.000 | 3.00 |"
+    assert row in ratios
+    forward = [line for line in ratios.splitlines() if line.startswith("| forward-")]
+    assert forward and all(line.endswith("| - | - |") for line in forward)  # no TBE
+    assert "collection" not in ratios  # a table of their own
+    lines = collection_lines(results)
+    assert lines[0].startswith(
+        "26 tables (the Criteo-Kaggle cardinalities capped at 200,000"
+    )
+    assert (
+        "| collection-forward-B2048-L10 | 2048 | 10 | 2.000 | 6.000 | 3.00 | 4.000 | 2.00 |"
+        in lines
+    )
+    assert (
+        "| collection-step-sgd-B128-L10 | 128 | 10 | 1.000 | 5.000 | 5.00 | 0.500 | 0.50 |"
+        in lines
+    )
+    # without TBE in the run, the ratio table is as it was
+    assert "tbe" not in "\n".join(ratio_lines(Results(run_data)))
+    assert collection_lines(Results(run_data)) == ["None in this run."]
+    json_path = tmp_path / "bench.json"
+    json_path.write_text(json.dumps(data))
+    assert report.main(["--from-json", str(json_path), "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert f"### {COLLECTION_TITLE}" in text and "| collection-forward-B2048-L10 |" in text
+
+
 @pytest.fixture
 def tiny_data() -> dict:
     """A partial run, as ``-k tiny`` gives: the tiny groups alone."""
@@ -172,7 +235,8 @@ def test_write_report_of_a_partial_run(tmp_path, tiny_data):
     assert f"### {TINY_TITLE}" in text
     assert "| forward (sum) | 32 | 10.00 | 8.00 | 0.80 |" in text
     assert "scaling.png: no data in this run" in text
-    assert text.count("None in this run.") == 4  # ratios, scaling, copy, forward GB/s
+    # ratios, collections, scaling, copy, forward GB/s
+    assert text.count("None in this run.") == 5
     assert "Acceptance" not in text
     text = (tmp_path / "DEVELOPMENT.md").read_text()
     assert (
