@@ -37,8 +37,8 @@ class Setup:
 
 
 @st.composite
-def setups(draw, max_tables=4):
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
+def setups(draw, max_tables=4, dtypes=(np.float32, np.float64)):
+    dtype = draw(st.sampled_from(dtypes))
     index_dtype = draw(st.sampled_from([np.int32, np.int64]))
     num_bags = draw(st.integers(0, 5))
     tables, batch = [], {}
@@ -47,7 +47,11 @@ def setups(draw, max_tables=4):
         mode = draw(st.sampled_from(MODES))
         padding = draw(st.one_of(st.none(), st.integers(-rows, rows - 1)))
         features = [f"t{t}f{k}" for k in range(draw(st.integers(1, 2)))]
-        dim = draw(st.sampled_from([1, 3, 16]))
+        # One D: each distinct D (and dtype, mode, weighting) compiles its own forward
+        # kernels for the collection's (B, F, D) output, the suite's largest compile
+        # cost; D without lanes is the single table's kernel, tested there, and the
+        # other tests here use D = 2, 3 and 4.
+        dim = 16
         tables.append(
             nbbag.TableConfig(
                 f"t{t}", rows, dim, mode, features=features, padding_idx=padding
@@ -118,7 +122,7 @@ def close(dtype) -> dict:
     return {"rtol": 2e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12}
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(setups())
 def test_forward_and_backward_equal_per_feature_calls(setup):
     coll = setup.collection()
@@ -139,8 +143,10 @@ def test_forward_and_backward_equal_per_feature_calls(setup):
 
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-@settings(max_examples=12, deadline=None)
-@given(setup=setups(max_tables=3))
+# float32 only: each optimizer's float64 kernels are the single table's, tested in
+# test_optim.py; compiling them again for the stacks would cost CI ~40 s.
+@settings(max_examples=6, deadline=None)
+@given(setup=setups(max_tables=3, dtypes=(np.float32,)))
 def test_fused_steps_equal_per_table_optimizers(optimizer, setup):
     coll = setup.collection()
     opt = OPTIMIZERS[optimizer](coll)
