@@ -394,7 +394,14 @@ def check_grad_output_like(grad_output, ctx) -> None:
     """Check that ``grad_output`` (an array of either backend) has the forward output's
     shape and a floating dtype: like ``per_sample_weights``, it is then cast to the
     weight's dtype (one rule for the floating inputs: NumPy code makes float64 easily)."""
-    expected = (ctx.batch.num_bags, ctx.weight_shape[1])
+    check_grad_like(
+        grad_output, (ctx.batch.num_bags, ctx.weight_shape[1]), ctx.batch.weight.dtype
+    )
+
+
+def check_grad_like(grad_output, expected: tuple, dtype) -> None:
+    """``grad_output`` of the forward output's shape ``expected`` and a floating dtype
+    (to be cast to the table's ``dtype``): a layer's, a collection's."""
     if tuple(grad_output.shape) != expected:
         raise ValueError(
             f"grad_output must have the forward output's shape {expected}, "
@@ -403,7 +410,7 @@ def check_grad_output_like(grad_output, ctx) -> None:
     if not np.issubdtype(grad_output.dtype, np.floating):
         raise TypeError(
             f"grad_output must be a floating-point array (cast to the weight's dtype "
-            f"{ctx.batch.weight.dtype}), got dtype {grad_output.dtype}"
+            f"{dtype}), got dtype {grad_output.dtype}"
         )
 
 

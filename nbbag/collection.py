@@ -185,6 +185,7 @@ class EmbeddingBagCollection:
             raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
         if seed is not None and (not checks.is_integer(seed) or seed < 0):
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        self._table_of = {f: table for table in self.tables for f in table.features}
         self._stacks = self._make_stacks(table_dtype, seed)
         self.features = tuple(f for table in self.tables for f in table.features)
         self.columns: dict[str, slice] = {}
@@ -194,7 +195,6 @@ class EmbeddingBagCollection:
                 self.columns[feature] = slice(start, start + table.embedding_dim)
                 start += table.embedding_dim
         self.embedding_dim = start
-        self._table_of = {f: table for table in self.tables for f in table.features}
         self._ctx: CollectionContext | None = None
         self.optimizer: Any = None
 
@@ -207,9 +207,6 @@ class EmbeddingBagCollection:
         if repeated:
             raise ValueError(f"features {repeated} are read by more than one table")
 
-    def _table_of_feature(self, feature: str) -> TableConfig:
-        return next(t for t in self.tables if feature in t.features)
-
     def _make_stacks(self, dtype: np.dtype, seed) -> list[_Stack]:
         stacks: dict[tuple[int, Mode], _Stack] = {}
         for table in self.tables:
@@ -221,7 +218,7 @@ class EmbeddingBagCollection:
         rng = np.random.default_rng(seed)
         self.weights: dict[str, np.ndarray] = {}
         for stack in stacks.values():
-            tables = [self._table_of_feature(f) for f in stack.features]
+            tables = [self._table_of[f] for f in stack.features]
             stack.feature_tables = tuple(
                 np.array(column, dtype=np.int64)
                 for column in zip(
@@ -413,16 +410,9 @@ class EmbeddingBagCollection:
         """``grad_output`` (B, embedding_dim) as each stack's (F * B, D) gradient."""
         ctx = self._last_context()
         grad_output = checks.as_array(grad_output, "grad_output")
-        expected = (ctx.num_bags, self.embedding_dim)
-        if tuple(grad_output.shape) != expected:
-            raise ValueError(
-                f"grad_output must have the forward output's shape {expected}, "
-                f"got {tuple(grad_output.shape)}"
-            )
-        if not np.issubdtype(grad_output.dtype, np.floating):
-            raise TypeError(
-                f"grad_output must be a floating-point array, got dtype {grad_output.dtype}"
-            )
+        checks.check_grad_like(
+            grad_output, (ctx.num_bags, self.embedding_dim), self._stacks[0].weight.dtype
+        )
         grads = []
         for stack in self._stacks:  # feature-major: the stack's bag f * B + b
             by_feature = np.empty(
