@@ -43,3 +43,12 @@ def backend_for(array):
     if type(array) is np.ndarray or not is_device_array(array):
         return cpu_api
     return cuda_backend()
+
+
+def backend_named(device) -> object:
+    """The host module for ``device``, "cpu" or "cuda" (where a new table is made)."""
+    if device == "cpu":
+        return cpu_api
+    if device == "cuda":
+        return cuda_backend()
+    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")

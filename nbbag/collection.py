@@ -24,9 +24,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from nbbag import _validate as checks
-from nbbag._device import backend_for
-from nbbag._memory import aligned_empty, aligned_full
-from nbbag.base.constants import BAD_ID, BAD_OFFSETS, NO_PADDING, OK
+from nbbag._device import backend_named, is_device_array
+from nbbag._memory import aligned_full
+from nbbag.base.constants import NO_PADDING, OK
 from nbbag.base.records import BagContext, ForwardOptions
 from nbbag.functional import embedding_bag_bwd
 from nbbag.modes import Mode
@@ -100,8 +100,10 @@ class _Stack:
     features: list[str] = field(default_factory=list)  # in the output's column order
     weight: Any = None
     options: ForwardOptions | None = None
-    # (row_base, num_rows, padding) of each feature's table, as int64 arrays (F,)
+    # (row_base, num_rows, padding) of each feature's table, as int64 arrays (F,),
+    # and each feature's first column in the output: on the stack's backend
     feature_tables: tuple = ()
+    column_starts: Any = None
 
     @property
     def pad_row(self) -> int:
@@ -116,14 +118,15 @@ class _Stack:
 
 
 class _FeatureBatch(NamedTuple):
-    """One feature's part of a batch, checked (its values still to be, by the kernel)."""
+    """One feature's part of a batch, checked (its values still to be, by the kernel);
+    arrays of the collection's backend, or host arrays."""
 
-    ids: np.ndarray  # (N,) C-contiguous
+    ids: Any  # (N,) C-contiguous
     num_bags: int
-    starts: np.ndarray  # (B,) where each bag starts in ids
-    weights: np.ndarray | None  # (N,) in the table's dtype
-    indices: np.ndarray  # as given (1-D or 2-D) and offsets as read: for the messages
-    offsets: np.ndarray
+    starts: Any  # (B,) where each bag starts in ids
+    weights: Any  # (N,) in the table's dtype, or None
+    indices: Any  # as given (1-D or 2-D) and offsets as read: for the messages
+    offsets: Any
 
 
 @dataclass
@@ -145,12 +148,16 @@ class EmbeddingBagCollection:
     seed : int, optional
         Seeds the initialisation: N(0, 1) as :class:`nbbag.EmbeddingBag`'s, drawn table
         by table in the list's order; padding rows are zeros.
+    device : {"cpu", "cuda"}, default "cpu"
+        Where the tables live and the kernels run: "cuda" (needs the ``cuda`` extra)
+        keeps every table and its optimizer state on the GPU; the batch's arrays may
+        then be NumPy or device arrays, and outputs and gradients are device arrays.
 
     Attributes
     ----------
     weights : dict of str to ndarray (V, D)
         Each table's rows: views into the collection's stacks (updated in place by
-        its optimizer; write them to initialise).
+        its optimizer; write them to initialise); device arrays on "cuda".
     features : tuple of str
         The features, in the output's column order: tables in list order, each
         table's features in order.
@@ -174,7 +181,12 @@ class EmbeddingBagCollection:
     """
 
     def __init__(
-        self, tables: Iterable[TableConfig], *, dtype: Any = np.float32, seed=None
+        self,
+        tables: Iterable[TableConfig],
+        *,
+        dtype: Any = np.float32,
+        seed=None,
+        device: str = "cpu",
     ):
         self.tables = tuple(tables)
         if not self.tables or not all(isinstance(t, TableConfig) for t in self.tables):
@@ -185,8 +197,9 @@ class EmbeddingBagCollection:
             raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
         if seed is not None and (not checks.is_integer(seed) or seed < 0):
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        self._backend: Any = backend_named(device)
+        self.device = device
         self._table_of = {f: table for table in self.tables for f in table.features}
-        self._stacks = self._make_stacks(table_dtype, seed)
         self.features = tuple(f for table in self.tables for f in table.features)
         self.columns: dict[str, slice] = {}
         start = 0
@@ -195,6 +208,7 @@ class EmbeddingBagCollection:
                 self.columns[feature] = slice(start, start + table.embedding_dim)
                 start += table.embedding_dim
         self.embedding_dim = start
+        self._stacks = self._make_stacks(table_dtype, seed)
         self._ctx: CollectionContext | None = None
         self.optimizer: Any = None
 
@@ -216,11 +230,15 @@ class EmbeddingBagCollection:
             stack.tables.append(table)
             stack.features.extend(table.features)
         rng = np.random.default_rng(seed)
-        self.weights: dict[str, np.ndarray] = {}
+        to_backend = self._backend.from_host
+        self.weights: dict[str, Any] = {}
         for stack in stacks.values():
             tables = [self._table_of[f] for f in stack.features]
+            stack.column_starts = to_backend(
+                np.array([self.columns[f].start for f in stack.features], dtype=np.int64)
+            )
             stack.feature_tables = tuple(
-                np.array(column, dtype=np.int64)
+                to_backend(np.array(column, dtype=np.int64))
                 for column in zip(
                     *[
                         (
@@ -244,7 +262,11 @@ class EmbeddingBagCollection:
             rng.standard_normal(dtype=dtype.type, out=weight)
             if table.padding_idx is not None:
                 weight[table.padding_idx] = 0
-            self.weights[table.name] = weight
+        for stack in stacks.values():  # drawn on the host, then on the backend
+            stack.weight = to_backend(stack.weight)
+            for table in stack.tables:
+                base = stack.row_base[table.name]
+                self.weights[table.name] = stack.weight[base : base + table.num_embeddings]
         return list(stacks.values())
 
     # -- the forward --------------------------------------------------------------------
@@ -276,17 +298,24 @@ class EmbeddingBagCollection:
         optimizer = self.optimizer
         if optimizer is not None:
             optimizer.catch_up_stacks([ids for ids, _, _ in combined])
-        contexts = []
-        out, views = self._outputs(num_bags)
-        for stack, view, (ids, offsets, weights) in zip(
-            self._stacks, views, combined, strict=True
-        ):
-            contexts.append(
-                backend_for(stack.weight).stack_forward(
-                    stack.weight, ids, offsets, weights, stack.options, view
-                )
+        # 64-byte aligned on the CPU: a row then fills whole cache lines, where a
+        # feature-major forward writes the rows of one feature far apart (NumPy's own
+        # alignment made it 1.2 ms slower of 4.9 at B = 2048, 26 features, D = 64).
+        out = self._backend.table(
+            (num_bags, self.embedding_dim), self._stacks[0].weight.dtype
+        )
+        contexts = [
+            self._backend.stack_forward(
+                stack.weight,
+                ids,
+                offsets,
+                weights,
+                stack.options,
+                out,
+                stack.column_starts,
             )
-        self._assemble(out, views)
+            for stack, (ids, offsets, weights) in zip(self._stacks, combined, strict=True)
+        ]
         self._ctx = CollectionContext(num_bags, contexts)
         return out
 
@@ -334,29 +363,21 @@ class EmbeddingBagCollection:
             indices, offsets, weights = (*value, None)[:3]
         else:
             indices, offsets, weights = value, None, None
-        indices = checks.check_indices(indices)
-        offsets, append_end, num_bags = checks.bag_offsets(offsets, indices, False)
-        starts = offsets[:num_bags] if not append_end else offsets
-        if weights is not None:
-            dtype = self.weights[table.name].dtype
-            weights = checks.check_per_sample_weights(
-                weights, indices, Mode.parse(table.mode), dtype
+        return _FeatureBatch(
+            *self._backend.check_feature(
+                indices, offsets, weights, Mode.parse(table.mode),
+                self.weights[table.name].dtype,
             )
-        flat = checks.flat_contiguous(indices)
-        return _FeatureBatch(flat, num_bags, starts, weights, indices, offsets)
+        )  # fmt: skip
 
     def _combine(
         self, stack: _Stack, batch: dict[str, _FeatureBatch], num_bags: int
     ) -> tuple:
         """The stack's bags for this batch: (ids, CSR offsets, weights or None)."""
         entries = [batch[f] for f in stack.features]
-        bag_starts = np.empty((len(entries), num_bags), dtype=np.int64)
-        for k, entry in enumerate(entries):
-            bag_starts[k] = entry.starts
-        status, ids, offsets, weights = backend_for(stack.weight).combine_features(
+        status, ids, offsets, weights = self._backend.combine_features(
             [entry.ids for entry in entries],
-            np.array([entry.ids.shape[0] for entry in entries], dtype=np.int64),
-            bag_starts,
+            [entry.starts for entry in entries],
             stack.feature_tables,
             stack.pad_row,
             [entry.weights for entry in entries],
@@ -367,61 +388,35 @@ class EmbeddingBagCollection:
         return ids, offsets, weights
 
     def _raise_for(self, stack: _Stack, batch: dict, status: int) -> None:
-        """Raise the error, naming the feature, for what ``combine_features`` found."""
+        """Raise the error, naming the feature, for what ``combine_features`` found (a
+        bad offset or id): the first feature with either, its offsets checked first."""
         for name in stack.features:
             entry = batch[name]
+            indices, offsets = (
+                self._backend.to_host(x) if is_device_array(x) else x
+                for x in (entry.indices, entry.offsets)
+            )
             num_rows = self._table_of[name].num_embeddings
             try:
-                if status == BAD_OFFSETS:
-                    checks.check_offsets_values(entry.offsets, entry.ids.shape[0])
-                elif status == BAD_ID:
-                    checks.check_bag_contents(entry.indices, entry.offsets, num_rows)
+                checks.check_offsets_values(offsets, indices.size)
+                checks.check_bag_contents(indices, offsets, num_rows)
             except (ValueError, IndexError) as error:
                 table = self._table_of[name].name
                 raise type(error)(f"feature {name!r} (table {table!r}): {error}") from None
         raise RuntimeError(f"combine_features returned {status} for valid input")
 
-    def _outputs(self, num_bags: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The (B, embedding_dim) output and each stack's (B, F, D) view to write:
-        with one stack, a view of the output itself; else an array of its own."""
-        # 64-byte aligned: a row then fills whole cache lines, where a feature-major
-        # forward writes the rows of one feature far apart (NumPy's own alignment
-        # made it 1.2 ms slower of 4.9 at B = 2048, 26 features, D = 64, measured).
-        dtype = self._stacks[0].weight.dtype
-        out = aligned_empty((num_bags, self.embedding_dim), dtype)
-        if len(self._stacks) == 1:
-            stack = self._stacks[0]
-            return out, [out.reshape(num_bags, len(stack.features), stack.dim)]
-        return out, [
-            aligned_empty((num_bags, len(stack.features), stack.dim), dtype)
-            for stack in self._stacks
-        ]
-
-    def _assemble(self, out: np.ndarray, views: list[np.ndarray]) -> None:
-        """Copy each stack's features into their columns (unless written in place)."""
-        if len(self._stacks) == 1:
-            return
-        for stack, view in zip(self._stacks, views, strict=True):
-            for k, feature in enumerate(stack.features):
-                out[:, self.columns[feature]] = view[:, k]
-
     # -- the backward and the step ------------------------------------------------------
     def _stack_grads(self, grad_output) -> list[np.ndarray]:
         """``grad_output`` (B, embedding_dim) as each stack's (F * B, D) gradient."""
         ctx = self._last_context()
-        grad_output = checks.as_array(grad_output, "grad_output")
-        checks.check_grad_like(
-            grad_output, (ctx.num_bags, self.embedding_dim), self._stacks[0].weight.dtype
+        dtype = self._stacks[0].weight.dtype
+        grad_output = self._backend.check_collection_grad(
+            grad_output, (ctx.num_bags, self.embedding_dim), dtype
         )
-        grads = []
-        for stack in self._stacks:  # feature-major: the stack's bag f * B + b
-            by_feature = np.empty(
-                (len(stack.features), ctx.num_bags, stack.dim), dtype=stack.weight.dtype
-            )
-            for k, feature in enumerate(stack.features):
-                by_feature[k] = grad_output[:, self.columns[feature]]
-            grads.append(by_feature.reshape(-1, stack.dim))
-        return grads
+        return [
+            self._backend.stack_gradient(grad_output, stack.column_starts, stack.dim, dtype)
+            for stack in self._stacks
+        ]
 
     def backward(self, grad_output) -> dict[str, RowSparseGrad]:
         """The gradient of the last forward: ``{table name: RowSparseGrad (V, D)}``
@@ -432,10 +427,11 @@ class EmbeddingBagCollection:
             self._stacks, self._stack_grads(grad_output), ctx.contexts, strict=True
         ):
             stacked = embedding_bag_bwd(grad, stack_ctx)
+            stacked_rows = self._backend.to_host(stacked.rows)
             for name, base, rows in stack.table_rows():
-                first, last = np.searchsorted(stacked.rows, (base, base + rows))
-                grads[name] = RowSparseGrad(
-                    stacked.rows[first:last] - base,
+                first, last = np.searchsorted(stacked_rows, (base, base + rows))
+                grads[name] = RowSparseGrad._trusted(
+                    self._backend.from_host(stacked_rows[first:last] - base),
                     stacked.values[first:last],
                     (rows, stack.dim),
                 )
@@ -469,8 +465,10 @@ class EmbeddingBagCollection:
 
     # -- checkpoints, repr ----------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        """``{table name: a copy of its weight}``."""
-        return {name: weight.copy() for name, weight in self.weights.items()}
+        """``{table name: a copy of its weight}`` (NumPy arrays, on either device)."""
+        return {
+            name: self._backend.to_host(weight) for name, weight in self.weights.items()
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         """Copy each table's weight in; every table is checked first."""
@@ -480,7 +478,7 @@ class EmbeddingBagCollection:
                 raise ValueError(f"state lacks table {name!r}")
             arrays[name] = checks.checked_state_array(name, state[name], weight)
         for name, array in arrays.items():
-            np.copyto(self.weights[name], array)
+            self._backend.copy_into(self.weights[name], array)
 
     def __repr__(self) -> str:
         parts = [
@@ -488,4 +486,5 @@ class EmbeddingBagCollection:
             + (f" features={list(t.features)}" if t.features != (t.name,) else "")
             for t in self.tables
         ]
-        return f"EmbeddingBagCollection({'; '.join(parts)})"
+        where = "" if self.device == "cpu" else f", device={self.device!r}"
+        return f"EmbeddingBagCollection({'; '.join(parts)}{where})"

@@ -66,16 +66,24 @@ class Backend:
         """A new array of this backend holding what ``x`` holds."""
         return self.array(self.host(x).copy())
 
-    def examples(self, strategy, check: Callable, cuda_examples: int = CUDA_EXAMPLES):
-        """Run ``check(example)`` on examples of ``strategy``: as many as the hypothesis
-        profile says on the CPU, ``cuda_examples`` on the GPU."""
+    def examples(
+        self,
+        strategy,
+        check: Callable,
+        cuda_examples: int = CUDA_EXAMPLES,
+        cpu_examples: int | None = None,
+    ):
+        """Run ``check(example)`` on examples of ``strategy``: ``cpu_examples`` (default:
+        as many as the hypothesis profile says) on the CPU, ``cuda_examples`` on the
+        GPU."""
 
         @given(strategy)
         def run(example):
             check(example)
 
-        if self.tiny:
-            run = settings(max_examples=cuda_examples)(run)
+        count = cuda_examples if self.tiny else cpu_examples
+        if count is not None:
+            run = settings(max_examples=count)(run)
         # The test's id keys the example database (each test and backend its own).
         run.hypothesis.inner_test._hypothesis_internal_add_digest = self.node_id.encode()
         run()

@@ -1,6 +1,8 @@
 """EmbeddingBagCollection: its forward, backward and fused steps equal per-feature nbbag
 calls, over random configurations (shared tables, every mode, weights, padding, empty
-bags, both index and float dtypes); bad input names the feature and changes nothing."""
+bags, both index and float dtypes); bad input names the feature and changes nothing.
+On both backends (the ``backend`` fixture): a collection on "cuda" is checked against
+the CPU's per-feature calls on copies of its tables, its batch half device arrays."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from backends import Backend, on_backends
 from hypothesis import strategies as st
 
 import nbbag
@@ -32,8 +34,18 @@ class Setup:
     batch: dict
     num_bags: int
 
-    def collection(self) -> nbbag.EmbeddingBagCollection:
-        return nbbag.EmbeddingBagCollection(self.tables, dtype=self.dtype, seed=1)
+    def collection(self, backend: Backend) -> nbbag.EmbeddingBagCollection:
+        return nbbag.EmbeddingBagCollection(
+            self.tables, dtype=self.dtype, seed=1, device=backend.name
+        )
+
+    def batch_on(self, backend: Backend) -> dict:
+        """The batch, every other feature's arrays on the backend (the rest stay
+        NumPy arrays: a GPU collection takes either)."""
+        return {
+            name: tuple(backend.array(x) for x in entry) if k % 2 == 0 else entry
+            for k, (name, entry) in enumerate(self.batch.items())
+        }
 
 
 @st.composite
@@ -78,7 +90,21 @@ def setups(draw, max_tables=4, dtypes=(np.float32, np.float64)):
     return Setup(tables, dtype, batch, num_bags)
 
 
-def per_feature_forward(coll: nbbag.EmbeddingBagCollection, setup: Setup):
+@dataclass
+class _Tables:
+    """Stands in for a collection in the per-feature helpers: its tables and columns."""
+
+    weights: dict
+    columns: dict
+
+
+def host_tables(coll, backend: Backend) -> _Tables:
+    """Copies of a collection's tables on the host, to run the per-feature calls on."""
+    weights = {name: backend.host(w).copy() for name, w in coll.weights.items()}
+    return _Tables(weights, coll.columns)
+
+
+def per_feature_forward(coll, setup: Setup):
     """Each feature by its own nbbag call: (the output's blocks, the contexts)."""
     blocks, contexts = [], {}
     for table in setup.tables:
@@ -112,9 +138,12 @@ def per_table_grads(coll, setup: Setup, contexts, grad_output) -> dict:
     return grads
 
 
-def dense(grad: nbbag.RowSparseGrad) -> np.ndarray:
-    out = np.zeros(grad.shape, grad.values.dtype)
-    out[grad.rows] = grad.values
+def dense(grad: nbbag.RowSparseGrad, backend: Backend | None = None) -> np.ndarray:
+    rows, values = grad.rows, grad.values
+    if backend is not None:
+        rows, values = backend.host(rows), backend.host(values)
+    out = np.zeros(grad.shape, values.dtype)
+    out[rows] = values
     return out
 
 
@@ -122,63 +151,71 @@ def close(dtype) -> dict:
     return {"rtol": 2e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12}
 
 
-@settings(max_examples=30, deadline=None)
-@given(setups())
-def test_forward_and_backward_equal_per_feature_calls(setup):
-    coll = setup.collection()
-    out = coll(setup.batch)
-    expected, contexts = per_feature_forward(coll, setup)
+def check_forward_and_backward(setup: Setup, backend: Backend) -> None:
+    coll = setup.collection(backend)
+    out = backend.host(coll(setup.batch_on(backend)))
+    expected, contexts = per_feature_forward(host_tables(coll, backend), setup)
     assert out.shape == (setup.num_bags, coll.embedding_dim)
     np.testing.assert_allclose(out, expected, **close(setup.dtype))
     grad_output = np.random.default_rng(2).standard_normal(out.shape).astype(setup.dtype)
-    grads = coll.backward(grad_output)
+    grads = coll.backward(backend.array(grad_output))
     reference = per_table_grads(coll, setup, contexts, grad_output)
     assert sorted(grads) == sorted(reference)
     for name, grad in grads.items():
         assert grad.shape == reference[name].shape
-        np.testing.assert_array_equal(grad.rows, reference[name].rows)
+        np.testing.assert_array_equal(backend.host(grad.rows), reference[name].rows)
         np.testing.assert_allclose(
-            dense(grad), dense(reference[name]), **close(setup.dtype)
+            dense(grad, backend), dense(reference[name]), **close(setup.dtype)
         )
 
 
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-# float32 only: each optimizer's float64 kernels are the single table's, tested in
-# test_optim.py; compiling them again for the stacks would cost CI ~40 s.
-@settings(max_examples=6, deadline=None)
-@given(setup=setups(max_tables=3, dtypes=(np.float32,)))
-def test_fused_steps_equal_per_table_optimizers(optimizer, setup):
-    coll = setup.collection()
+def test_forward_and_backward_equal_per_feature_calls(backend):
+    backend.examples(
+        setups(),
+        lambda setup: check_forward_and_backward(setup, backend),
+        cuda_examples=10,
+        cpu_examples=30,
+    )
+
+
+def check_fused_steps(optimizer: str, setup: Setup, backend: Backend) -> None:
+    coll = setup.collection(backend)
     opt = OPTIMIZERS[optimizer](coll)
     coll.attach(opt)
-    tables = {name: weight.copy() for name, weight in coll.weights.items()}
-    references = {name: OPTIMIZERS[optimizer](weight) for name, weight in tables.items()}
+    tables = host_tables(coll, backend)
+    references = {name: OPTIMIZERS[optimizer](w) for name, w in tables.weights.items()}
     rng = np.random.default_rng(3)
     for _ in range(3):
         for table in setup.tables:  # what the collection's forward does first
             for feature in table.features:
                 references[table.name].catch_up(setup.batch[feature][0])
-        out = coll(setup.batch)
-        expected, contexts = per_feature_forward(_Tables(tables, coll.columns), setup)
+        out = backend.host(coll(setup.batch_on(backend)))
+        expected, contexts = per_feature_forward(tables, setup)
         np.testing.assert_allclose(out, expected, **close(setup.dtype))
         grad_output = rng.standard_normal(out.shape).astype(setup.dtype)
-        coll.step(grad_output)
+        coll.step(backend.array(grad_output))
         grads = per_table_grads(coll, setup, contexts, grad_output)
         for name, grad in grads.items():
             references[name].step(grad)
     opt.flush()
     for name, reference in references.items():
         reference.flush()
-        np.testing.assert_allclose(coll.weights[name], tables[name], **close(setup.dtype))
+        np.testing.assert_allclose(
+            backend.host(coll.weights[name]), tables.weights[name], **close(setup.dtype)
+        )
     assert opt.step_count == 3
 
 
-@dataclass
-class _Tables:
-    """Stands in for a collection in the per-feature helpers: its tables and columns."""
-
-    weights: dict
-    columns: dict
+# float32 only: each optimizer's float64 kernels are the single table's, tested in
+# test_optim.py; compiling them again for the stacks would cost CI ~40 s.
+@on_backends("optimizer", sorted(OPTIMIZERS), cuda=["adam", "sgd-momentum"])
+def test_fused_steps_equal_per_table_optimizers(backend, optimizer):
+    backend.examples(
+        setups(max_tables=3, dtypes=(np.float32,)),
+        lambda setup: check_fused_steps(optimizer, setup, backend),
+        cuda_examples=3,
+        cpu_examples=6,
+    )
 
 
 def test_optimizer_over_a_collection_step_and_hyperparameters():
@@ -208,7 +245,8 @@ def test_optimizer_over_a_collection_step_and_hyperparameters():
     assert "SGD(lr=0.25" in repr(opt) and "2 tables" in repr(opt)
 
 
-def test_checkpoint_resumes_bit_identically():
+@on_backends("device", ["cpu"], cuda=["cuda"])
+def test_checkpoint_resumes_bit_identically(backend, device):
     tables = [
         nbbag.TableConfig("a", 50, 16, "sum", features=["a1", "a2"]),
         nbbag.TableConfig("b", 20, 3, "mean", padding_idx=0),
@@ -223,11 +261,13 @@ def test_checkpoint_resumes_bit_identically():
 
     def train(coll, batches):
         for features, grad_output in batches:
-            coll(features)
-            coll.step(grad_output)
+            coll(
+                {name: tuple(map(backend.array, entry)) for name, entry in features.items()}
+            )
+            coll.step(backend.array(grad_output))
 
     batches = [(batch(), rng.standard_normal((4, 35)).astype(np.float32)) for _ in range(4)]
-    coll = nbbag.EmbeddingBagCollection(tables, seed=0)
+    coll = nbbag.EmbeddingBagCollection(tables, seed=0, device=device)
     opt = nbbag.optim.SGD(coll, lr=0.1, momentum=0.9, weight_decay=0.01)
     coll.attach(opt)
     train(coll, batches[:2])
@@ -236,7 +276,7 @@ def test_checkpoint_resumes_bit_identically():
     train(coll, batches[2:])
     opt.flush()
 
-    resumed = nbbag.EmbeddingBagCollection(tables, seed=5)
+    resumed = nbbag.EmbeddingBagCollection(tables, seed=5, device=device)
     resumed.load_state_dict(weights)
     opt2 = nbbag.optim.SGD(resumed, lr=0.1, momentum=0.9, weight_decay=0.01)
     opt2.load_state_dict(state)
@@ -244,57 +284,64 @@ def test_checkpoint_resumes_bit_identically():
     train(resumed, batches[2:])
     opt2.flush()
     for name in coll.weights:
-        np.testing.assert_array_equal(resumed.weights[name], coll.weights[name])
+        np.testing.assert_array_equal(
+            backend.host(resumed.weights[name]), backend.host(coll.weights[name])
+        )
 
 
 def snapshot(coll, opt) -> list[np.ndarray]:
-    return [w.copy() for w in coll.weights.values()] + [
+    return list(coll.state_dict().values()) + [
         np.asarray(v).copy() for v in opt.state_dict().values()
     ]
 
 
-@pytest.mark.parametrize(
-    ("edit", "error", "message"),
-    [
-        (lambda b: b.update(z=([1], [0])), ValueError, "unknown feature 'z'"),
-        (lambda b: b.pop("liked"), ValueError, "feature 'liked' is missing"),
-        (
-            lambda b: b.update(liked=([1, 2], [0, 1, 2])),
-            ValueError,
-            "feature 'liked' has 3 bags, feature 'user' 2",
-        ),
-        (
-            lambda b: b.update(genre=([1, 20], [0, 1])),
-            IndexError,
-            r"feature 'genre' \(table 'genre'\): indices\[1\] = 20 is outside \[0, 20\)",
-        ),
-        (
-            lambda b: b.update(liked=([1, -1], [0, 1])),
-            IndexError,
-            r"feature 'liked' \(table 'genre'\): indices\[1\] = -1",
-        ),
-        (
-            lambda b: b.update(item=([1, 2], [0, 1], [0.5, 1.0])),
-            ValueError,
-            "feature 'item': per_sample_weights is not supported with mode 'max'",
-        ),
-        (
-            lambda b: b.update(user=([1, 2], [1, 1])),
-            ValueError,
-            r"feature 'user' \(table 'user'\): offsets\[0\] must be 0",
-        ),
-        (
-            lambda b: b.update(user=([1.0, 2.0], [0, 1])),
-            TypeError,
-            "feature 'user': indices must be int32 or int64",
-        ),
-    ],
-    ids=[
-        "unknown", "missing", "mismatched-B", "id-past-table", "negative-id",
-        "weights-on-max", "bad-offsets", "float-ids",
-    ],
+BAD_INPUTS = dict(
+    zip(
+        ["unknown", "missing", "mismatched-B", "id-past-table", "negative-id",
+         "weights-on-max", "bad-offsets", "float-ids"],
+        [
+            (lambda b: b.update(z=([1], [0])), ValueError, "unknown feature 'z'"),
+            (lambda b: b.pop("liked"), ValueError, "feature 'liked' is missing"),
+            (
+                lambda b: b.update(liked=([1, 2], [0, 1, 2])),
+                ValueError,
+                "feature 'liked' has 3 bags, feature 'user' 2",
+            ),
+            (
+                lambda b: b.update(genre=([1, 20], [0, 1])),
+                IndexError,
+                r"feature 'genre' \(table 'genre'\): indices\[1\] = 20 is outside "
+                r"\[0, 20\)",
+            ),
+            (
+                lambda b: b.update(liked=([1, -1], [0, 1])),
+                IndexError,
+                r"feature 'liked' \(table 'genre'\): indices\[1\] = -1",
+            ),
+            (
+                lambda b: b.update(item=([1, 2], [0, 1], [0.5, 1.0])),
+                ValueError,
+                "feature 'item': per_sample_weights is not supported with mode 'max'",
+            ),
+            (
+                lambda b: b.update(user=([1, 2], [1, 1])),
+                ValueError,
+                r"feature 'user' \(table 'user'\): offsets\[0\] must be 0",
+            ),
+            (
+                lambda b: b.update(user=([1.0, 2.0], [0, 1])),
+                TypeError,
+                "feature 'user': indices must be int32 or int64",
+            ),
+        ],
+        strict=True,
+    )
 )  # fmt: skip
-def test_bad_input_names_the_feature_and_changes_nothing(edit, error, message):
+
+
+@on_backends("case", list(BAD_INPUTS))
+def test_bad_input_names_the_feature_and_changes_nothing(backend, case):
+    edit, error, message = BAD_INPUTS[case]
     coll = nbbag.EmbeddingBagCollection(
         [
             nbbag.TableConfig("user", 10, 4, "sum"),
@@ -302,6 +349,7 @@ def test_bad_input_names_the_feature_and_changes_nothing(edit, error, message):
             nbbag.TableConfig("genre", 20, 2, "mean", features=["genre", "liked"]),
         ],
         seed=0,
+        device=backend.name,
     )
     opt = nbbag.optim.SGD(coll, lr=0.1, momentum=0.9, weight_decay=0.1)
     coll.attach(opt)
@@ -316,6 +364,10 @@ def test_bad_input_names_the_feature_and_changes_nothing(edit, error, message):
     before = snapshot(coll, opt)
     bad = dict(good)
     edit(bad)
+    bad = {  # on the GPU, device arrays: checked there
+        name: tuple(backend.array(np.asarray(x)) for x in entry)
+        for name, entry in bad.items()
+    }
     with pytest.raises(error, match=message):
         coll(bad)
     for was, now in zip(before, snapshot(coll, opt), strict=True):

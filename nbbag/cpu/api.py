@@ -119,19 +119,6 @@ def _bag_rows(out: np.ndarray) -> np.ndarray:
     return out.transpose(1, 0, 2).reshape(-1, out.shape[2])
 
 
-@guarded
-def stack_forward(weight, indices, offsets, per_sample_weights, options, out):
-    """:func:`embedding_bag_fwd` of a collection's stack, into ``out`` (B', F, D): the
-    stack's bag f * B' + b' (feature f's bag b', feature-major) goes to ``out[b', f]``,
-    so that a stack's features land side by side in the collection's output."""
-    num_bags = offsets.shape[0] - 1  # CSR offsets: the collection's, made by it
-    if out.shape[0] * out.shape[1] != num_bags or out.shape[2] != weight.shape[1]:
-        raise ValueError(f"out {out.shape} does not hold {num_bags} bags of the stack")
-    return _forward(
-        weight, indices, offsets, per_sample_weights, options, True, out, stacked=True
-    )[1]
-
-
 def _private(array: np.ndarray, given) -> np.ndarray:
     """``array`` (checked from the caller's ``given``) or, where it may be the caller's
     own memory, a copy: one that nbbag allocated owns its data and is not ``given``."""
@@ -172,23 +159,43 @@ def _first_bad_id(flat, num_rows: int) -> int:
     return checks.first_outside(flat, num_rows)
 
 
-# -- a collection's features as one stack's bags -----------------------------------------
+# -- a collection: its features as one stack's bags ---------------------------------
+def from_host(array: np.ndarray) -> np.ndarray:
+    """A host array (a new stack's rows, a gradient's rows) as this backend's: itself."""
+    return array
+
+
+def check_feature(indices, offsets, per_sample_weights, mode, dtype) -> tuple:
+    """One feature of a collection's batch, checked but for the values of its offsets
+    and ids (:func:`combine_features` checks those): (flat ids, B, bag starts (B,),
+    weights (N,) in ``dtype`` or None, indices and offsets as read, for messages)."""
+    indices = checks.check_indices(indices)
+    offsets, append_end, num_bags = checks.bag_offsets(offsets, indices, False)
+    weights = checks.check_per_sample_weights(per_sample_weights, indices, mode, dtype)
+    starts = offsets if append_end else offsets[:num_bags]
+    return checks.flat_contiguous(indices), num_bags, starts, weights, indices, offsets
+
+
 @guarded
-def combine_features(ids, lengths, bag_starts, tables, pad_row: int, weights, dtype):
+def combine_features(ids, starts, tables, pad_row: int, weights, dtype):
     """(status, ids, CSR offsets, weights or None) of a stack's bags
-    (:func:`nbbag.cpu.collection.combine_features`) from its features' ``ids`` and
-    ``weights`` (lists, a feature's weights None where it has none: 1 for each of its
-    tokens), their ``lengths`` and ``bag_starts`` (F, B); ``tables`` the (row_base,
-    num_rows, padding) arrays (F,) of the features' tables."""
+    (:func:`nbbag.cpu.collection.combine_features`) from its features' ``ids``,
+    bag ``starts`` (B,) and ``weights`` (lists; a feature's weights None where it has
+    none: 1 for each of its tokens); ``tables`` the (row_base, num_rows, padding)
+    arrays (F,) of the features' tables."""
+    lengths = np.array([feature_ids.shape[0] for feature_ids in ids], dtype=np.int64)
     token_starts = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=token_starts[1:])
-    flat = np.concatenate(ids)
-    out_ids = np.empty(flat.shape[0], dtype=np.int64)
+    bag_starts = np.empty((len(starts), starts[0].shape[0]), dtype=np.int64)
+    for f, feature_starts in enumerate(starts):
+        bag_starts[f] = feature_starts
+    out_ids = np.empty(token_starts[-1], dtype=np.int64)
     out_offsets = np.empty(bag_starts.size + 1, dtype=np.int64)
+    status = np.full(1, OK, dtype=np.int64)
     row_base, num_rows, padding = tables
-    status = collection.combine_features(
-        flat, token_starts, bag_starts, row_base, num_rows, padding, pad_row, out_ids,
-        out_offsets,
+    collection.combine_features(
+        np.concatenate(ids), token_starts, bag_starts, row_base, num_rows, padding,
+        pad_row, out_ids, out_offsets, status,
     )  # fmt: skip
     stacked_weights = None
     if any(w is not None for w in weights):  # the tokens keep their order: feature-major
@@ -198,7 +205,54 @@ def combine_features(ids, lengths, bag_starts, tables, pad_row: int, weights, dt
                 for n, w in zip(lengths, weights, strict=True)
             ]
         )
-    return status, out_ids, out_offsets, stacked_weights
+    return int(status[0]), out_ids, out_offsets, stacked_weights
+
+
+@guarded
+def stack_forward(
+    weight, indices, offsets, per_sample_weights, options, out, column_starts
+):  # fmt: skip
+    """:func:`embedding_bag_fwd` of a collection's stack (its combined bags) into
+    ``out``, the collection's (B, W) output: the stack's bag f * B + b (feature f's
+    bag b) goes to row b, columns ``column_starts[f]:column_starts[f] + D``.  The
+    kernels write a (B, F, D) array (their bag f * B + b to ``[b, f]``): where the
+    stack holds every feature, ``out`` itself."""
+    num_bags, width = out.shape
+    num_features, dim = column_starts.shape[0], weight.shape[1]
+    if offsets.shape[0] - 1 != num_bags * num_features:
+        raise ValueError(f"out {out.shape} does not hold the stack's bags")
+    in_place = num_features * dim == width  # its features are every column, in order
+    by_feature = (
+        out.reshape(num_bags, num_features, dim)
+        if in_place
+        else aligned_empty((num_bags, num_features, dim), weight.dtype)
+    )
+    ctx = _forward(
+        weight, indices, offsets, per_sample_weights, options, True, by_feature,
+        stacked=True,
+    )[1]  # fmt: skip
+    if not in_place:
+        for f, column in enumerate(column_starts):
+            out[:, column : column + dim] = by_feature[:, f]
+    return ctx
+
+
+def check_collection_grad(grad_output, shape: tuple, dtype):
+    """A collection's ``grad_output``: an array of the output's ``shape``, floating
+    (cast to the tables' ``dtype`` by :func:`stack_gradient`)."""
+    grad_output = checks.as_array(grad_output, "grad_output")
+    checks.check_grad_like(grad_output, shape, dtype)
+    return grad_output
+
+
+def stack_gradient(grad_output, column_starts, dim: int, dtype) -> np.ndarray:
+    """A stack's (F * B, D) gradient, feature-major, from the collection's (B, W)
+    ``grad_output`` (checked): row f * B + b is row b's columns of feature f."""
+    num_bags = grad_output.shape[0]
+    by_feature = np.empty((column_starts.shape[0], num_bags, dim), dtype=dtype)
+    for f, column in enumerate(column_starts):
+        by_feature[f] = grad_output[:, column : column + dim]
+    return by_feature.reshape(-1, dim)
 
 
 # -- the backward ------------------------------------------------------------------------

@@ -10,17 +10,20 @@ major, each table's rows are read together: 20-30% faster than bag-major on 26 t
 measured.)  The forward writes bag ``f * B + b`` to row (b, f) of a (B, F, D) output
 (:func:`nbbag.cpu.forward.output_row`), which is the features' columns side by side.
 
-Arguments: ``ids`` (N,) int32/int64, every feature's ids one after another (feature
-f's at ``token_starts[f]:token_starts[f + 1]``); ``bag_starts`` (F, B) int64, feature
-f's offsets in torch's B form, relative to its own ids; ``row_base``, ``num_rows`` and
+Arguments (the GPU's twin, :mod:`nbbag.cuda.collection`, takes the same): ``ids`` (N,)
+int32/int64, every feature's ids one after another (feature f's at
+``token_starts[f]:token_starts[f + 1]``); ``bag_starts`` (F, B) int64, feature f's
+offsets in torch's B form, relative to its own ids; ``row_base``, ``num_rows`` and
 ``padding`` (F,) int64: where feature f's table starts in the stack, its rows, and its
 padding row (or -1); ``pad_row``: the stack's spare row; ``out_ids`` (N,) and
-``out_offsets`` (F * B + 1,) int64: the stack's bags, in the CSR form.
+``out_offsets`` (F * B + 1,) int64: the stack's bags, in the CSR form; ``status`` (1,)
+int64, set to OK by the caller and lowered to BAD_OFFSETS or BAD_ID by bad input.
 """
 
 from numba import njit, prange
 
-from nbbag.base.constants import BAD_ID, BAD_OFFSETS, OK
+from nbbag.base.constants import BAD_ID, BAD_OFFSETS
+from nbbag.base.features import stack_row, start_is_valid
 from nbbag.base.sort import chunk_bounds
 from nbbag.cpu import PARALLEL
 
@@ -32,17 +35,19 @@ CHUNKS_PER_FEATURE = 16
 @njit(parallel=PARALLEL, cache=True)
 def combine_features(
     ids, token_starts, bag_starts, row_base, num_rows, padding, pad_row, out_ids,
-    out_offsets,
+    out_offsets, status,
 ):  # fmt: skip
     """Write the features' bags as the stack's bags (see the module's docstring): each
     id shifted to its table's rows in the stack, a padding id to ``pad_row``.
 
-    Returns OK, BAD_OFFSETS (a feature's offsets are not valid; ``out_ids`` untouched)
-    or BAD_ID (an id outside its table; ``out_ids`` is then to be discarded).
+    ``status[0]`` becomes BAD_OFFSETS where a feature's offsets are not valid
+    (``out_ids`` then untouched), or BAD_ID where an id is outside its table
+    (``out_ids`` then to be discarded); it is left as it is otherwise.
 
     Ownership: iteration f of the first prange writes ``out_offsets[f * B : (f + 1) *
     B]``; iteration c of the second, the ids of piece c (of feature c //
-    CHUNKS_PER_FEATURE) in ``out_ids``.
+    CHUNKS_PER_FEATURE) in ``out_ids``; the calling thread, ``status`` and the last
+    offset.
     """
     num_features, num_bags = bag_starts.shape
     bad_offsets = 0
@@ -52,11 +57,12 @@ def combine_features(
         previous = 0
         for b in range(num_bags):
             start = bag_starts[f, b]
-            bad_offsets += not ((b > 0 or start == 0) and previous <= start <= count)
+            bad_offsets += not start_is_valid(b, start, previous, count)
             out_offsets[f * num_bags + b] = first + start
             previous = start
     if bad_offsets:
-        return BAD_OFFSETS
+        status[0] = BAD_OFFSETS
+        return
     # With no bags every token is in none: the CSR form of no bags is [0].
     out_offsets[num_features * num_bags] = token_starts[num_features] if num_bags else 0
     bad_ids = 0
@@ -69,7 +75,8 @@ def combine_features(
         )
         base, rows, pad = row_base[f], num_rows[f], padding[f]
         for i in range(token_starts[f] + first, token_starts[f] + last):
-            row = ids[i]
-            bad_ids += row < 0 or row >= rows
-            out_ids[i] = pad_row if row == pad else base + row
-    return OK if bad_ids == 0 else BAD_ID
+            row, inside = stack_row(ids[i], base, rows, pad, pad_row)
+            bad_ids += not inside
+            out_ids[i] = row
+    if bad_ids:
+        status[0] = BAD_ID

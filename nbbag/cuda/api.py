@@ -11,9 +11,20 @@ from __future__ import annotations
 import numpy as np
 
 from nbbag import _validate
+from nbbag.base.constants import OK
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
 from nbbag.base.schedule import Schedule
-from nbbag.cuda import arrays, backward, checks, forward, grouping, launch, optim, variants
+from nbbag.cuda import (
+    arrays,
+    backward,
+    checks,
+    collection,
+    forward,
+    grouping,
+    launch,
+    optim,
+    variants,
+)
 from nbbag.sparse import RowSparseGrad
 
 NAME = "cuda"
@@ -85,6 +96,108 @@ def _run_forward(batch: BagBatch, keep_context: bool, out=None):
         grid, block = launch.grouped(num_bags, dim)
         variants.forward_launch(grid, block, batch, out, argmax)
     return out, argmax
+
+
+# -- a collection: its features as one stack's bags ---------------------------------
+def from_host(array: np.ndarray):
+    """A host array (a new stack's rows, a gradient's rows) as a device array."""
+    return arrays.to_device(array)
+
+
+def check_feature(indices, offsets, per_sample_weights, mode, dtype) -> tuple:
+    """:func:`nbbag.cpu.api.check_feature` for host or device arrays: device ones are
+    checked for dtype and shape here, their values on the device by
+    :func:`combine_features`."""
+    on_device = arrays.is_device(indices)
+    indices = (
+        checks.device_indices(indices) if on_device else _validate.check_indices(indices)
+    )
+    if offsets is not None and arrays.is_device(offsets) and indices.ndim == 1:
+        offsets = checks.device_index_array(offsets, "offsets")
+        _validate.check_offsets_shape(offsets, False)
+        starts, num_bags = offsets, offsets.shape[0]
+    else:  # host offsets, or those of 2-D indices (refusing any given with them)
+        offsets, append_end, num_bags = _validate.bag_offsets(offsets, indices, False)
+        starts = offsets if append_end else offsets[:num_bags]
+    weights = None
+    if per_sample_weights is not None and arrays.is_device(per_sample_weights):
+        weights = checks.check_device_per_sample_weights(
+            per_sample_weights, indices.shape, mode, dtype
+        )
+    else:
+        weights = _validate.check_per_sample_weights(
+            per_sample_weights, indices, mode, dtype
+        )
+    flat = indices.reshape(indices.size)
+    return flat, num_bags, starts, weights, indices, offsets
+
+
+def combine_features(ids, starts, tables, pad_row: int, weights, dtype):
+    """:func:`nbbag.cpu.api.combine_features` on the device: the features' arrays
+    (host or device) gathered into device arrays, then one kernel."""
+    lengths = [feature_ids.shape[0] for feature_ids in ids]
+    token_starts = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=token_starts[1:])
+    num_features, num_bags = len(starts), starts[0].shape[0]
+    bag_starts = arrays.concatenated(starts, [num_bags] * num_features, np.int64)
+    out_ids = arrays.empty(int(token_starts[-1]), np.int64)
+    out_offsets = arrays.empty(num_features * num_bags + 1, np.int64)
+    status = arrays.to_device(np.full(1, OK, dtype=np.int64))
+    grid, block = launch.linear(max(num_features * num_bags, out_ids.shape[0], 1))
+    collection.combine_features[grid, block](
+        arrays.concatenated(ids, lengths, np.int64), arrays.to_device(token_starts),
+        bag_starts.reshape(num_features, num_bags), *tables, pad_row, out_ids,
+        out_offsets, status,
+    )  # fmt: skip
+    stacked_weights = None
+    if any(w is not None for w in weights):  # None: 1 for each of the feature's tokens
+        stacked_weights = arrays.concatenated(weights, lengths, dtype)
+    return int(status.copy_to_host()[0]), out_ids, out_offsets, stacked_weights
+
+
+def stack_forward(
+    weight, indices, offsets, per_sample_weights, options, out, column_starts
+):  # fmt: skip
+    """:func:`nbbag.cpu.api.stack_forward` on the device: the forward kernels write
+    the stack's (F * B, D) rows, then ``move_features`` puts them in their columns."""
+    batch = BagBatch(weight, indices, offsets, per_sample_weights, options, indices.shape)
+    stack_out, argmax = _run_forward(batch, True)
+    _move_features(stack_out, column_starts, out, True)
+    # The output the weights' gradient of mean and sqrtn reads: the stack's own rows
+    # (the caller never sees them, so no copy).
+    kept = None
+    if per_sample_weights is not None and options.mode.divides:
+        kept = stack_out
+    return BagContext(batch, kept, argmax)
+
+
+def _move_features(stack_rows, column_starts, wide, to_wide: bool) -> None:
+    count, dim = stack_rows.shape
+    if count and dim:
+        grid, block = launch.grouped(count, dim)
+        collection.move_features[grid, block](stack_rows, column_starts, wide, to_wide)
+
+
+def check_collection_grad(grad_output, shape: tuple, dtype):
+    """A collection's ``grad_output`` as a C-contiguous device array of the tables'
+    ``dtype`` (a host one copied over), of the output's ``shape``."""
+    if arrays.is_device(grad_output):
+        grad_output = arrays.as_device(grad_output)
+    else:
+        grad_output = _validate.as_array(grad_output, "grad_output")
+    _validate.check_grad_like(grad_output, shape, dtype)
+    if not arrays.is_device(grad_output):
+        return arrays.to_device(np.ascontiguousarray(grad_output, dtype=dtype))
+    if not grad_output.is_c_contiguous():
+        raise ValueError("grad_output must be C-contiguous")
+    return arrays.cast(grad_output, dtype)
+
+
+def stack_gradient(grad_output, column_starts, dim: int, dtype):
+    """:func:`nbbag.cpu.api.stack_gradient` on the device (``move_features``)."""
+    rows = arrays.empty((column_starts.shape[0] * grad_output.shape[0], dim), dtype)
+    _move_features(rows, column_starts, grad_output, False)
+    return rows
 
 
 # -- the backward ------------------------------------------------------------------------

@@ -138,3 +138,44 @@ def arange(out) -> None:
     if out.shape[0]:
         grid, block = launch.linear(out.shape[0])
         _arange_kernel[grid, block](out)
+
+
+def copy_into(target, source) -> None:
+    """Copy host or device ``source`` into the C-contiguous device ``target`` of the
+    same size, converting the elements to ``target``'s dtype."""
+    if not target.size:
+        return
+    if not is_device(source):
+        target.copy_to_device(np.ascontiguousarray(source, dtype=target.dtype))
+        return
+    source = as_device(source).reshape(target.size)
+    if source.dtype == target.dtype:
+        target.copy_to_device(source)
+    else:
+        grid, block = launch.linear(target.size)
+        _cast_kernel[grid, block](source, target.reshape(target.size))
+
+
+def concatenated(pieces, lengths, dtype, missing=1):
+    """``pieces`` (host or device arrays, each read flat; None stands for ``lengths``
+    of ``missing``) one after another, as one new 1-D device array of ``dtype``: one
+    copy from the host when none is on the device."""
+    if not any(is_device(piece) for piece in pieces):
+        return to_device(
+            np.concatenate(
+                [
+                    np.full(n, missing, dtype) if piece is None else np.ravel(piece)
+                    for piece, n in zip(pieces, lengths, strict=True)
+                ]
+            ).astype(dtype, copy=False)
+        )
+    out = empty(sum(lengths), dtype)
+    position = 0
+    for piece, n in zip(pieces, lengths, strict=True):
+        target = out[position : position + n]
+        if piece is None:
+            fill(target, missing)
+        else:
+            copy_into(target, piece)
+        position += n
+    return out

@@ -133,7 +133,7 @@ def check_weight(weight):
     return weight
 
 
-def _device_index_array(value, name: str):
+def device_index_array(value, name: str):
     array = arrays.as_device(value)
     if array.dtype not in INDEX_DTYPES:
         raise TypeError(f"{name} must be int32 or int64, got dtype {array.dtype}")
@@ -142,11 +142,17 @@ def _device_index_array(value, name: str):
     return array
 
 
-def check_device_indices(indices, num_rows: int):
-    """Device ``indices``: dtype, rank and range checked on the device."""
-    indices = _device_index_array(indices, "indices")
+def device_indices(indices):
+    """Device ``indices``: dtype and rank checked (the values are not read)."""
+    indices = device_index_array(indices, "indices")
     if indices.ndim not in (1, 2):
         raise ValueError(f"indices must be 1-D or 2-D, got shape {indices.shape}")
+    return indices
+
+
+def check_device_indices(indices, num_rows: int):
+    """Device ``indices``: dtype, rank and range checked on the device."""
+    indices = device_indices(indices)
     flat = indices.reshape(indices.size)
     position = first_outside(flat, 0, num_rows)
     if position >= 0:
@@ -157,7 +163,7 @@ def check_device_indices(indices, num_rows: int):
 
 def check_device_offsets(offsets, indices, include_last_offset: bool):
     """Device ``offsets`` (1-D ``indices``) as int64 CSR offsets on the device."""
-    offsets = _device_index_array(offsets, "offsets")
+    offsets = device_index_array(offsets, "offsets")
     num_indices = indices.size
     check_offsets_shape(offsets, include_last_offset)
     count = offsets.shape[0]

@@ -90,13 +90,14 @@ arrays that the record's ``reads`` names, ``t`` the step number from 1::
     rows, last = rows_behind(indices, last_step, target_step)
     advance_rows(step, weight, rows, last, target_step, element_state)  # SGD's catch-up
 
-Collection kernel (see nbbag.cpu.collection; provisional, as the backward's)::
+Collection kernel (see nbbag.cpu.collection)::
 
-    status = combine_features(ids, token_starts, bag_starts, row_base, num_rows, padding,
-                              pad_row, weights, out_ids, out_offsets, out_weights)
-        # F features' bags (ids one after another, bag_starts (F, B) in torch's B form)
-        # as the bags of one stacked table, bag-major (pair b * F + f), each id shifted
-        # by its table's row_base; OK, BAD_OFFSETS (-2) or BAD_ID (-3)
+    combine_features(ids, token_starts, bag_starts, row_base, num_rows, padding,
+                     pad_row, out_ids, out_offsets, status)
+        # F features' bags (their ids one after another, bag_starts (F, B) in torch's
+        # B form) as the bags of one stacked table, feature-major (bag f * B + b),
+        # each id shifted by its table's row_base, a padding id to pad_row; status (1,)
+        # set to OK (-1) first, lowered to BAD_OFFSETS (-2) or BAD_ID (-3)
 
 Example, from a user's own ``@njit`` function::
 

@@ -24,6 +24,10 @@ dimension ``d`` of the tokens ``start:end`` and writes nothing)::
     row_gradient_dev(grad_output, groups, start, end, scale_grad_by_freq, out_row)
         # the calling group writes out_row
 
+The collection's (see :mod:`nbbag.cuda.collection`): ``combine_features``, as the CPU's,
+and ``move_features(stack_rows, column_starts, wide, to_wide)``, a stack's (F * B, D)
+rows to or from their columns of the collection's (B, W) output or gradient.
+
 Backward (see :mod:`nbbag.cuda.backward`) and optimizer kernels (see
 :mod:`nbbag.cuda.optim`) take the CPU kernels' names and arguments (where the CPU
 takes None for an absent array, the GPU has a kernel of its own: a kernel launch
@@ -47,6 +51,7 @@ from nbbag.cuda.backward import (  # noqa: E402
     token_coefficients,
     weighted_token_coefficients,
 )
+from nbbag.cuda.collection import combine_features, move_features  # noqa: E402
 from nbbag.cuda.forward import (  # noqa: E402
     bag_max,
     bag_max_argmax,
@@ -85,11 +90,13 @@ __all__ = [
     "bag_weighted_sum",
     "catch_up_all_rows",
     "catch_up_rows",
+    "combine_features",
     "contributing_rows",
     "group_positions_by_row",
     "group_tokens",
     "max_dim_dev",
     "max_token_coefficients",
+    "move_features",
     "per_sample_weights_grad",
     "renorm_rows",
     "row_gradient_dev",
