@@ -16,6 +16,7 @@ from nbbag.collection import EmbeddingBagCollection, TableConfig
 from nbbag.functional import embedding_bag, embedding_bag_bwd, embedding_bag_fwd
 from nbbag.layer import EmbeddingBag
 from nbbag.modes import Mode
+from nbbag.quantized import QuantizedTable, quantize_rows
 from nbbag.sparse import RowSparseGrad
 
 __all__ = [
@@ -23,11 +24,13 @@ __all__ = [
     "EmbeddingBag",
     "EmbeddingBagCollection",
     "Mode",
+    "QuantizedTable",
     "RowSparseGrad",
     "TableConfig",
     "embedding_bag",
     "embedding_bag_bwd",
     "embedding_bag_fwd",
     "optim",
+    "quantize_rows",
 ]
 __version__ = "0.1.0"

@@ -156,6 +156,12 @@ def check_table_layout(weight, c_contiguous: bool, copy_hint: str) -> None:
 
 def check_weight(weight) -> np.ndarray:
     """Check that ``weight`` is a C-contiguous (V, D) float32/float64 NumPy array."""
+    if getattr(weight, "inference_only", False):
+        raise TypeError(
+            f"a {type(weight).__name__} is for inference only: nbbag.embedding_bag(q, "
+            "...) reads it; gradients, optimizers and layers need a float table "
+            "(q.dequantize() makes one)"
+        )
     if type(weight) is not np.ndarray and not isinstance(weight, np.ndarray):
         raise TypeError(f"weight must be a NumPy array, got {type(weight).__name__}")
     check_table_layout(

@@ -12,6 +12,7 @@ from nbbag._device import backend_for
 from nbbag._validate import check_context, check_flag, forward_options
 from nbbag.base.records import BagContext
 from nbbag.modes import Mode
+from nbbag.quantized import QuantizedTable
 from nbbag.sparse import RowSparseGrad
 
 
@@ -42,7 +43,9 @@ def embedding_bag(
     Parameters
     ----------
     weight : ndarray or device array, shape (V, D), float32 or float64, C-contiguous
-        The embedding table.  Only modified with ``max_norm``.
+        The embedding table.  Only modified with ``max_norm``.  Or a
+        :class:`nbbag.QuantizedTable` (:func:`nbbag.quantize_rows`): its rows are
+        dequantized as they are read, and the output is float32.
     indices : array_like of int32 or int64, shape (N,) or (B, L)
         Row ids in [0, V).  A 2-D array is B bags of length L (``offsets`` must be None).
     offsets : array_like of int32 or int64, shape (B,) or (B + 1,), optional
@@ -149,6 +152,11 @@ def _run(
 ):  # fmt: skip
     """Check the table and the options, then run the backend's ``name``."""
     backend = backend_for(weight)
+    if isinstance(weight, QuantizedTable) and name == "embedding_bag":
+        return _quantized(
+            backend, weight, indices, offsets, per_sample_weights, mode, padding_idx,
+            include_last_offset, max_norm, norm_type, scale_grad_by_freq, **extra,
+        )  # fmt: skip
     try:
         weight = backend.check_table(weight)
     except TypeError as error:
@@ -159,6 +167,25 @@ def _run(
     )  # fmt: skip
     return getattr(backend, name)(
         weight, indices, offsets, per_sample_weights, options, **extra
+    )
+
+
+def _quantized(
+    backend, table, indices, offsets, per_sample_weights, mode, padding_idx,
+    include_last_offset, max_norm, norm_type, scale_grad_by_freq, out=None,
+):  # fmt: skip
+    """The forward of a quantized table (read-only: no ``max_norm``)."""
+    options = forward_options(
+        mode, padding_idx, include_last_offset, max_norm, norm_type, scale_grad_by_freq,
+        table.num_embeddings,
+    )  # fmt: skip
+    if options.max_norm is not None:
+        raise ValueError(
+            "max_norm renorms rows in place: a QuantizedTable is read-only (renorm the "
+            "float table before quantize_rows)"
+        )
+    return backend.quantized_embedding_bag(
+        table, indices, offsets, per_sample_weights, options, out
     )
 
 

@@ -11,7 +11,8 @@ import nbbag.optim
 
 
 @pytest.mark.parametrize(
-    "module", [nbbag.functional, nbbag.layer, nbbag.optim, nbbag.collection]
+    "module",
+    [nbbag.functional, nbbag.layer, nbbag.optim, nbbag.collection, nbbag.quantized],
 )
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -18,7 +18,7 @@ from nbbag._memory import aligned_empty, aligned_full, padded_length
 from nbbag._threads import guarded
 from nbbag.base.constants import OK
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
-from nbbag.cpu import backward, collection, optim, variants
+from nbbag.cpu import backward, collection, optim, quantized, variants
 from nbbag.cpu.checks import index_range
 from nbbag.cpu.forward import offsets_to_csr, renorm_rows
 from nbbag.sparse import RowSparseGrad
@@ -140,13 +140,43 @@ def check_batch(weight, indices, offsets, per_sample_weights, options: ForwardOp
     _check_contents(indices, flat, offsets, append_end, weight.shape[0])
 
 
-def _check_contents(indices, flat, offsets, append_end, num_rows) -> None:
-    """Raise for the first bad offset, then the first id outside the table."""
+def _check_contents(indices, flat, offsets, append_end, num_rows) -> np.ndarray:
+    """Raise for the first bad offset, then the first id outside the table; return
+    the CSR offsets."""
     csr = np.empty(offsets.shape[0] + append_end, dtype=np.int64)
     if not offsets_to_csr(offsets, flat.shape[0], append_end, csr):
         checks.check_offsets_values(offsets, flat.shape[0])
     if _first_bad_id(flat, num_rows) >= 0:
         checks.check_bag_contents(indices, offsets, num_rows)
+    return csr
+
+
+# -- a quantized table's forward ---------------------------------------------------------
+@guarded
+def quantized_embedding_bag(
+    table, indices, offsets, per_sample_weights, options: ForwardOptions, out=None
+):  # fmt: skip
+    """The forward of a :class:`nbbag.QuantizedTable`: float32 (B, D), in ``out`` if
+    given (:func:`nbbag.cpu.quantized.quantized_bags`); everything checked first."""
+    indices = checks.check_indices(indices)
+    offsets, append_end, num_bags = checks.bag_offsets(
+        offsets, indices, options.include_last_offset
+    )
+    weights = checks.check_per_sample_weights(
+        per_sample_weights, indices, options.mode, np.dtype(np.float32)
+    )
+    flat = checks.flat_contiguous(indices)
+    shape = (num_bags, table.embedding_dim)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    else:
+        checks.check_out(out, shape, table.params)
+    csr = _check_contents(indices, flat, offsets, append_end, table.num_embeddings)
+    quantized.quantized_bags(
+        table.data, table.params, table.bits, flat, csr, weights, out,
+        options.padding_idx, int(options.mode),
+    )  # fmt: skip
+    return out
 
 
 def _first_bad_id(flat, num_rows: int) -> int:
