@@ -18,7 +18,7 @@ from nbbag._memory import aligned_empty, aligned_full, padded_length
 from nbbag._threads import guarded
 from nbbag.base.constants import OK
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
-from nbbag.cpu import backward, collection, optim, quantized, variants
+from nbbag.cpu import backward, collection, optim, variants
 from nbbag.cpu.checks import index_range
 from nbbag.cpu.forward import offsets_to_csr, renorm_rows
 from nbbag.sparse import RowSparseGrad
@@ -157,7 +157,7 @@ def quantized_embedding_bag(
     table, indices, offsets, per_sample_weights, options: ForwardOptions, out=None
 ):  # fmt: skip
     """The forward of a :class:`nbbag.QuantizedTable`: float32 (B, D), in ``out`` if
-    given (:func:`nbbag.cpu.quantized.quantized_bags`); everything checked first."""
+    given (:func:`nbbag.cpu.variants.quantized_forward`); everything checked first."""
     indices = checks.check_indices(indices)
     offsets, append_end, num_bags = checks.bag_offsets(
         offsets, indices, options.include_last_offset
@@ -172,9 +172,9 @@ def quantized_embedding_bag(
     else:
         checks.check_out(out, shape, table.params)
     csr = _check_contents(indices, flat, offsets, append_end, table.num_embeddings)
-    quantized.quantized_bags(
+    variants.quantized_forward(
         table.data, table.params, table.bits, flat, csr, weights, out,
-        options.padding_idx, int(options.mode),
+        options.padding_idx, options.mode,
     )  # fmt: skip
     return out
 

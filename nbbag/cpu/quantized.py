@@ -20,7 +20,7 @@ from numba import njit, prange
 from nbbag.base.sort import chunk_bounds
 from nbbag.cpu import PARALLEL
 from nbbag.cpu._intrinsics import prefetch_row
-from nbbag.cpu.rows import prefetch_distance
+from nbbag.cpu.rows import prefetch_distance, store_sum, sum_buffer
 from nbbag.modes import Mode
 
 # Bags per chunk, at least (each prange iteration runs one chunk of bags).
@@ -67,9 +67,10 @@ def _prefetch_ahead(data, indices, position):
 
 @njit(cache=True, inline="always")
 def _sum_bag(data, params, bits, indices, per_sample_weights, start, end, padding_idx,
-             out_row, mode):  # fmt: skip
-    """Bag ``start:end`` reduced by sum, mean or sqrtn into ``out_row`` (float32)."""
-    out_row[:] = 0
+             out_row, mode, lanes):  # fmt: skip
+    """Bag ``start:end`` reduced by sum, mean or sqrtn into ``out_row`` (float32), the
+    sum made in :func:`~nbbag.cpu.rows.sum_buffer` (registers, with ``lanes``)."""
+    total = sum_buffer(out_row, params, lanes)
     bias_total = 0.0
     weight_sum = 0.0
     weight_square_sum = 0.0
@@ -81,7 +82,7 @@ def _sum_bag(data, params, bits, indices, per_sample_weights, start, end, paddin
         if row == padding_idx:
             continue
         w = np.float32(1) if per_sample_weights is None else per_sample_weights[p]
-        _add_codes(out_row, data, row, w * params[row, last - 1], bits)
+        _add_codes(total, data, row, w * params[row, last - 1], bits)
         bias_total += w * params[row, last]
         weight_sum += w
         weight_square_sum += w * w
@@ -93,13 +94,14 @@ def _sum_bag(data, params, bits, indices, per_sample_weights, start, end, paddin
     scale = np.float32(0.0 if divisor == 0 else 1.0 / divisor)  # empty: zeros
     bias_total = np.float32(bias_total)
     for d in range(out_row.shape[0]):
-        out_row[d] = (out_row[d] + bias_total) * scale
+        out_row[d] = (total[d] + bias_total) * scale
 
 
 @njit(cache=True, inline="always")
-def _max_bag(data, params, bits, indices, start, end, padding_idx, out_row):
-    """Bag ``start:end``'s elementwise max into ``out_row`` (zeros for no rows)."""
-    out_row[:] = 0
+def _max_bag(data, params, bits, indices, start, end, padding_idx, out_row, lanes):
+    """Bag ``start:end``'s elementwise max into ``out_row`` (zeros for no rows), made
+    in :func:`~nbbag.cpu.rows.sum_buffer`."""
+    total = sum_buffer(out_row, params, lanes)
     first = True
     last = params.shape[1] - 1
     distance = prefetch_distance(data.shape[1])
@@ -108,20 +110,21 @@ def _max_bag(data, params, bits, indices, start, end, padding_idx, out_row):
         row = indices[p]
         if row == padding_idx:
             continue
-        _max_codes(
-            out_row, data, row, params[row, last - 1], params[row, last], bits, first
-        )
+        _max_codes(total, data, row, params[row, last - 1], params[row, last], bits, first)
         first = False
+    store_sum(total, out_row, lanes)
 
 
 @njit(parallel=PARALLEL, cache=True)
 def quantized_bags(
-    data, params, bits, indices, offsets, per_sample_weights, out, padding_idx, mode
+    data, params, bits, indices, offsets, per_sample_weights, out, padding_idx, mode,
+    lanes=None,
 ):  # fmt: skip
     """out[b] = bag b's rows (``indices[offsets[b]:offsets[b + 1]]``, CSR offsets,
     ids trusted), dequantized and reduced by ``mode`` (a :class:`nbbag.Mode`), as the
     float kernels do: padding left out, an empty bag zeros, ``per_sample_weights``
-    (float32 or None; not with max) weighting sum, mean and sqrtn.
+    (float32 or None; not with max) weighting sum, mean and sqrtn.  ``lanes``:
+    :func:`~nbbag.cpu.rows.lanes_for` of D (the sums then live in registers) or None.
 
     Ownership: iteration c of the prange writes ``out[b]`` for the bags b of chunk c.
     """
@@ -132,9 +135,11 @@ def quantized_bags(
         for b in range(first, last):
             start, end = offsets[b], offsets[b + 1]
             if mode == Mode.MAX:
-                _max_bag(data, params, bits, indices, start, end, padding_idx, out[b])
+                _max_bag(
+                    data, params, bits, indices, start, end, padding_idx, out[b], lanes
+                )
             else:
                 _sum_bag(
                     data, params, bits, indices, per_sample_weights, start, end,
-                    padding_idx, out[b], mode,
+                    padding_idx, out[b], mode, lanes,
                 )  # fmt: skip

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from nbbag.cpu import backward, forward, optim
+from nbbag.cpu import backward, forward, optim, quantized
 from nbbag.cpu.rows import lanes_for
 from nbbag.modes import Mode
 
@@ -158,3 +158,19 @@ def apply_row_gradients(step, weight, rows, values, state, t) -> None:
     """:func:`nbbag.cpu.optim.apply_row_gradients`."""
     element_state, row_state = state
     optim.apply_row_gradients(step, weight, rows, values, element_state, row_state, t)
+
+
+def quantized_forward(
+    data, params, bits, indices, offsets, weights, out, padding_idx, mode
+):
+    """A quantized table's forward (:func:`nbbag.cpu.quantized.quantized_bags`), its
+    sums in registers where D has ``lanes``.  One specialisation a width: the ids as
+    int64 and the weights always an array (ones where there are none; the kernel
+    multiplies by a token's weight either way), so that the kernel compiles once per
+    ``lanes`` instead of four times."""
+    if weights is None:
+        weights = np.ones(indices.shape[0], dtype=np.float32)
+    quantized.quantized_bags(
+        data, params, bits, indices.astype(np.int64, copy=False), offsets, weights,
+        out, padding_idx, int(mode), lanes_for(out.shape[1]),
+    )  # fmt: skip
