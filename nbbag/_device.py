@@ -9,6 +9,7 @@ backend is loaded the first time a device array arrives.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ def backend_for(array):
     return cuda_backend()
 
 
-def backend_named(device) -> object:
+def backend_named(device) -> Any:
     """The host module for ``device``, "cpu" or "cuda" (where a new table is made)."""
     if device == "cpu":
         return cpu_api

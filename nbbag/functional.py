@@ -151,8 +151,9 @@ def _run(
     include_last_offset, max_norm, norm_type, scale_grad_by_freq, **extra,
 ):  # fmt: skip
     """Check the table and the options, then run the backend's ``name``."""
-    backend = backend_for(weight)
-    if isinstance(weight, QuantizedTable) and name == "embedding_bag":
+    quantized = isinstance(weight, QuantizedTable)
+    backend = backend_for(weight.data if quantized else weight)
+    if quantized and name == "embedding_bag":
         return _quantized(
             backend, weight, indices, offsets, per_sample_weights, mode, padding_idx,
             include_last_offset, max_norm, norm_type, scale_grad_by_freq, **extra,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from nbbag import _validate as checks
+from nbbag._device import backend_named, is_device_array
 
 __all__ = ["QuantizedTable", "quantize_rows"]
 
@@ -53,23 +54,25 @@ class QuantizedTable:
 
     Attributes
     ----------
-    data : ndarray (V, P) uint8
-        The rows (see the module's docstring for the layout).
+    data : ndarray (V, P) uint8, or a device array
+        The rows (see the module's docstring for the layout); on the GPU after
+        :meth:`to_device` (the forward then runs there and returns a device array).
     bits : {8, 4}
     num_embeddings, embedding_dim : int
     """
 
     inference_only = True  # what the float-table entry points check for
 
-    def __init__(self, data: np.ndarray, bits: int, embedding_dim: int):
+    def __init__(self, data: Any, bits: int, embedding_dim: int):
         bits = _check_bits(bits)
         expected = _row_bytes(embedding_dim, bits)
+        on_device = is_device_array(data)
         if (
-            not isinstance(data, np.ndarray)
+            not (isinstance(data, np.ndarray) or on_device)
             or data.dtype != np.uint8
             or data.ndim != 2
             or data.shape[1] != expected
-            or not data.flags.c_contiguous
+            or not (data.is_c_contiguous() if on_device else data.flags.c_contiguous)
         ):
             raise ValueError(
                 f"data must be a C-contiguous (V, {expected}) uint8 array for D = "
@@ -82,23 +85,38 @@ class QuantizedTable:
         self.params = data.view(np.float32)  # (V, P / 4): scale, bias at the end
 
     @property
+    def on_device(self) -> bool:
+        return is_device_array(self.data)
+
+    def to_device(self) -> QuantizedTable:
+        """The table with its rows copied to the GPU (needs the ``cuda`` extra)."""
+        return QuantizedTable(
+            backend_named("cuda").from_host(self._host_data()),
+            self.bits,
+            self.embedding_dim,
+        )
+
+    def _host_data(self) -> np.ndarray:
+        return self.data.copy_to_host() if self.on_device else self.data
+
+    @property
     def shape(self) -> tuple[int, int]:
         return (self.num_embeddings, self.embedding_dim)
 
     @property
     def scale(self) -> np.ndarray:
-        """(V,) float32, each row's scale (a view)."""
-        return self.params[:, -2]
+        """(V,) float32, each row's scale (a host copy for a device table)."""
+        return self._host_data().view(np.float32)[:, -2]
 
     @property
     def bias(self) -> np.ndarray:
-        """(V,) float32, each row's bias: its smallest value (a view)."""
-        return self.params[:, -1]
+        """(V,) float32, each row's bias: its smallest value (likewise)."""
+        return self._host_data().view(np.float32)[:, -1]
 
     def codes(self, rows=None) -> np.ndarray:
         """(V, D) uint8: every row's codes, unpacked (a new array); only ``rows``
         (an index array) if given."""
-        packed = self.data[:, : _code_bytes(self.embedding_dim, self.bits)]
+        packed = self._host_data()[:, : _code_bytes(self.embedding_dim, self.bits)]
         if rows is not None:
             packed = packed[rows]
         if self.bits == 8:
@@ -111,9 +129,9 @@ class QuantizedTable:
     def dequantize(self, rows=None) -> np.ndarray:
         """(V, D) float32: ``codes * scale + bias`` row by row; only ``rows`` (an
         index array, in its order) if given."""
-        scale, bias = (
-            (self.scale, self.bias) if rows is None else (self.scale[rows], self.bias[rows])
-        )
+        scale, bias = self.scale, self.bias
+        if rows is not None:
+            scale, bias = scale[rows], bias[rows]
         return self.codes(rows) * scale[:, None] + bias[:, None]
 
     @classmethod
@@ -153,17 +171,19 @@ class QuantizedTable:
         a (V, width) uint8 array for ``torch.from_numpy`` and torch's quantized ops."""
         code_bytes = _code_bytes(self.embedding_dim, self.bits)
         params_type = np.float32 if self.bits == 8 else np.float16
-        params = self.params[:, -2:].astype(params_type)
-        return np.concatenate([self.data[:, :code_bytes], params.view(np.uint8)], axis=1)
+        data = self._host_data()
+        params = data.view(np.float32)[:, -2:].astype(params_type)
+        return np.concatenate([data[:, :code_bytes], params.view(np.uint8)], axis=1)
 
     @property
     def nbytes(self) -> int:
         return self.data.nbytes
 
     def __repr__(self) -> str:
+        where = ", on the GPU" if self.on_device else ""
         return (
             f"QuantizedTable({self.num_embeddings}x{self.embedding_dim}, "
-            f"bits={self.bits}, {self.nbytes} bytes)"
+            f"bits={self.bits}, {self.nbytes} bytes{where})"
         )
 
 

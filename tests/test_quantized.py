@@ -1,13 +1,14 @@
 """Row-wise quantized tables: quantize_rows gives torch's prepacked codes, the forward
 equals torch's quantized op (sum, the one mode it computes) and the float forward on
-the dequantized table (every mode, weights, padding, empty bags, hot rows); bad input
-and every training entry point are refused."""
+the dequantized table (every mode, weights, padding, empty bags, hot rows; on both
+backends: the GPU's kernel on a table moved by ``to_device``); bad input and every
+training entry point are refused."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from backends import Backend
 from strategies import assert_close, cases
 
 import nbbag
@@ -19,13 +20,12 @@ def table(rng, rows=30, dim=16) -> np.ndarray:
     )
 
 
-@settings(max_examples=40, deadline=None)
-@given(cases(allow_max_norm=False))
-def test_forward_equals_the_float_forward_on_the_dequantized_table(case):
+def check_forward(case, backend: Backend) -> None:
     bits = 4 if case.weight.shape[1] % 2 == 0 else 8
     for b in {bits, 8}:
         q = nbbag.quantize_rows(case.weight, bits=b)
-        out = case.call(nbbag.embedding_bag, q)
+        on_backend = q.to_device() if backend.name == "cuda" else q
+        out = backend.host(case.call(nbbag.embedding_bag, on_backend, to=backend.array))
         weights = case.kwargs.get("per_sample_weights")
         kwargs = dict(case.kwargs)
         if weights is not None:
@@ -33,6 +33,15 @@ def test_forward_equals_the_float_forward_on_the_dequantized_table(case):
         expected = nbbag.embedding_bag(q.dequantize(), case.indices, case.offsets, **kwargs)
         assert out.dtype == np.float32 and out.shape == expected.shape
         assert_close(out, expected, np.float32, case.longest_bag)
+
+
+def test_forward_equals_the_float_forward_on_the_dequantized_table(backend):
+    backend.examples(
+        cases(allow_max_norm=False, tiny=backend.tiny),
+        lambda case: check_forward(case, backend),
+        cuda_examples=12,
+        cpu_examples=40,
+    )
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -82,11 +91,15 @@ def test_sum_equals_torchs_quantized_op(bits, weighted, rng):
     assert_close(out, expected, np.float32, 150)
 
 
-def test_out_buffer_and_padding(rng):
+def test_out_buffer_and_padding(backend, rng):
     q = nbbag.quantize_rows(table(rng), bits=8)
-    buffer = np.full((2, 16), np.nan, np.float32)
-    out = nbbag.embedding_bag(q, [1, 2, 3], [0, 1], mode="mean", padding_idx=1, out=buffer)
+    buffer = backend.array(np.full((2, 16), np.nan, np.float32))
+    on_backend = q.to_device() if backend.name == "cuda" else q
+    out = nbbag.embedding_bag(
+        on_backend, [1, 2, 3], [0, 1], mode="mean", padding_idx=1, out=buffer
+    )
     assert out is buffer
+    out = backend.host(out)
     np.testing.assert_array_equal(out[0], 0)  # only padding: zeros
     np.testing.assert_allclose(out[1], q.dequantize()[[2, 3]].mean(0), atol=1e-6)
 

@@ -23,6 +23,7 @@ from nbbag.cuda import (
     grouping,
     launch,
     optim,
+    quantized,
     variants,
 )
 from nbbag.sparse import RowSparseGrad
@@ -96,6 +97,31 @@ def _run_forward(batch: BagBatch, keep_context: bool, out=None):
         grid, block = launch.grouped(num_bags, dim)
         variants.forward_launch(grid, block, batch, out, argmax)
     return out, argmax
+
+
+# -- a quantized table's forward ---------------------------------------------------------
+def quantized_embedding_bag(
+    table, indices, offsets, per_sample_weights, options: ForwardOptions, out=None
+):  # fmt: skip
+    """The forward of a :class:`nbbag.QuantizedTable` whose rows are on the device:
+    float32 (B, D) (in ``out`` if given), with the float forward's checks (the table's
+    (V, P / 4) float32 view stands for the weight in them)."""
+    batch = checks.validate(table.params, indices, offsets, per_sample_weights, options)
+    shape = (batch.num_bags, table.embedding_dim)
+    if out is None:
+        out = arrays.empty(shape, np.float32)
+    else:
+        out = checks.check_device_out(out, shape, table.params)
+    weights = batch.per_sample_weights  # a kernel launch cannot take None: ones
+    if weights is None:
+        weights = arrays.full(batch.indices.shape[0], 1, np.float32)
+    if batch.num_bags and table.embedding_dim:
+        grid, block = launch.grouped(batch.num_bags, table.embedding_dim)
+        quantized.quantized_bags[grid, block](
+            table.data, table.params, table.bits, batch.indices, batch.offsets, weights,
+            out, batch.padding_idx, int(batch.mode),
+        )  # fmt: skip
+    return out
 
 
 # -- a collection: its features as one stack's bags ---------------------------------

@@ -99,6 +99,12 @@ Collection kernel (see nbbag.cpu.collection)::
         # each id shifted by its table's row_base, a padding id to pad_row; status (1,)
         # set to OK (-1) first, lowered to BAD_OFFSETS (-2) or BAD_ID (-3)
 
+Quantized tables (see nbbag.cpu.quantized for the rows' layout)::
+
+    quantized_bags(data, params, bits, indices, offsets, per_sample_weights, out,
+                   padding_idx, mode, lanes=None)
+        # data (V, P) uint8, params the same bytes as float32 (V, P / 4); out float32
+
 Example, from a user's own ``@njit`` function::
 
     from numba import njit
@@ -151,6 +157,7 @@ from nbbag.cpu.optim import (
     rows_behind,
     update_row,
 )
+from nbbag.cpu.quantized import quantized_bags
 from nbbag.cpu.rows import MAX_LANES, lanes_for
 
 __all__ = [
@@ -181,6 +188,7 @@ __all__ = [
     "max_rows",
     "max_token_coefficients",
     "per_sample_weights_grad",
+    "quantized_bags",
     "renorm_rows",
     "row_gradient",
     "row_norm",

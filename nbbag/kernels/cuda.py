@@ -74,6 +74,7 @@ from nbbag.cuda.optim import (  # noqa: E402
     catch_up_all_rows,
     catch_up_rows,
 )
+from nbbag.cuda.quantized import quantized_bags  # noqa: E402
 
 __all__ = [
     "accumulate_rows",
@@ -98,6 +99,7 @@ __all__ = [
     "max_token_coefficients",
     "move_features",
     "per_sample_weights_grad",
+    "quantized_bags",
     "renorm_rows",
     "row_gradient_dev",
     "row_gradient_dim_dev",
