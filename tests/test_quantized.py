@@ -40,7 +40,7 @@ def test_forward_equals_the_float_forward_on_the_dequantized_table(backend):
         cases(allow_max_norm=False, tiny=backend.tiny),
         lambda case: check_forward(case, backend),
         cuda_examples=12,
-        cpu_examples=40,
+        cpu_examples=25,
     )
 
 
