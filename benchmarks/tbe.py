@@ -254,3 +254,39 @@ def check(
 if __name__ == "__main__":
     check()
     print("TBE matches the NumPy references (forward sum/mean, one EXACT_SGD step)")
+
+
+class IntNTBE:
+    """FBGEMM's CPU int-N TBE (``IntNBitTableBatchedEmbeddingBagsCodegen``, inference)
+    holding one table: an :class:`nbbag.QuantizedTable`'s codes, its scales and biases
+    rounded to float16 (TBE stores them so, before each row's codes: exact for a 4-bit
+    table, whose are float16 already; within float16's rounding for 8 bits).  Pooling
+    SUM, float32 output; ``self(ids, starts)`` with int64 ids and B-form starts."""
+
+    def __init__(self, table):
+        lib = fbgemm()
+        from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
+            IntNBitTableBatchedEmbeddingBagsCodegen,
+        )
+
+        self.torch = lib.torch
+        kind = lib.SparseType.INT8 if table.bits == 8 else lib.SparseType.INT4
+        rows, dim = table.shape
+        self.module = IntNBitTableBatchedEmbeddingBagsCodegen(
+            [("table", rows, dim, kind, lib.EmbeddingLocation.HOST)],
+            device="cpu",
+            output_dtype=lib.SparseType.FP32,
+            pooling_mode=lib.PoolingMode.SUM,
+        )
+        self.module.fill_random_weights()  # allocates; overwritten just below
+        codes, scale_bias, _ = self.module.split_embedding_weights_with_scale_bias(1)[0]
+        code_bytes = dim if table.bits == 8 else dim // 2
+        codes.copy_(self.torch.from_numpy(np.ascontiguousarray(table.data[:, :code_bytes])))
+        params = np.stack([table.scale, table.bias], axis=1).astype(np.float16)
+        scale_bias.copy_(self.torch.from_numpy(params.view(np.uint8)))
+
+    def __call__(self, ids: np.ndarray, starts: np.ndarray):
+        offsets = np.append(starts, ids.shape[0]).astype(np.int32)
+        return self.module(
+            self.torch.from_numpy(ids.astype(np.int32)), self.torch.from_numpy(offsets)
+        )

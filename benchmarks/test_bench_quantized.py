@@ -9,9 +9,11 @@ sum.  Impls: ``nbbag-float32`` (``nbbag.embedding_bag`` on the float table),
 (``F.embedding_bag``), ``torch-byte`` and ``torch-4bit`` (torch's
 ``embedding_bag_byte_rowwise_offsets`` / ``embedding_bag_4bit_rowwise_offsets`` on the
 same codes in torch's prepacked layout: identical bytes, tested in
-tests/test_quantized.py).  Each impl's first call is checked outside the timed region
-(float32 against nbbag's float forward, the quantized ones against the float forward on
-the dequantized table).  Group: ``quantized-forward-{dist}``.
+tests/test_quantized.py), ``tbe-int8`` and ``tbe-int4`` (FBGEMM's CPU int-N TBE,
+``benchmarks/tbe.py``, holding the same codes with float16 scales and biases; skipped
+where fbgemm_gpu cannot be imported).  Each impl's first call is checked outside the
+timed region (float32 against nbbag's float forward, the quantized ones against the
+float forward on the dequantized table).  Group: ``quantized-forward-{dist}``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import numpy as np
 import pytest
 
 import nbbag
+from benchmarks import tbe
 from benchmarks.common import NUM_BAGS, QUICK, SEED, bag_ids, bag_offsets, time_case, torch
 
 D = 64
 ROWS = 200_000 if QUICK else int(os.environ.get("NBBAG_BENCH_QUANT_ROWS", 20_000_000))
 IMPLS = ("nbbag-float32", "nbbag-int8", "nbbag-int4", "torch-float32", "torch-byte",
-         "torch-4bit")  # fmt: skip
+         "torch-4bit", "tbe-int8", "tbe-int4")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,12 @@ def _call(impl: str, tables: dict, ids, offsets):
     if library == "nbbag":
         table, starts = tables[kind], offsets[:-1]
         return lambda: nbbag.embedding_bag(table, ids, starts, mode="sum")
+    if library == "tbe":
+        reason = tbe.unavailable()
+        if reason is not None:
+            pytest.skip(reason)
+        module, starts = tbe.IntNTBE(tables[kind]), offsets[:-1]
+        return lambda: module(ids, starts)
     if torch is None:
         pytest.skip("torch is not installed")
     t_ids, t_offsets = torch.from_numpy(ids), torch.from_numpy(offsets[:-1])
@@ -88,8 +97,11 @@ def test_quantized_forward(benchmark, tables, impl, dist):
     ids = bag_ids(dist, int(offsets[-1]), ROWS)
     call = _call(impl, tables, ids, offsets)
     out = np.asarray(call())
+    # TBE's 8-bit scales and biases are float16: within their rounding (~5e-4 of a
+    # row's range a term, ~50 terms a bag)
+    atol = 0.05 if impl == "tbe-int8" else 1e-4
     np.testing.assert_allclose(out, _expected(impl, tables, ids, offsets), rtol=1e-4,
-                               atol=1e-4)  # fmt: skip
+                               atol=atol)  # fmt: skip
     benchmark.group = f"quantized-forward-{dist}"
     benchmark.extra_info.update(rows=ROWS, dim=D)
     time_case(benchmark, call)
