@@ -50,7 +50,9 @@ class QuantizedTable:
     ``nbbag.embedding_bag(q, ...)`` (every mode, weights, padding), whose output is
     float32.  Inference only: the backward, the optimizers and the layer refuse it.
 
-    Made by :func:`quantize_rows` or :meth:`from_torch_prepacked`.
+    Made by :func:`quantize_rows` or :meth:`from_torch_prepacked` (or from ``data``
+    in the layout below, checked: every scale and bias finite).  Its attributes are
+    read-only: the forward trusts them to describe ``data``.
 
     Attributes
     ----------
@@ -65,6 +67,12 @@ class QuantizedTable:
 
     def __init__(self, data: Any, bits: int, embedding_dim: int):
         bits = _check_bits(bits)
+        if not checks.is_integer(embedding_dim) or embedding_dim <= 0:
+            raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
+        if bits == 4 and embedding_dim % 2:
+            raise ValueError(
+                f"bits=4 packs two codes a byte: D must be even, got D = {embedding_dim}"
+            )
         expected = _row_bytes(embedding_dim, bits)
         on_device = is_device_array(data)
         if (
@@ -78,11 +86,33 @@ class QuantizedTable:
                 f"data must be a C-contiguous (V, {expected}) uint8 array for D = "
                 f"{embedding_dim} at {bits} bits"
             )
-        self.data = data
-        self.bits = bits
-        self.num_embeddings = data.shape[0]
-        self.embedding_dim = int(embedding_dim)
-        self.params = data.view(np.float32)  # (V, P / 4): scale, bias at the end
+        self._data = data
+        self._bits = bits
+        self._dim = int(embedding_dim)
+        self._params = data.view(np.float32)  # (V, P / 4): scale, bias at the end
+        if not on_device:  # a device table is made from a checked host one
+            _check_params(self)
+
+    @property
+    def data(self) -> Any:
+        return self._data
+
+    @property
+    def params(self) -> Any:
+        """``data`` viewed as float32 (V, P / 4): each row's scale and bias last."""
+        return self._params
+
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    @property
+    def num_embeddings(self) -> int:
+        return int(self._data.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._dim
 
     @property
     def on_device(self) -> bool:
@@ -162,9 +192,7 @@ class QuantizedTable:
         data = np.zeros((array.shape[0], _row_bytes(dim, bits)), np.uint8)
         data[:, :code_bytes] = array[:, :code_bytes]
         data.view(np.float32)[:, -2:] = params
-        table = cls(data, bits, dim)
-        _check_params(table)
-        return table
+        return cls(data, bits, dim)
 
     def to_torch_prepacked(self) -> np.ndarray:
         """The table in torch's prepacked layout (see :meth:`from_torch_prepacked`):
@@ -235,9 +263,7 @@ def quantize_rows(weight, bits: int = 8) -> QuantizedTable:
     for first in range(0, num_rows, _CHUNK_ROWS):
         rows = slice(first, first + _CHUNK_ROWS)
         _quantize_chunk(np.asarray(weight[rows], np.float32), bits, data[rows])
-    table = QuantizedTable(data, bits, dim)
-    _check_params(table)
-    return table
+    return QuantizedTable(data, bits, dim)
 
 
 def _quantize_chunk(chunk: np.ndarray, bits: int, out: np.ndarray) -> None:

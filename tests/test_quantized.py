@@ -123,7 +123,14 @@ def test_bad_input_and_training_are_refused(rng):
     with pytest.raises(ValueError, match="row 2 has a scale or bias that is not finite"):
         nbbag.QuantizedTable.from_torch_prepacked(nan_scale)
 
+    with pytest.raises(ValueError, match="D must be even, got D = 5"):
+        nbbag.QuantizedTable(np.zeros((3, 12), np.uint8), bits=4, embedding_dim=5)
+    with pytest.raises(ValueError, match=r"data must be a C-contiguous \(V, 16\) uint8"):
+        nbbag.QuantizedTable(np.zeros((3, 12), np.uint8), bits=8, embedding_dim=8)
+
     q = nbbag.quantize_rows(weight)
+    with pytest.raises(AttributeError):
+        q.num_embeddings = 100  # the forward trusts it
     before = q.data.copy()
     with pytest.raises(IndexError, match=r"indices\[1\] = 30 is outside \[0, 30\)"):
         nbbag.embedding_bag(q, [1, 30], [0, 1])
