@@ -280,8 +280,9 @@ class IntNTBE:
         )
         self.module.fill_random_weights()  # allocates; overwritten just below
         codes, scale_bias, _ = self.module.split_embedding_weights_with_scale_bias(1)[0]
-        code_bytes = dim if table.bits == 8 else dim // 2
-        codes.copy_(self.torch.from_numpy(np.ascontiguousarray(table.data[:, :code_bytes])))
+        code_bytes = dim if table.bits == 8 else dim // 2  # torch's nibble order
+        packed = table.to_torch_prepacked()[:, :code_bytes]
+        codes.copy_(self.torch.from_numpy(np.ascontiguousarray(packed)))
         params = np.stack([table.scale, table.bias], axis=1).astype(np.float16)
         scale_bias.copy_(self.torch.from_numpy(params.view(np.uint8)))
 

@@ -8,11 +8,13 @@ quantization, torch's and FBGEMM's row-wise scheme): column d of row r is
 dequantizes inside the kernel: no float table is ever made.
 
 Layout (``q.data``, (V, P) uint8, chosen so that a row's codes and its scale and bias
-are read together): the codes (D bytes at 8 bits; D / 2 at 4 bits, column 2k in the
-low nibble of byte k), zero bytes up to a multiple of 4, then scale and bias as
-float32.  torch's prepacked layouts differ (no padding; 4-bit scale and bias in
-float16): :meth:`QuantizedTable.from_torch_prepacked` and
-:meth:`QuantizedTable.to_torch_prepacked` convert, exactly.
+are read together): the codes (D bytes at 8 bits; D / 2 at 4 bits, byte k holding
+column k in its low nibble and column k + D / 2 in its high one, so that a row's two
+halves unpack into two contiguous runs of columns), zero bytes up to a multiple of 4,
+then scale and bias as float32.  torch's prepacked layouts differ (no padding; 4-bit
+columns 2k and 2k + 1 in byte k, scale and bias in float16):
+:meth:`QuantizedTable.from_torch_prepacked` and :meth:`QuantizedTable.to_torch_prepacked`
+convert, exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +40,23 @@ def _check_bits(bits) -> int:
 
 def _code_bytes(dim: int, bits: int) -> int:
     return dim if bits == 8 else dim // 2
+
+
+def _unpack4(packed: np.ndarray, interleaved: bool) -> np.ndarray:
+    """(rows, D) codes from 4-bit bytes (rows, D / 2): nbbag's halves, or torch's
+    interleaved columns (``interleaved``)."""
+    half = packed.shape[1]
+    codes = np.empty((packed.shape[0], 2 * half), np.uint8)
+    low, high = (codes[:, 0::2], codes[:, 1::2]) if interleaved else np.hsplit(codes, 2)
+    np.bitwise_and(packed, 15, out=low)
+    np.right_shift(packed, 4, out=high)
+    return codes
+
+
+def _pack4(codes: np.ndarray, interleaved: bool) -> np.ndarray:
+    """The inverse of :func:`_unpack4`."""
+    low, high = (codes[:, 0::2], codes[:, 1::2]) if interleaved else np.hsplit(codes, 2)
+    return low | (high << 4)
 
 
 def _row_bytes(dim: int, bits: int) -> int:
@@ -151,10 +170,7 @@ class QuantizedTable:
             packed = packed[rows]
         if self.bits == 8:
             return packed.copy()
-        codes = np.empty((packed.shape[0], self.embedding_dim), np.uint8)
-        codes[:, 0::2] = packed & 15
-        codes[:, 1::2] = packed >> 4
-        return codes
+        return _unpack4(packed, interleaved=False)
 
     def dequantize(self, rows=None) -> np.ndarray:
         """(V, D) float32: ``codes * scale + bias`` row by row; only ``rows`` (an
@@ -190,7 +206,12 @@ class QuantizedTable:
         params_type = np.float32 if bits == 8 else np.float16
         params = np.ascontiguousarray(array[:, code_bytes:]).view(params_type)
         data = np.zeros((array.shape[0], _row_bytes(dim, bits)), np.uint8)
-        data[:, :code_bytes] = array[:, :code_bytes]
+        for first in range(0, array.shape[0], _CHUNK_ROWS):
+            rows = slice(first, first + _CHUNK_ROWS)
+            codes = array[rows, :code_bytes]
+            if bits == 4:
+                codes = _pack4(_unpack4(codes, interleaved=True), interleaved=False)
+            data[rows, :code_bytes] = codes
         data.view(np.float32)[:, -2:] = params
         return cls(data, bits, dim)
 
@@ -201,7 +222,15 @@ class QuantizedTable:
         params_type = np.float32 if self.bits == 8 else np.float16
         data = self._host_data()
         params = data.view(np.float32)[:, -2:].astype(params_type)
-        return np.concatenate([data[:, :code_bytes], params.view(np.uint8)], axis=1)
+        out = np.empty((data.shape[0], code_bytes + params.itemsize * 2), np.uint8)
+        out[:, code_bytes:] = params.view(np.uint8)
+        for first in range(0, data.shape[0], _CHUNK_ROWS):
+            rows = slice(first, first + _CHUNK_ROWS)
+            codes = data[rows, :code_bytes]
+            if self.bits == 4:
+                codes = _pack4(_unpack4(codes, interleaved=False), interleaved=True)
+            out[rows, :code_bytes] = codes
+        return out
 
     @property
     def nbytes(self) -> int:
@@ -285,7 +314,7 @@ def _quantize_chunk(chunk: np.ndarray, bits: int, out: np.ndarray) -> None:
     codes = np.clip(np.rint((chunk - low[:, None]) * inverse[:, None]), 0, levels)
     codes = codes.astype(np.uint8)
     if bits == 4:
-        codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
+        codes = _pack4(codes, interleaved=False)
     out[:, : codes.shape[1]] = codes
     params = out.view(np.float32)
     params[:, -2] = scale

@@ -2,11 +2,11 @@
 every mode, dequantizing each row as it is read.
 
 A table is ``data`` (V, P) uint8, one row of P bytes per embedding row: its codes
-(``dim`` bytes at 8 bits; ``dim / 2`` at 4 bits, column 2k in the low nibble of byte k
-and 2k + 1 in the high one), zero bytes up to a multiple of 4, then the row's scale and
-bias as two float32.  The kernel takes ``data`` and ``params``, the same bytes viewed
-as float32 (V, P / 4): a row's scale is ``params[r, -2]``, its bias ``params[r, -1]``,
-and its column d is ``code * scale + bias``.
+(``dim`` bytes at 8 bits; ``dim / 2`` at 4 bits, column k in the low nibble of byte k
+and column k + dim / 2 in the high one), zero bytes up to a multiple of 4, then the
+row's scale and bias as two float32.  The kernel takes ``data`` and ``params``, the
+same bytes viewed as float32 (V, P / 4): a row's scale is ``params[r, -2]``, its bias
+``params[r, -1]``, and its column d is ``code * scale + bias``.
 
 The sum family uses sum_i w_i (s_i c_i + b_i) = sum_i (w_i s_i) c_i + sum_i w_i b_i:
 one multiply-add per code, the biases added once per bag.
@@ -33,11 +33,12 @@ def _add_codes(out_row, data, row, scaled, bits):
     if bits == 8:
         for d in range(out_row.shape[0]):
             out_row[d] += scaled * np.float32(data[row, d])
-    else:  # two codes a byte, the low nibble first
-        for k in range(out_row.shape[0] // 2):
+    else:  # two codes a byte: the low nibbles are the first half, the high the second
+        half = out_row.shape[0] // 2
+        for k in range(half):
             byte = data[row, k]
-            out_row[2 * k] += scaled * np.float32(byte & 15)
-            out_row[2 * k + 1] += scaled * np.float32(byte >> 4)
+            out_row[k] += scaled * np.float32(byte & 15)
+            out_row[half + k] += scaled * np.float32(byte >> 4)
 
 
 @njit(cache=True, inline="always")
@@ -48,12 +49,13 @@ def _max_codes(out_row, data, row, scale, bias, bits, first):
             value = np.float32(data[row, d]) * scale + bias
             out_row[d] = value if first else max(out_row[d], value)
     else:
-        for k in range(out_row.shape[0] // 2):
+        half = out_row.shape[0] // 2
+        for k in range(half):
             byte = data[row, k]
             low = np.float32(byte & 15) * scale + bias
             high = np.float32(byte >> 4) * scale + bias
-            out_row[2 * k] = low if first else max(out_row[2 * k], low)
-            out_row[2 * k + 1] = high if first else max(out_row[2 * k + 1], high)
+            out_row[k] = low if first else max(out_row[k], low)
+            out_row[half + k] = high if first else max(out_row[half + k], high)
 
 
 @njit(cache=True, inline="always")

@@ -13,11 +13,15 @@ from nbbag.modes import Mode
 
 
 @cuda.jit(device=True, inline=True)
-def code_dev(data, row, d, bits):
-    """The code of column d of ``row``: a byte, or a nibble (the low one first)."""
+def code_dev(data, row, d, bits, dim):
+    """The code of column d of ``row``: a byte, or a nibble (byte k holds columns k
+    and k + dim / 2, in its low and high nibbles)."""
     if bits == 8:
         return data[row, d]
-    return (data[row, d >> 1] >> ((d & 1) * 4)) & 15
+    half = dim // 2
+    if d < half:
+        return data[row, d] & 15
+    return data[row, d - half] >> 4
 
 
 @cuda.jit
@@ -44,7 +48,8 @@ def quantized_bags(
             row = indices[position]
             if row == padding_idx:
                 continue
-            value = code_dev(data, row, d, bits) * params[row, last - 1] + params[row, last]
+            code = code_dev(data, row, d, bits, out.shape[1])
+            value = code * params[row, last - 1] + params[row, last]
             if mode == Mode.MAX:
                 if not found or value > total:
                     total = value
