@@ -7,6 +7,7 @@ from typing import Literal, overload
 import numpy as np
 from numpy.typing import ArrayLike
 
+from nbbag import _files
 from nbbag._device import backend_for
 from nbbag._validate import check_weight, checked_state_array, forward_options, is_integer
 from nbbag.base.constants import NO_PADDING
@@ -42,6 +43,14 @@ class EmbeddingBag:
         makes a layer on the GPU: its outputs and gradients are then device arrays.
     max_norm, norm_type, scale_grad_by_freq
         As in :func:`nbbag.embedding_bag`.
+    path : str or path-like, optional
+        Keep the table in this ``.npy`` file, mapped into memory (``weight`` is then an
+        ``np.memmap``): a table larger than RAM trains at a cost that grows with the
+        batch, the OS paging rows in and out.  A new file is written chunk by chunk
+        (N(0, 1) from ``seed``: the same values as an in-memory table of that seed),
+        under a temporary name renamed when complete; an existing file is opened as
+        it is (its shape and dtype must be the layer's).  Optimizers keep their state
+        in files with ``state_dir``.
 
     Attributes
     ----------
@@ -76,6 +85,7 @@ class EmbeddingBag:
         max_norm: float | None = None,
         norm_type: float = 2.0,
         scale_grad_by_freq: bool = False,
+        path=None,
     ):
         shape = (
             _check_size(num_embeddings, "num_embeddings"),
@@ -88,6 +98,13 @@ class EmbeddingBag:
             mode, padding_idx, include_last_offset, max_norm, norm_type,
             scale_grad_by_freq, shape[0],
         )  # fmt: skip
+        if path is not None:
+            if weight is not None:
+                raise ValueError("pass weight or path, not both")
+            weight = _files.normal_table(
+                path, shape, table_dtype or np.dtype(np.float32), seed,
+                self.options.padding_idx,
+            )  # fmt: skip
         if weight is None:
             weight = _new_table(shape, table_dtype or np.dtype(np.float32), seed)
             if self.options.padding_idx != NO_PADDING:

@@ -19,17 +19,24 @@ input leaves weight and state untouched) and hand the rest to the table's backen
 device ``weight``, Numba, CuPy or torch CUDA, keeps its state on the device;
 ``state_dict`` returns host copies).  The step count and every other change of an
 optimizer's own state happen here, after the backend's kernels have succeeded.
+
+``state_dir=`` (every optimizer, one table on the host) keeps the state arrays in new
+``.npy`` files there, mapped into memory, as ``EmbeddingBag(..., path=...)`` keeps a
+table: for tables larger than RAM.  They are written chunk by chunk when the optimizer
+is made (an existing file is refused: a new optimizer starts from fresh state); a
+checkpoint is ``state_dict()`` as for any optimizer (it copies the arrays into memory).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import scipy.sparse
 
-from nbbag import rules
+from nbbag import _files, rules
 from nbbag._device import backend_for
 from nbbag._validate import check_real, checked_state_array
 from nbbag.base.records import BagContext
@@ -85,7 +92,7 @@ class _SparseOptimizer:
             return CollectionOptimizer(cls, weight, *args, **kwargs)
         return super().__new__(cls)
 
-    def __init__(self, weight, *, options: dict | None = None, **values):
+    def __init__(self, weight, *, options: dict | None = None, state_dir=None, **values):
         self._backend = backend_for(weight)
         self.weight = self._backend.check_table(
             weight, writeable_for="the optimizer updates it in place"
@@ -96,11 +103,18 @@ class _SparseOptimizer:
         }
         options = options or {}
         num_rows, dim = self.weight.shape
+        if state_dir is not None and self._backend.NAME != "cpu":
+            raise ValueError("state_dir keeps state in files on the host: not on a GPU")
         for spec in self.rule.state:
             shape = (num_rows, dim) if spec.per == "element" else (num_rows,)
             dtype = self.weight.dtype if spec.dtype is None else np.dtype(spec.dtype)
             fill = options[spec.fill] if isinstance(spec.fill, str) else spec.fill
-            setattr(self, spec.name, self._backend.state_array(shape, fill, dtype))
+            if state_dir is None:
+                array = self._backend.state_array(shape, fill, dtype)
+            else:
+                path = os.path.join(state_dir, f"{spec.name}.npy")
+                array = _files.state_array(path, shape, dtype, fill)
+            setattr(self, spec.name, array)
         self.step_count = 0
         # The log of the steps' hyperparameters, for rules that catch rows up.
         step_matrix, moves_rows = self.rule.step_matrix, self.rule.moves_rows
@@ -437,8 +451,11 @@ class SGD(_SparseOptimizer):
     momentum: float
     weight_decay: float
 
-    def __init__(self, weight, lr, momentum=0.0, weight_decay=0.0):
-        super().__init__(weight, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    def __init__(self, weight, lr, momentum=0.0, weight_decay=0.0, *, state_dir=None):
+        super().__init__(
+            weight, lr=lr, momentum=momentum, weight_decay=weight_decay,
+            state_dir=state_dir,
+        )  # fmt: skip
 
 
 class Adagrad(_SparseOptimizer):
@@ -451,11 +468,14 @@ class Adagrad(_SparseOptimizer):
     lr: float
     eps: float
 
-    def __init__(self, weight, lr, eps=1e-10, initial_accumulator_value=0.0):
+    def __init__(
+        self, weight, lr, eps=1e-10, initial_accumulator_value=0.0, *, state_dir=None
+    ):
         initial = check_real(initial_accumulator_value, "initial_accumulator_value")
         super().__init__(
-            weight, lr=lr, eps=eps, options={"initial_accumulator_value": initial}
-        )
+            weight, lr=lr, eps=eps, options={"initial_accumulator_value": initial},
+            state_dir=state_dir,
+        )  # fmt: skip
 
 
 class RowWiseAdagrad(_SparseOptimizer):
@@ -468,8 +488,8 @@ class RowWiseAdagrad(_SparseOptimizer):
     lr: float
     eps: float
 
-    def __init__(self, weight, lr, eps=1e-10):
-        super().__init__(weight, lr=lr, eps=eps)
+    def __init__(self, weight, lr, eps=1e-10, *, state_dir=None):
+        super().__init__(weight, lr=lr, eps=eps, state_dir=state_dir)
 
 
 class Adam(_SparseOptimizer):
@@ -482,8 +502,8 @@ class Adam(_SparseOptimizer):
     beta2: float
     eps: float
 
-    def __init__(self, weight, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
-        super().__init__(weight, lr=lr, eps=eps, **_split_betas(betas))
+    def __init__(self, weight, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, state_dir=None):
+        super().__init__(weight, lr=lr, eps=eps, state_dir=state_dir, **_split_betas(betas))
 
     @property
     def betas(self) -> tuple[float, float]:
@@ -526,6 +546,8 @@ class CollectionOptimizer:
     """
 
     def __init__(self, kind: type, collection: EmbeddingBagCollection, *args, **kwargs):
+        if kwargs.get("state_dir") is not None:
+            raise ValueError("state_dir is for an optimizer of one table, not a collection")
         parts = [kind(weight, *args, **kwargs) for weight, _ in collection.stacks()]
         object.__setattr__(self, "collection", collection)
         object.__setattr__(self, "kind", kind)

@@ -1,0 +1,77 @@
+"""Tables and optimizer state in files: NumPy ``.npy`` files mapped into memory.
+
+A table (or a state array) larger than RAM then trains at a cost that grows with the
+batch, not the table: the kernels read and write the mapped rows in place, the OS pages
+in the rows a batch touches and writes back those it changed.  A new file is written
+chunk by chunk of rows (never whole in memory) under a temporary name and renamed when
+complete, so that a file at ``path`` is always a whole one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+CHUNK_BYTES = 64 << 20  # filled at a time when a file is created
+
+
+def mapped_array(
+    path, shape: tuple, dtype: np.dtype, fill: Callable[[np.ndarray], None], what: str
+) -> np.memmap:
+    """The array in the ``.npy`` file ``path``, mapped read-write: the file's own if it
+    exists (its shape and dtype must be ``shape`` and ``dtype``), else a new file whose
+    rows ``fill(chunk)`` writes, chunk by chunk.  ``what`` names it in messages."""
+    path = os.fspath(path)
+    if os.path.exists(path):
+        array = np.lib.format.open_memmap(path, mode="r+")
+        if array.shape != tuple(shape) or array.dtype != dtype:
+            raise ValueError(
+                f"{what} file {path!r} holds {array.dtype} {array.shape}, expected "
+                f"{np.dtype(dtype)} {tuple(shape)}"
+            )
+        return array
+    partial = f"{path}.partial"
+    array = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * array.itemsize)
+    rows = max(1, CHUNK_BYTES // row_bytes)
+    try:
+        for first in range(0, shape[0], rows):
+            fill(array[first : first + rows])
+        array.flush()
+    except BaseException:
+        del array
+        os.remove(partial)
+        raise
+    del array
+    os.replace(partial, path)
+    return np.lib.format.open_memmap(path, mode="r+")
+
+
+def normal_table(path, shape: tuple, dtype: np.dtype, seed, padding_idx: int):
+    """A table in a file (:func:`mapped_array`): a new one N(0, 1) from ``seed``, the
+    same values as an in-memory table of that seed, with a zero ``padding_idx`` row
+    (-1: none); an existing one as it is."""
+    rng = np.random.default_rng(seed)
+
+    def fill(chunk: np.ndarray) -> None:
+        rng.standard_normal(dtype=dtype.type, out=chunk)
+
+    created = not os.path.exists(os.fspath(path))
+    table = mapped_array(path, shape, dtype, fill, "table")
+    if created and padding_idx >= 0:
+        table[padding_idx] = 0
+        table.flush()
+    return table
+
+
+def state_array(path, shape: tuple, dtype: np.dtype, value) -> np.memmap:
+    """An optimizer's state array in a new file, every element ``value``."""
+    if os.path.exists(os.fspath(path)):
+        raise FileExistsError(
+            f"optimizer state file {os.fspath(path)!r} exists: a new optimizer starts "
+            "from fresh state (remove the file; load a checkpoint with "
+            "load_state_dict)"
+        )
+    return mapped_array(path, shape, dtype, lambda chunk: chunk.fill(value), "state")
