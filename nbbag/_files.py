@@ -18,11 +18,13 @@ CHUNK_BYTES = 64 << 20  # filled at a time when a file is created
 
 
 def mapped_array(
-    path, shape: tuple, dtype: np.dtype, fill: Callable[[np.ndarray], None], what: str
-) -> np.memmap:
+    path, shape: tuple, dtype: np.dtype, fill: Callable[[np.ndarray], None] | None,
+    what: str,
+) -> np.memmap:  # fmt: skip
     """The array in the ``.npy`` file ``path``, mapped read-write: the file's own if it
     exists (its shape and dtype must be ``shape`` and ``dtype``), else a new file whose
-    rows ``fill(chunk)`` writes, chunk by chunk.  ``what`` names it in messages."""
+    rows ``fill(chunk)`` writes, chunk by chunk (``fill`` None: zeros, left to the file
+    system: a sparse file, nothing written).  ``what`` names it in messages."""
     path = os.fspath(path)
     if os.path.exists(path):
         array = np.lib.format.open_memmap(path, mode="r+")
@@ -37,8 +39,9 @@ def mapped_array(
     row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * array.itemsize)
     rows = max(1, CHUNK_BYTES // row_bytes)
     try:
-        for first in range(0, shape[0], rows):
-            fill(array[first : first + rows])
+        if fill is not None:  # None: zeros, what a new file holds already (no writes)
+            for first in range(0, shape[0], rows):
+                fill(array[first : first + rows])
         array.flush()
     except BaseException:
         del array
@@ -74,4 +77,5 @@ def state_array(path, shape: tuple, dtype: np.dtype, value) -> np.memmap:
             "from fresh state (remove the file; load a checkpoint with "
             "load_state_dict)"
         )
-    return mapped_array(path, shape, dtype, lambda chunk: chunk.fill(value), "state")
+    fill = None if value == 0 else lambda chunk: chunk.fill(value)  # zeros: a sparse file
+    return mapped_array(path, shape, dtype, fill, "state")

@@ -44,11 +44,29 @@ def test_forward_equals_the_float_forward_on_the_dequantized_table(backend):
     )
 
 
+def awkward_table(rng, rows=64, dim=16) -> np.ndarray:
+    """Rows of every scale, rows whose codes fall on ties (range 30 at 4 bits and 510
+    at 8 bits make the scale 2, and the odd integers half-way), a constant row, a row
+    of zeros, a row whose range is tiny: where a quantizer's rounding shows."""
+    scales = rng.choice([1e-3, 0.1, 1.0, 37.0], size=(rows, 1))
+    weight = (rng.standard_normal((rows, dim)) * scales).astype(np.float32)
+    weight[0] = (np.arange(dim) % 8) * 2 + 1
+    weight[0, :2] = 0, 30
+    weight[1] = (np.arange(dim) % 8) * 2 + 1
+    weight[1, :2] = 0, 510
+    weight[2] = 0.5
+    weight[3] = 0.0
+    weight[4] = 0.25 + rng.uniform(0, 1e-6, dim).astype(np.float32)
+    return weight
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_codes_and_round_trip_match_torch_prepack(bits, rng):
+    """Codes, scales and biases byte for byte: torch rounds half to even on
+    (x - min) * (255 / (max - min + 1e-8)) at 8 bits, on (x - fp16(min)) / scale with a
+    float16 scale (1 for a constant row) at 4 bits."""
     torch = pytest.importorskip("torch")
-    weight = table(rng, rows=200, dim=18)
-    weight[3] = 0.5  # a constant row: no range
+    weight = np.concatenate([awkward_table(rng), table(rng, rows=200, dim=16)])
     prepack = getattr(
         torch.ops.quantized,
         "embedding_bag_byte_prepack" if bits == 8 else "embedding_bag_4bit_prepack",
@@ -59,8 +77,31 @@ def test_codes_and_round_trip_match_torch_prepack(bits, rng):
     loaded = nbbag.QuantizedTable.from_torch_prepacked(torch.from_numpy(packed), bits)
     np.testing.assert_array_equal(loaded.data, ours.data)
     np.testing.assert_array_equal(loaded.to_torch_prepacked(), packed)
+    tie_row = 0 if bits == 4 else 1  # (x - min) / scale = 2.5, 3.5, 4.5, 5.5
+    assert ours.codes()[tie_row, 2:6].tolist() == [2, 4, 4, 6]
     step = ours.scale[:, None] / 2 + 1e-6  # rounding to the nearest code
     assert (np.abs(ours.dequantize() - weight) <= step).all()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_torchs_quantized_ops_ignore_mode(bits, rng):
+    """Why only sum is compared with torch's ops: torch 2.13's take ``mode`` but always
+    sum (modes 1 and 2 give mode 0's answer).  If this fails, torch has fixed it: then
+    compare mean and max with its ops too."""
+    torch = pytest.importorskip("torch")
+    packed = torch.from_numpy(
+        nbbag.quantize_rows(table(rng), bits=bits).to_torch_prepacked()
+    )
+    op = getattr(
+        torch.ops.quantized,
+        "embedding_bag_byte_rowwise_offsets"
+        if bits == 8
+        else "embedding_bag_4bit_rowwise_offsets",
+    )
+    ids, offsets = torch.from_numpy(rng.integers(0, 30, 40)), torch.tensor([0, 9, 25])
+    sums = op(packed, ids, offsets, mode=0)
+    for mode in (1, 2):
+        assert torch.equal(op(packed, ids, offsets, mode=mode), sums)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
