@@ -154,14 +154,20 @@ def check_table_layout(weight, c_contiguous: bool, copy_hint: str) -> None:
         )
 
 
-def check_weight(weight) -> np.ndarray:
-    """Check that ``weight`` is a C-contiguous (V, D) float32/float64 NumPy array."""
+def check_trainable(weight) -> None:
+    """Refuse a table that is for inference only (a quantized one), with a message
+    saying so (either backend)."""
     if getattr(weight, "inference_only", False):
         raise TypeError(
             f"a {type(weight).__name__} is for inference only: nbbag.embedding_bag(q, "
             "...) reads it; gradients, optimizers and layers need a float table "
             "(q.dequantize() makes one)"
         )
+
+
+def check_weight(weight) -> np.ndarray:
+    """Check that ``weight`` is a C-contiguous (V, D) float32/float64 NumPy array."""
+    check_trainable(weight)
     if type(weight) is not np.ndarray and not isinstance(weight, np.ndarray):
         raise TypeError(f"weight must be a NumPy array, got {type(weight).__name__}")
     check_table_layout(

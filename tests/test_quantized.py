@@ -140,6 +140,8 @@ def test_out_buffer_and_padding(backend, rng):
         on_backend, [1, 2, 3], [0, 1], mode="mean", padding_idx=1, out=buffer
     )
     assert out is buffer
+    with pytest.raises(TypeError, match="QuantizedTable is for inference only"):
+        nbbag.embedding_bag_fwd(on_backend, [1, 2, 3], [0, 1])
     out = backend.host(out)
     np.testing.assert_array_equal(out[0], 0)  # only padding: zeros
     np.testing.assert_allclose(out[1], q.dequantize()[[2, 3]].mean(0), atol=1e-6)

@@ -21,6 +21,7 @@ from nbbag._validate import (
     check_out_like,
     check_per_sample_weights,
     check_table_layout,
+    check_trainable,
     check_weights_like,
     check_weights_mode,
     index_error,
@@ -128,6 +129,7 @@ def first_outside(values, low: int, high: int) -> int:
 
 def check_weight(weight):
     """``weight`` as a Numba device array (no copy), after the CPU path's checks."""
+    check_trainable(weight)
     weight = arrays.as_device(weight)
     check_table_layout(weight, weight.is_c_contiguous(), "make a contiguous copy first")
     return weight
