@@ -69,13 +69,25 @@ def normal_table(path, shape: tuple, dtype: np.dtype, seed, padding_idx: int):
     return table
 
 
-def state_array(path, shape: tuple, dtype: np.dtype, value) -> np.memmap:
-    """An optimizer's state array in a new file, every element ``value``."""
-    if os.path.exists(os.fspath(path)):
-        raise FileExistsError(
-            f"optimizer state file {os.fspath(path)!r} exists: a new optimizer starts "
-            "from fresh state (remove the file; load a checkpoint with "
-            "load_state_dict)"
-        )
-    fill = None if value == 0 else lambda chunk: chunk.fill(value)  # zeros: a sparse file
-    return mapped_array(path, shape, dtype, fill, "state")
+def state_arrays(directory, arrays: dict) -> dict:
+    """An optimizer's state arrays in new files ``<directory>/<name>.npy``, from
+    ``{name: (shape, dtype, value)}`` (every element ``value``): all of them or none
+    (a file that exists is refused before any is written, and those written before a
+    failure are removed)."""
+    paths = {name: os.path.join(os.fspath(directory), f"{name}.npy") for name in arrays}
+    for path in paths.values():
+        if os.path.exists(path):
+            raise FileExistsError(
+                f"optimizer state file {path!r} exists: a new optimizer starts from "
+                "fresh state (remove the file; load a checkpoint with load_state_dict)"
+            )
+    made: dict = {}
+    try:
+        for name, (shape, dtype, value) in arrays.items():
+            fill = None if value == 0 else lambda chunk, v=value: chunk.fill(v)
+            made[name] = mapped_array(paths[name], shape, dtype, fill, "state")
+    except BaseException:
+        for name in made:  # zeros stay a sparse file: nothing to lose but the name
+            os.remove(paths[name])
+        raise
+    return made

@@ -46,11 +46,12 @@ class EmbeddingBag:
     path : str or path-like, optional
         Keep the table in this ``.npy`` file, mapped into memory (``weight`` is then an
         ``np.memmap``): a table larger than RAM trains at a cost that grows with the
-        batch, the OS paging rows in and out.  A new file is written chunk by chunk
-        (N(0, 1) from ``seed``: the same values as an in-memory table of that seed),
-        under a temporary name renamed when complete; an existing file is opened as
-        it is (its shape and dtype must be the layer's).  Optimizers keep their state
-        in files with ``state_dir``.
+        batch, the OS paging rows in and out (each row not in memory a page fault, and
+        a 4 KB write-back once changed: slow for batches spread over such a table).
+        A new file is written chunk by chunk (N(0, 1) from ``seed``: the same values
+        as an in-memory table of that seed), under a temporary name renamed when
+        complete; an existing file is opened as it is (its shape and dtype must be the
+        layer's).  Optimizers keep their state in files with ``state_dir``.
 
     Attributes
     ----------

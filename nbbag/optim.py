@@ -29,7 +29,6 @@ checkpoint is ``state_dict()`` as for any optimizer (it copies the arrays into m
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -105,16 +104,21 @@ class _SparseOptimizer:
         num_rows, dim = self.weight.shape
         if state_dir is not None and self._backend.NAME != "cpu":
             raise ValueError("state_dir keeps state in files on the host: not on a GPU")
+        specs = {}  # name: (shape, dtype, initial value)
         for spec in self.rule.state:
             shape = (num_rows, dim) if spec.per == "element" else (num_rows,)
             dtype = self.weight.dtype if spec.dtype is None else np.dtype(spec.dtype)
             fill = options[spec.fill] if isinstance(spec.fill, str) else spec.fill
-            if state_dir is None:
-                array = self._backend.state_array(shape, fill, dtype)
-            else:
-                path = os.path.join(state_dir, f"{spec.name}.npy")
-                array = _files.state_array(path, shape, dtype, fill)
-            setattr(self, spec.name, array)
+            specs[spec.name] = (shape, dtype, fill)
+        if state_dir is None:
+            arrays = {
+                name: self._backend.state_array(shape, fill, dtype)
+                for name, (shape, dtype, fill) in specs.items()
+            }
+        else:
+            arrays = _files.state_arrays(state_dir, specs)
+        for name, array in arrays.items():
+            setattr(self, name, array)
         self.step_count = 0
         # The log of the steps' hyperparameters, for rules that catch rows up.
         step_matrix, moves_rows = self.rule.step_matrix, self.rule.moves_rows

@@ -78,6 +78,12 @@ def test_files_that_do_not_fit_are_refused(tmp_path):
     nbbag.optim.Adagrad(weight, lr=0.1, state_dir=tmp_path)
     with pytest.raises(FileExistsError, match="state_sum.npy' exists"):
         nbbag.optim.Adagrad(weight, lr=0.1, state_dir=tmp_path)
+    # all the state files or none: the second one existing, the first is not written
+    (tmp_path / "sgd").mkdir()
+    (tmp_path / "sgd" / "last_step.npy").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="last_step.npy' exists"):
+        nbbag.optim.SGD(weight, lr=0.1, momentum=0.9, state_dir=tmp_path / "sgd")
+    assert [p.name for p in (tmp_path / "sgd").iterdir()] == ["last_step.npy"]
     coll = nbbag.EmbeddingBagCollection([nbbag.TableConfig("a", 5, 4)])
     with pytest.raises(ValueError, match="not a collection"):
         nbbag.optim.SGD(coll, lr=0.1, state_dir=tmp_path)
