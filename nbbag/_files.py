@@ -69,6 +69,24 @@ def normal_table(path, shape: tuple, dtype: np.dtype, seed, padding_idx: int):
     return table
 
 
+def normal_table_rows(
+    num_rows: int, dim: int, dtype: np.dtype, seed, first: int, step: int
+) -> np.ndarray:  # fmt: skip
+    """Rows ``first``, ``first + step``, ... of the N(0, 1) (``num_rows``, ``dim``) table
+    of ``seed`` (the same values as an in-memory table of that seed), the table drawn a
+    chunk at a time: never whole in memory."""
+    rng = np.random.default_rng(seed)
+    rows = np.empty(((num_rows - first + step - 1) // step, dim), dtype=dtype)
+    row_bytes = max(1, dim * np.dtype(dtype).itemsize)
+    chunk = np.empty((max(1, CHUNK_BYTES // row_bytes // step) * step, dim), dtype=dtype)
+    for start in range(0, num_rows, chunk.shape[0]):
+        drawn = chunk[: min(chunk.shape[0], num_rows - start)]
+        rng.standard_normal(dtype=dtype.type, out=drawn)
+        kept = drawn[first::step]  # start is a multiple of step
+        rows[start // step : start // step + kept.shape[0]] = kept
+    return rows
+
+
 def state_arrays(directory, arrays: dict) -> dict:
     """An optimizer's state arrays in new files ``<directory>/<name>.npy``, from
     ``{name: (shape, dtype, value)}`` (every element ``value``): all of them or none

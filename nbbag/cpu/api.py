@@ -131,13 +131,27 @@ def _private(array: np.ndarray, given) -> np.ndarray:
 def check_batch(weight, indices, offsets, per_sample_weights, options: ForwardOptions):
     """Every check of a forward, the offsets' and ids' values included, without running
     it: for callers that write before the forward reads (an optimizer's catch-up)."""
+    checked_batch(
+        weight.shape[0], weight.dtype, indices, offsets, per_sample_weights, options
+    )
+
+
+@guarded
+def checked_batch(
+    num_rows: int, dtype, indices, offsets, per_sample_weights, options: ForwardOptions
+) -> tuple:
+    """Every check of a forward on a table of ``num_rows`` rows of ``dtype``, without
+    the table: (flat ids, CSR offsets (B + 1,), weights in ``dtype`` or None)."""
     indices = checks.check_indices(indices)
     offsets, append_end, _ = checks.bag_offsets(
         offsets, indices, options.include_last_offset
     )
-    checks.check_per_sample_weights(per_sample_weights, indices, options.mode, weight.dtype)
+    weights = checks.check_per_sample_weights(
+        per_sample_weights, indices, options.mode, dtype
+    )
     flat = checks.flat_contiguous(indices)
-    _check_contents(indices, flat, offsets, append_end, weight.shape[0])
+    csr = _check_contents(indices, flat, offsets, append_end, num_rows)
+    return flat, csr, weights
 
 
 def _check_contents(indices, flat, offsets, append_end, num_rows) -> np.ndarray:

@@ -1,0 +1,306 @@
+"""Row-sharded tables on Ray (``nbbag.distributed``): the routing kernels against a
+NumPy reference; training on 3 shards against the single-process layer (every mode and
+optimizer, a save and load in the middle); run-to-run identity; a killed shard; two
+trainers on one table; bad input that changes nothing.  One local Ray cluster for the
+module (``ray.init(num_cpus=2)``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nbbag
+from nbbag.cpu.routing import count_routed, merge_maxima, route_tokens
+
+ray = pytest.importorskip("ray")
+nd = pytest.importorskip("nbbag.distributed")
+
+V, D, SHARDS = 41, 6, 3
+OPTIMIZERS = {  # (class, keywords): every optimizer, SGD's catch-up included
+    "sgd": (nbbag.optim.SGD, {"lr": 0.2}),
+    "sgd-momentum-wd": (
+        nbbag.optim.SGD,
+        {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01},
+    ),
+    "adagrad": (nbbag.optim.Adagrad, {"lr": 0.1, "initial_accumulator_value": 0.5}),
+    "rowwise-adagrad": (nbbag.optim.RowWiseAdagrad, {"lr": 0.1}),
+    "adam": (nbbag.optim.Adam, {"lr": 0.05, "betas": (0.8, 0.99)}),
+}
+# Every mode and every optimizer, each in at least one pair (each pair costs ~2 s of
+# actor start-ups, two tables of three actors): the shards' code paths differ by mode
+# (sum-like or max) and by optimizer, not by the two together.
+CASES = [
+    ("sum", "sgd"),
+    ("sum", "rowwise-adagrad"),
+    ("mean", "adam"),
+    ("sqrtn", "adagrad"),
+    ("max", "sgd-momentum-wd"),
+    ("max", "adam"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def batch(rng, num_bags=7, weighted=True):
+    """Random bags over the table: some empty, the padding row (3) and one hot row
+    (5) among them, and weights (not for max)."""
+    lengths = rng.integers(0, 9, num_bags)
+    lengths[rng.integers(num_bags)] = 0
+    ids = rng.integers(0, V, lengths.sum())
+    ids[rng.random(ids.shape[0]) < 0.15] = 3
+    ids[rng.random(ids.shape[0]) < 0.2] = 5
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    weights = rng.uniform(0.1, 2.0, ids.shape[0]).astype(np.float32) if weighted else None
+    return ids, offsets, weights
+
+
+# -- the routing kernels -------------------------------------------------------------------
+def test_routing_keeps_each_shards_tokens_in_the_batchs_order(rng):
+    ids, offsets, weights = batch(rng, num_bags=9)
+    csr = np.append(offsets, ids.shape[0])
+    counts = np.empty((SHARDS, 9), np.int64)
+    totals = np.empty((9, 2))
+    count_routed(ids, csr, weights, 3, SHARDS, counts, totals)
+    shard_offsets = np.zeros((SHARDS, 10), np.int64)
+    np.cumsum(counts, axis=1, out=shard_offsets[:, 1:])
+    starts = np.concatenate([[0], np.cumsum(shard_offsets[:, -1])])
+    cursors = shard_offsets[:, :-1] + starts[:-1, None]
+    local, local_weights = np.empty_like(ids), np.empty_like(weights)
+    positions = np.empty_like(ids)
+    route_tokens(ids, csr, weights, SHARDS, cursors, local, local_weights, positions)
+    for s in range(SHARDS):
+        for b in range(9):
+            mine = [p for p in range(csr[b], csr[b + 1]) if ids[p] % SHARDS == s]
+            part = slice(
+                starts[s] + shard_offsets[s, b], starts[s] + shard_offsets[s, b + 1]
+            )
+            np.testing.assert_array_equal(positions[part], mine)
+            np.testing.assert_array_equal(local[part], ids[mine] // SHARDS)
+            np.testing.assert_array_equal(local_weights[part], weights[mine])
+    for b in range(9):
+        kept = [p for p in range(csr[b], csr[b + 1]) if ids[p] != 3]
+        np.testing.assert_allclose(
+            totals[b], [weights[kept].sum(), (weights[kept] ** 2).sum()]
+        )
+
+
+def test_merged_maxima_break_ties_by_position():
+    values = np.array([[[1.0, 2.0]], [[1.0, 3.0]], [[0.0, 0.0]]], np.float32)
+    argmax = np.array([[[1, 0]], [[0, 0]], [[-1, -1]]])  # shard 2 has no token in the bag
+    positions = np.array([5, 2, 1, 7])  # shard 0: tokens 0-1, shard 1: 2, shard 2: 3
+    starts = np.array([0, 2, 3, 4])
+    out, winner = np.empty((1, 2), np.float32), np.empty((1, 2), np.int32)
+    merge_maxima(values, argmax, positions, starts, out, winner)
+    # d=0: 1.0 on shard 0 (position 2) and shard 1 (position 1): shard 1's is first
+    np.testing.assert_array_equal(out, [[1.0, 3.0]])
+    np.testing.assert_array_equal(winner, [[1, 1]])
+
+
+# -- training equals the single-process layer ----------------------------------------------
+@pytest.mark.parametrize(("mode", "optimizer"), CASES)
+def test_training_on_three_shards_equals_the_layer(tmp_path, rng, mode, optimizer):
+    kind, kwargs = OPTIMIZERS[optimizer]
+    options = {"padding_idx": 3, "scale_grad_by_freq": mode == "sum"}
+    dtype = np.float64 if mode == "sqrtn" else np.float32
+    ids_dtype = np.int32 if mode == "mean" else np.int64
+    weight = rng.standard_normal((V, D)).astype(dtype)
+    sharded = nd.ShardedEmbeddingBag(
+        V, D, mode, num_shards=SHARDS, weight=weight, dtype=dtype, **options
+    )
+    layer = nbbag.EmbeddingBag(V, D, mode, weight=weight.copy(), **options)
+    sharded.attach(kind, **kwargs)
+    layer.attach(kind(layer.weight, **kwargs))
+    for step in range(6):
+        if step == 3:  # a checkpoint in the middle: training goes on from the files
+            sharded.save(tmp_path)
+            sharded = nd.ShardedEmbeddingBag.load(tmp_path)
+        ids, offsets, weights = batch(rng, weighted=mode != "max")
+        ids = ids.astype(ids_dtype)
+        out = sharded(ids, offsets, weights)
+        assert out.dtype == dtype
+        np.testing.assert_allclose(out, layer(ids, offsets, weights), rtol=2e-5, atol=2e-6)
+        grad_output = rng.standard_normal(out.shape).astype(dtype)
+        sharded.step(grad_output)
+        layer.step(grad_output)
+    layer.optimizer.flush()
+    np.testing.assert_allclose(sharded.gather_weight(), layer.weight, rtol=2e-5, atol=2e-6)
+    assert sharded.step_count == layer.optimizer.step_count == 6
+
+
+def test_a_seeded_table_is_the_layers_and_runs_repeat_bit_for_bit(rng):
+    layer = nbbag.EmbeddingBag(V, D, "mean", padding_idx=4, seed=7, dtype=np.float64)
+    batches = [batch(rng) for _ in range(3)]
+    grads = [rng.standard_normal((7, D)) for _ in range(3)]
+    tables = []
+    for _ in range(2):
+        sharded = nd.ShardedEmbeddingBag(
+            V, D, "mean", num_shards=SHARDS, padding_idx=4, seed=7, dtype=np.float64
+        )
+        np.testing.assert_array_equal(sharded.gather_weight(), layer.weight)
+        sharded.attach(nbbag.optim.SGD, lr=0.1, momentum=0.5)
+        outs = []
+        for (ids, offsets, weights), grad in zip(batches, grads, strict=True):
+            outs.append(sharded(ids, offsets, weights))
+            sharded.step(grad, lr=0.05)
+        tables.append((sharded.gather_weight(), outs))
+    np.testing.assert_array_equal(tables[0][0], tables[1][0])
+    for first, second in zip(tables[0][1], tables[1][1], strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_2d_ids_and_include_last_offset(rng):
+    weight = rng.standard_normal((V, D)).astype(np.float32)
+    sharded = nd.ShardedEmbeddingBag(
+        V, D, "sqrtn", num_shards=2, weight=weight, include_last_offset=True
+    )
+    ids = rng.integers(0, V, (5, 4))
+    np.testing.assert_allclose(
+        sharded(ids), nbbag.embedding_bag(weight, ids, mode="sqrtn"), rtol=1e-5
+    )
+    flat, offsets = ids.ravel(), np.arange(0, 21, 4)
+    np.testing.assert_allclose(
+        sharded(flat, offsets),
+        nbbag.embedding_bag(weight, flat, offsets, mode="sqrtn", include_last_offset=True),
+        rtol=1e-5,
+    )
+
+
+# -- faults and checkpoints ----------------------------------------------------------------
+def test_a_killed_shard_raises_and_the_last_checkpoint_resumes(tmp_path, rng):
+    weight = rng.standard_normal((V, D)).astype(np.float32)
+    sharded = nd.ShardedEmbeddingBag(V, D, "sum", num_shards=SHARDS, weight=weight)
+    layer = nbbag.EmbeddingBag(V, D, "sum", weight=weight.copy())
+    for bag in (sharded, layer):
+        bag.attach(nbbag.optim.Adagrad, lr=0.1) if bag is sharded else bag.attach(
+            nbbag.optim.Adagrad(bag.weight, lr=0.1)
+        )
+    batches = [(*batch(rng)[:2], rng.standard_normal((7, D)).astype(np.float32))
+               for _ in range(5)]  # fmt: skip
+    for ids, offsets, grad in batches[:3]:
+        sharded(ids, offsets)
+        sharded.step(grad)
+    sharded.save(tmp_path)  # every step so far is acknowledged and in the checkpoint
+    ids, offsets, grad = batches[3]
+    sharded(ids, offsets)
+    sharded.step(grad)  # after the checkpoint: lost with the shard
+    ray.kill(sharded._shards[1])
+    with pytest.raises(nd.ShardLostError, match=r"shard 1 of 3 is lost.*load"):
+        sharded(ids, offsets)
+    resumed = nd.ShardedEmbeddingBag.load(tmp_path)
+    assert resumed.step_count == 3
+    for ids, offsets, grad in batches[:3] + batches[3:]:
+        layer(ids, offsets)
+        layer.step(grad)
+    for ids, offsets, grad in batches[3:]:
+        resumed(ids, offsets)
+        resumed.step(grad)
+    np.testing.assert_allclose(resumed.gather_weight(), layer.weight, rtol=2e-5, atol=2e-6)
+
+
+def test_save_replaces_the_checkpoint_whole(tmp_path, rng):
+    sharded = nd.ShardedEmbeddingBag(V, D, "mean", num_shards=2, seed=1)
+    sharded.save(tmp_path)
+    first = set(os.listdir(tmp_path))
+    sharded.save(tmp_path)
+    second = set(os.listdir(tmp_path))
+    assert len(first) == len(second) == 3 and first & second == {"manifest.json"}
+    assert not [name for name in second if name.endswith(".partial")]
+    loaded = nd.ShardedEmbeddingBag.load(tmp_path)
+    assert loaded.optimizer is None
+    np.testing.assert_array_equal(loaded.gather_weight(), sharded.gather_weight())
+    os.remove(tmp_path / sorted(second - {"manifest.json"})[0])
+    with pytest.raises(FileNotFoundError, match="shard file"):
+        nd.ShardedEmbeddingBag.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
+        nd.ShardedEmbeddingBag.load(tmp_path / "nothing")
+
+
+# -- two trainers --------------------------------------------------------------------------
+@ray.remote
+def _train(bag, batches):
+    for ids, offsets, grad in batches:
+        bag(ids, offsets)
+        bag.step(grad)
+    return bag.step_count
+
+
+def test_two_trainers_push_to_the_same_shards(rng):
+    weight = rng.standard_normal((V, D)).astype(np.float64)
+    sharded = nd.ShardedEmbeddingBag(
+        V, D, "sum", num_shards=SHARDS, weight=weight, dtype=np.float64
+    )
+    sharded.attach(nbbag.optim.SGD, lr=0.1)
+    work = [
+        [(*batch(rng)[:2], rng.standard_normal((7, D))) for _ in range(4)] for _ in range(2)
+    ]
+    counts = ray.get([_train.remote(sharded, batches) for batches in work])
+    assert max(counts) == 8 and sharded.step_count == 8
+    # plain SGD's steps add up in any order: the table took every push once
+    expected = weight.copy()
+    for ids, offsets, grad in work[0] + work[1]:
+        expected -= (
+            0.1
+            * nbbag.embedding_bag_bwd(
+                grad, nbbag.embedding_bag_fwd(weight, ids, offsets, mode="sum")[1]
+            ).to_dense()
+        )
+    np.testing.assert_allclose(sharded.gather_weight(), expected, rtol=1e-12, atol=1e-12)
+
+
+# -- bad input changes nothing -------------------------------------------------------------
+def test_bad_input_raises_and_changes_nothing(rng):
+    weight = rng.standard_normal((V, D)).astype(np.float32)
+    sharded = nd.ShardedEmbeddingBag(V, D, "max", num_shards=2, weight=weight)
+    with pytest.raises(RuntimeError, match="attach"):
+        sharded.step(np.zeros((1, D)))
+    with pytest.raises(TypeError, match="nbbag.optim's classes"):
+        sharded.attach(dict)
+    with pytest.raises(ValueError, match="lr"):
+        sharded.attach(nbbag.optim.SGD, lr=-1.0)
+    sharded.attach(nbbag.optim.SGD, lr=0.1, momentum=0.9)
+    with pytest.raises(RuntimeError, match="forward first"):
+        sharded.step(np.zeros((1, D)))
+    with pytest.raises(IndexError, match=str(V)):
+        sharded(np.array([1, V]), np.array([0]))
+    with pytest.raises(ValueError, match="per_sample_weights"):
+        sharded(np.array([1, 2]), np.array([0]), np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="offsets"):
+        sharded(np.array([1, 2]), np.array([1, 0]))
+    sharded(np.array([1, 2]), np.array([0]))
+    with pytest.raises(ValueError, match=r"shape \(1, 6\)"):
+        sharded.step(np.zeros((2, D)))
+    with pytest.raises(ValueError, match="lr"):
+        sharded.step(np.zeros((1, D)), lr=float("nan"))
+    assert sharded.step_count == 0
+    np.testing.assert_array_equal(sharded.gather_weight(), weight)
+    with pytest.raises(ValueError, match="num_shards must be at least 1"):
+        nd.ShardedEmbeddingBag(V, D, num_shards=0)
+    with pytest.raises(ValueError, match="pass dtype=weight.dtype"):
+        nd.ShardedEmbeddingBag(V, D, num_shards=2, weight=weight.astype(np.float64))
+    with pytest.raises(ValueError, match="mode"):
+        nd.ShardedEmbeddingBag(V, D, "median", num_shards=2)
+
+
+def test_nbbag_imports_without_ray_and_the_error_names_the_extra():
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import nbbag\n"
+        "try:\n    import nbbag.distributed\n"
+        "except ImportError as error:\n    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert 'pip install "nbbag[ray]"' in result.stdout
