@@ -43,7 +43,8 @@ from nbbag.modes import Mode
 __all__ = ["ShardLostError", "ShardedEmbeddingBag"]
 
 MANIFEST = "manifest.json"
-_RemoteShard = ray.remote(Shard)
+# Shards spread over the cluster's machines (rather than packed on the first).
+_RemoteShard = ray.remote(Shard).options(scheduling_strategy="SPREAD")
 
 
 class ShardLostError(RuntimeError):
@@ -80,6 +81,10 @@ class ShardedEmbeddingBag:
     dtype : float32 or float64
     padding_idx, include_last_offset, max_norm, norm_type, scale_grad_by_freq
         As :class:`nbbag.EmbeddingBag`'s.
+
+    ``bytes_to_shards`` and ``bytes_from_shards`` count the arrays the calls of this
+    object sent to its shards and got back (each shard's own, as if each were on a
+    machine of its own): the network cost of a step.
 
     Training equals :class:`nbbag.EmbeddingBag`'s on the same table and batches, within
     float round-off (the bags' sums are added shard by shard), and is bit-identical
@@ -145,6 +150,8 @@ class ShardedEmbeddingBag:
         self.optimizer: tuple[str, dict] | None = None
         self._trainer = uuid.uuid4().hex
         self._last: _Routed | None = None
+        self.bytes_to_shards = 0  # the arrays every call sent to the shards, summed
+        self.bytes_from_shards = 0  # the arrays the shards sent back
 
     def _start(self, s: int, **init):
         """Shard ``s``'s actor, its rows from ``init`` (see :class:`nbbag._shard.Shard`)."""
@@ -239,12 +246,14 @@ class ShardedEmbeddingBag:
         for s, shard in enumerate(self._shards):
             part = slice(starts[s], starts[s + 1])
             part_weights = None if local_weights is None else local_weights[part]
-            calls.append(
-                shard.forward.remote(
-                    self._trainer, local_ids[part], shard_offsets[s], part_weights
-                )
-            )
+            sent = (local_ids[part], shard_offsets[s], part_weights)
+            self.bytes_to_shards += sum(a.nbytes for a in sent if a is not None)
+            calls.append(shard.forward.remote(self._trainer, *sent))
         parts = self._call("forward", calls)
+        self.bytes_from_shards += sum(
+            sum(a.nbytes for a in part) if isinstance(part, tuple) else part.nbytes
+            for part in parts
+        )
         if self.mode == Mode.MAX:
             out = np.empty((num_bags, self.embedding_dim), dtype=self.dtype)
             winner = np.empty((num_bags, self.embedding_dim), dtype=np.int32)
@@ -284,6 +293,8 @@ class ShardedEmbeddingBag:
             lr = check_real(lr, "lr")
         grad_ref = ray.put(grad)
         winner = None if last.winner is None else ray.put(last.winner)
+        sent = grad.nbytes + (0 if last.winner is None else last.winner.nbytes)
+        self.bytes_to_shards += self.num_shards * sent  # each shard reads its copy
         trainer = self._trainer
         calls = [shard.step.remote(trainer, grad_ref, winner, lr) for shard in self._shards]
         self._call("step", calls)

@@ -172,6 +172,8 @@ def test_2d_ids_and_include_last_offset(rng):
     np.testing.assert_allclose(
         sharded(ids), nbbag.embedding_bag(weight, ids, mode="sqrtn"), rtol=1e-5
     )
+    # 20 int64 ids and two shards' 6 offsets there; two shards' (5, 6) float32s back
+    assert (sharded.bytes_to_shards, sharded.bytes_from_shards) == (160 + 96, 240)
     flat, offsets = ids.ravel(), np.arange(0, 21, 4)
     np.testing.assert_allclose(
         sharded(flat, offsets),
