@@ -12,6 +12,7 @@ from nbbag import (
     optim,
 )
 from nbbag.base.records import BagContext
+from nbbag.cached import CachedEmbeddingBag
 from nbbag.collection import EmbeddingBagCollection, TableConfig
 from nbbag.functional import embedding_bag, embedding_bag_bwd, embedding_bag_fwd
 from nbbag.layer import EmbeddingBag
@@ -21,6 +22,7 @@ from nbbag.sparse import RowSparseGrad
 
 __all__ = [
     "BagContext",
+    "CachedEmbeddingBag",
     "EmbeddingBag",
     "EmbeddingBagCollection",
     "Mode",

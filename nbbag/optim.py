@@ -110,6 +110,7 @@ class _SparseOptimizer:
             dtype = self.weight.dtype if spec.dtype is None else np.dtype(spec.dtype)
             fill = options[spec.fill] if isinstance(spec.fill, str) else spec.fill
             specs[spec.name] = (shape, dtype, fill)
+        self.state_specs = specs  # a state file's layout (a cached table's, too)
         if state_dir is None:
             arrays = {
                 name: self._backend.state_array(shape, fill, dtype)
