@@ -88,7 +88,8 @@ def normal_table_rows(
 
 
 def state_arrays(directory, arrays: dict) -> dict:
-    """An optimizer's state arrays in new files ``<directory>/<name>.npy``, from
+    """An optimizer's state arrays in new files ``<directory>/<name>.npy`` (the
+    directory made if need be), from
     ``{name: (shape, dtype, value)}`` (every element ``value``): all of them or none
     (a file that exists is refused before any is written, and those written before a
     failure are removed)."""
@@ -99,6 +100,7 @@ def state_arrays(directory, arrays: dict) -> dict:
                 f"optimizer state file {path!r} exists: a new optimizer starts from "
                 "fresh state (remove the file; load a checkpoint with load_state_dict)"
             )
+    os.makedirs(os.fspath(directory), exist_ok=True)
     made: dict = {}
     try:
         for name, (shape, dtype, value) in arrays.items():

@@ -20,12 +20,12 @@ from nbbag._memory import aligned_empty
 from nbbag._validate import forward_options, is_integer
 from nbbag.base.constants import NO_PADDING
 from nbbag.cpu.api import checked_batch
+from nbbag.cpu.cache import FREE, PENDING, admit_tokens
 from nbbag.layer import EmbeddingBag, _check_dtype, _check_seed, _check_size
 from nbbag.modes import Mode
 from nbbag.rules import catches_up
 from nbbag.sparse import RowSparseGrad
 
-FREE = -1  # a slot that holds no row
 PINNED = np.iinfo(np.int64).max  # the padding row's slot: never evicted
 
 
@@ -201,28 +201,29 @@ class CachedEmbeddingBag:
     # -- the cache ------------------------------------------------------------------------
     def _admit(self, flat: np.ndarray) -> np.ndarray:
         """Bring the rows of ``flat`` into the cache; return ``flat`` as slots."""
-        rows = np.unique(flat)
-        capacity = self.cache_rows - (self._used[:1] == PINNED).sum()
-        if rows.shape[0] > capacity:
+        capacity = self.cache_rows - int(self._used[0] == PINNED)
+        if flat.shape[0] > capacity and np.unique(flat).shape[0] > capacity:
             raise ValueError(
-                f"the batch reads {rows.shape[0]} distinct rows, more than the cache's "
-                f"{capacity} (cache_rows={self.cache_rows}): a larger cache, or smaller "
-                "batches"
+                f"the batch reads {np.unique(flat).shape[0]} distinct rows, more than "
+                f"the cache's {capacity} (cache_rows={self.cache_rows}): a larger "
+                "cache, or smaller batches"
             )
         self._calls += 1
-        slots = self._slot_of[rows]
-        resident = slots != FREE
-        self._used[slots[resident & (self._used[slots] != PINNED)]] = self._calls
-        missing = rows[~resident]
-        if missing.shape[0]:
-            free = self._victims(missing.shape[0])
+        local = np.empty(flat.shape[0], dtype=self._slot_of.dtype)
+        missing = np.empty(min(flat.shape[0], self.num_embeddings), dtype=np.int64)
+        count = admit_tokens(flat, self._slot_of, self._used, self._calls, local, missing)
+        if count:
+            missing = np.sort(missing[:count])
+            free = self._victims(count)
             self._write_back(free)
             held = self._row_of[free]
             self._slot_of[held[held != FREE]] = FREE
             self._read(missing, free)
             self._used[free] = self._calls
-        self._batch_slots = self._slot_of[rows]
-        return self._slot_of[flat]
+            pending = np.flatnonzero(local == PENDING)
+            local[pending] = self._slot_of[flat[pending]]
+        self._batch_slots = local
+        return local
 
     def _victims(self, count: int) -> np.ndarray:
         """The ``count`` least recently used slots the current call does not read (free
