@@ -36,7 +36,7 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 import nbbag
-from benchmarks.common import bag_ids, bag_offsets
+from benchmarks.common import SEED, bag_offsets, zipf_ranks
 
 kind, rows, directory, steps, optimizer, fresh, cache_rows = sys.argv[1:8]
 rows, steps, fresh, cache_rows = int(rows), int(steps), fresh == "1", int(cache_rows)
@@ -64,10 +64,15 @@ else:
         opt = nbbag.optim.Adagrad(bag.weight, lr=0.1, **state)
     bag.attach(opt)
 offsets = bag_offsets(4096)
+# Zipf ranks scattered over the table by one fixed permutation: a fresh batch draws new
+# ranks (the same hot rows stay hot); without --fresh every step reads the same batch.
+scatter = np.random.default_rng(SEED + 2).permutation(rows)
+batches = [scatter[zipf_ranks(int(offsets[-1]), SEED + step) % rows]
+           for step in range(steps + 3 if fresh else 1)]
 grad_output = np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float32)
 times = []
 for step in range(steps + 3):
-    ids = bag_ids("zipf", int(offsets[-1]), rows, seed=step if fresh else 0)
+    ids = batches[step if fresh else 0]
     start = time.perf_counter()
     bag(ids, offsets[:-1])
     bag.step(grad_output)

@@ -9,6 +9,7 @@ complete, so that a file at ``path`` is always a whole one.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable
 
@@ -27,7 +28,7 @@ def mapped_array(
     system: a sparse file, nothing written).  ``what`` names it in messages."""
     path = os.fspath(path)
     if os.path.exists(path):
-        array = np.lib.format.open_memmap(path, mode="r+")
+        array = _random_access(np.lib.format.open_memmap(path, mode="r+"))
         if array.shape != tuple(shape) or array.dtype != dtype:
             raise ValueError(
                 f"{what} file {path!r} holds {array.dtype} {array.shape}, expected "
@@ -49,7 +50,17 @@ def mapped_array(
         raise
     del array
     os.replace(partial, path)
-    return np.lib.format.open_memmap(path, mode="r+")
+    return _random_access(np.lib.format.open_memmap(path, mode="r+"))
+
+
+def _random_access(array: np.memmap) -> np.memmap:
+    """``array`` with the kernel told its pages are read at random: a fault reads the
+    page it needs, not a window of its neighbours (read ahead, then mapped into the
+    process: ~16 pages of memory and disk a row, for rows that are seldom neighbours)."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
+        mapping.madvise(mmap.MADV_RANDOM)
+    return array
 
 
 def normal_table(path, shape: tuple, dtype: np.dtype, seed, padding_idx: int):
