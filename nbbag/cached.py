@@ -20,7 +20,7 @@ from nbbag._memory import aligned_empty
 from nbbag._validate import forward_options, is_integer
 from nbbag.base.constants import NO_PADDING
 from nbbag.cpu.api import checked_batch
-from nbbag.cpu.cache import FREE, PENDING, admit_tokens
+from nbbag.cpu.cache import FREE, PENDING, admit_tokens, clock_victims, copy_rows
 from nbbag.layer import EmbeddingBag, _check_dtype, _check_seed, _check_size
 from nbbag.modes import Mode
 from nbbag.rules import catches_up
@@ -102,7 +102,10 @@ class CachedEmbeddingBag:
             shape[0], FREE, dtype=np.int32 if slots < 2**31 else np.int64
         )
         self._row_of = np.full(slots, FREE, dtype=np.int64)
-        self._used = np.full(slots, -1, dtype=np.int64)  # the call that last read a slot
+        # the call that last read a slot; negative: -1 - that call once the clock's
+        # hand has passed (and -1: never filled)
+        self._used = np.full(slots, -1, dtype=np.int64)
+        self._hand = 0
         self._dirty = np.zeros(slots, dtype=bool)
         self._calls = 0
         self._batch_slots: np.ndarray | None = None
@@ -226,13 +229,11 @@ class CachedEmbeddingBag:
         return local
 
     def _victims(self, count: int) -> np.ndarray:
-        """The ``count`` least recently used slots the current call does not read (free
-        ones first)."""
-        candidates = np.flatnonzero(self._used < self._calls)
-        if candidates.shape[0] > count:
-            oldest = np.argpartition(self._used[candidates], count - 1)[:count]
-            candidates = candidates[oldest]
-        return candidates
+        """``count`` slots the current call does not read, never-filled ones first,
+        then those unread longest (a clock: nearly least recently used)."""
+        victims = np.empty(count, dtype=np.int64)
+        self._hand = clock_victims(self._used, self._calls, self._hand, victims)
+        return victims
 
     def _write_back(self, slots: np.ndarray) -> None:
         """The changed rows among ``slots`` to the files, in file order."""
@@ -241,16 +242,16 @@ class CachedEmbeddingBag:
             return
         slots = slots[np.argsort(self._row_of[slots])]
         rows = self._row_of[slots]
-        self.weight[rows] = self._cache.weight[slots]
+        copy_rows(self._cache.weight, slots, np.asarray(self.weight), rows)
         for name, file in self._state_files.items():
-            file[rows] = getattr(self.optimizer, name)[slots]
+            copy_rows(getattr(self.optimizer, name), slots, np.asarray(file), rows)
         self._dirty[slots] = False
 
     def _read(self, rows: np.ndarray, slots: np.ndarray) -> None:
         """Rows ``rows`` (sorted) of the files into ``slots``."""
-        self._cache.weight[slots] = self.weight[rows]
+        copy_rows(np.asarray(self.weight), rows, self._cache.weight, slots)
         for name, file in self._state_files.items():
-            getattr(self.optimizer, name)[slots] = file[rows]
+            copy_rows(np.asarray(file), rows, getattr(self.optimizer, name), slots)
         self._row_of[slots] = rows
         self._slot_of[rows] = slots
         self._dirty[slots] = False
