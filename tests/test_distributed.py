@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import nbbag
+from nbbag._shard import Shard
 from nbbag.cpu.routing import count_routed, merge_maxima, route_tokens
 
 ray = pytest.importorskip("ray")
@@ -54,6 +55,30 @@ def cluster():
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled():
+    """Compile the kernels the shards run here, once, in this process: the shards' own
+    processes then load them from Numba's disk cache instead of each compiling them at
+    the same time (a cold cache's first run)."""
+    rng = np.random.default_rng(0)
+    for mode, optimizer in CASES:
+        kind, kwargs = OPTIMIZERS[optimizer]
+        dtype = np.float64 if mode == "sqrtn" else np.float32
+        options = {
+            "mode": "max" if mode == "max" else "sum",
+            "padding_idx": 0,
+            "max_norm": None,
+            "norm_type": 2.0,
+            "scale_grad_by_freq": mode == "sum",
+        }
+        shard = Shard(0, 1, 4, D, np.dtype(dtype).str, options, rows=np.ones((4, D), dtype))
+        shard.attach(kind.__name__, kwargs)
+        weights = None if mode == "max" else rng.random(3).astype(dtype)
+        shard.forward("warm", np.array([0, 1, 2]), np.array([0, 1, 3]), weights)
+        winner = np.zeros((2, D), np.int32) if mode == "max" else None
+        shard.step("warm", np.ones((2, D), dtype), winner, None)
 
 
 def batch(rng, num_bags=7, weighted=True):
