@@ -57,25 +57,32 @@ def cluster():
         ray.shutdown()
 
 
+# What the shards of this module's tables compile: (the shards' mode, dtype, weighted,
+# scale_grad_by_freq, optimizer).  The tests keep to these few (every mode and optimizer
+# is among them) so that a cold cache compiles little.
+SHARD_KERNELS = [
+    ("sum", np.float32, True, False, "sgd"),  # sum-sgd, two trainers
+    ("sum", np.float32, True, False, "rowwise-adagrad"),  # sum-rowwise, killed shard
+    ("sum", np.float32, True, False, "adam"),  # mean-adam, seeded, 2-D ids
+    ("sum", np.float64, True, False, "adagrad"),  # sqrtn-adagrad
+    ("max", np.float32, False, False, "sgd-momentum-wd"),  # max, bad input
+    ("max", np.float32, False, True, "adam"),  # max-adam
+    ("sum", np.float32, False, False, "adagrad"),  # the text classifier
+]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def compiled():
     """Compile the kernels the shards run here, once, in this process: the shards' own
     processes then load them from Numba's disk cache instead of each compiling them at
     the same time (a cold cache's first run)."""
-    rng = np.random.default_rng(0)
-    for mode, optimizer in CASES:
+    for mode, dtype, weighted, scale, optimizer in SHARD_KERNELS:
         kind, kwargs = OPTIMIZERS[optimizer]
-        dtype = np.float64 if mode == "sqrtn" else np.float32
-        options = {
-            "mode": "max" if mode == "max" else "sum",
-            "padding_idx": 0,
-            "max_norm": None,
-            "norm_type": 2.0,
-            "scale_grad_by_freq": mode == "sum",
-        }
+        options = {"mode": mode, "padding_idx": 0, "max_norm": None, "norm_type": 2.0,
+                   "scale_grad_by_freq": scale}  # fmt: skip
         shard = Shard(0, 1, 4, D, np.dtype(dtype).str, options, rows=np.ones((4, D), dtype))
         shard.attach(kind.__name__, kwargs)
-        weights = None if mode == "max" else rng.random(3).astype(dtype)
+        weights = np.ones(3, dtype) if weighted else None
         shard.forward("warm", np.array([0, 1, 2]), np.array([0, 1, 3]), weights)
         winner = np.zeros((2, D), np.int32) if mode == "max" else None
         shard.step("warm", np.ones((2, D), dtype), winner, None)
@@ -140,7 +147,10 @@ def test_merged_maxima_break_ties_by_position():
 @pytest.mark.parametrize(("mode", "optimizer"), CASES)
 def test_training_on_three_shards_equals_the_layer(tmp_path, rng, mode, optimizer):
     kind, kwargs = OPTIMIZERS[optimizer]
-    options = {"padding_idx": 3, "scale_grad_by_freq": mode == "sum"}
+    options = {
+        "padding_idx": 3,
+        "scale_grad_by_freq": optimizer == "adam" and mode == "max",
+    }
     dtype = np.float64 if mode == "sqrtn" else np.float32
     ids_dtype = np.int32 if mode == "mean" else np.int64
     weight = rng.standard_normal((V, D)).astype(dtype)
@@ -168,16 +178,16 @@ def test_training_on_three_shards_equals_the_layer(tmp_path, rng, mode, optimize
 
 
 def test_a_seeded_table_is_the_layers_and_runs_repeat_bit_for_bit(rng):
-    layer = nbbag.EmbeddingBag(V, D, "mean", padding_idx=4, seed=7, dtype=np.float64)
+    layer = nbbag.EmbeddingBag(V, D, "mean", padding_idx=4, seed=7)
     batches = [batch(rng) for _ in range(3)]
-    grads = [rng.standard_normal((7, D)) for _ in range(3)]
+    grads = [rng.standard_normal((7, D)).astype(np.float32) for _ in range(3)]
     tables = []
     for _ in range(2):
         sharded = nd.ShardedEmbeddingBag(
-            V, D, "mean", num_shards=SHARDS, padding_idx=4, seed=7, dtype=np.float64
+            V, D, "mean", num_shards=SHARDS, padding_idx=4, seed=7
         )
         np.testing.assert_array_equal(sharded.gather_weight(), layer.weight)
-        sharded.attach(nbbag.optim.SGD, lr=0.1, momentum=0.5)
+        sharded.attach(nbbag.optim.Adam, lr=0.1)
         outs = []
         for (ids, offsets, weights), grad in zip(batches, grads, strict=True):
             outs.append(sharded(ids, offsets, weights))
@@ -194,15 +204,26 @@ def test_2d_ids_and_include_last_offset(rng):
         V, D, "sqrtn", num_shards=2, weight=weight, include_last_offset=True
     )
     ids = rng.integers(0, V, (5, 4))
+    weights = rng.uniform(0.5, 2, (5, 4)).astype(np.float32)
     np.testing.assert_allclose(
-        sharded(ids), nbbag.embedding_bag(weight, ids, mode="sqrtn"), rtol=1e-5
+        sharded(ids, None, weights),
+        nbbag.embedding_bag(weight, ids, mode="sqrtn", per_sample_weights=weights),
+        rtol=1e-5,
     )
-    # 20 int64 ids and two shards' 6 offsets there; two shards' (5, 6) float32s back
-    assert (sharded.bytes_to_shards, sharded.bytes_from_shards) == (160 + 96, 240)
+    # 20 int64 ids, their float32 weights and two shards' 6 offsets there; two shards'
+    # (5, 6) float32s back
+    assert (sharded.bytes_to_shards, sharded.bytes_from_shards) == (160 + 80 + 96, 240)
     flat, offsets = ids.ravel(), np.arange(0, 21, 4)
     np.testing.assert_allclose(
-        sharded(flat, offsets),
-        nbbag.embedding_bag(weight, flat, offsets, mode="sqrtn", include_last_offset=True),
+        sharded(flat, offsets, weights.ravel()),
+        nbbag.embedding_bag(
+            weight,
+            flat,
+            offsets,
+            mode="sqrtn",
+            include_last_offset=True,
+            per_sample_weights=weights.ravel(),
+        ),  # fmt: skip
         rtol=1e-5,
     )
 
@@ -212,29 +233,27 @@ def test_a_killed_shard_raises_and_the_last_checkpoint_resumes(tmp_path, rng):
     weight = rng.standard_normal((V, D)).astype(np.float32)
     sharded = nd.ShardedEmbeddingBag(V, D, "sum", num_shards=SHARDS, weight=weight)
     layer = nbbag.EmbeddingBag(V, D, "sum", weight=weight.copy())
-    for bag in (sharded, layer):
-        bag.attach(nbbag.optim.Adagrad, lr=0.1) if bag is sharded else bag.attach(
-            nbbag.optim.Adagrad(bag.weight, lr=0.1)
-        )
-    batches = [(*batch(rng)[:2], rng.standard_normal((7, D)).astype(np.float32))
+    sharded.attach(nbbag.optim.RowWiseAdagrad, lr=0.1)
+    layer.attach(nbbag.optim.RowWiseAdagrad(layer.weight, lr=0.1))
+    batches = [(*batch(rng), rng.standard_normal((7, D)).astype(np.float32))
                for _ in range(5)]  # fmt: skip
-    for ids, offsets, grad in batches[:3]:
-        sharded(ids, offsets)
+    for ids, offsets, weights, grad in batches[:3]:
+        sharded(ids, offsets, weights)
         sharded.step(grad)
     sharded.save(tmp_path)  # every step so far is acknowledged and in the checkpoint
-    ids, offsets, grad = batches[3]
-    sharded(ids, offsets)
+    ids, offsets, weights, grad = batches[3]
+    sharded(ids, offsets, weights)
     sharded.step(grad)  # after the checkpoint: lost with the shard
     ray.kill(sharded._shards[1])
     with pytest.raises(nd.ShardLostError, match=r"shard 1 of 3 is lost.*load"):
-        sharded(ids, offsets)
+        sharded(ids, offsets, weights)
     resumed = nd.ShardedEmbeddingBag.load(tmp_path)
     assert resumed.step_count == 3
-    for ids, offsets, grad in batches[:3] + batches[3:]:
-        layer(ids, offsets)
+    for ids, offsets, weights, grad in batches:
+        layer(ids, offsets, weights)
         layer.step(grad)
-    for ids, offsets, grad in batches[3:]:
-        resumed(ids, offsets)
+    for ids, offsets, weights, grad in batches[3:]:
+        resumed(ids, offsets, weights)
         resumed.step(grad)
     np.testing.assert_allclose(resumed.gather_weight(), layer.weight, rtol=2e-5, atol=2e-6)
 
@@ -260,33 +279,30 @@ def test_save_replaces_the_checkpoint_whole(tmp_path, rng):
 # -- two trainers --------------------------------------------------------------------------
 @ray.remote
 def _train(bag, batches):
-    for ids, offsets, grad in batches:
-        bag(ids, offsets)
+    for ids, offsets, weights, grad in batches:
+        bag(ids, offsets, weights)
         bag.step(grad)
     return bag.step_count
 
 
 def test_two_trainers_push_to_the_same_shards(rng):
-    weight = rng.standard_normal((V, D)).astype(np.float64)
-    sharded = nd.ShardedEmbeddingBag(
-        V, D, "sum", num_shards=SHARDS, weight=weight, dtype=np.float64
-    )
+    weight = rng.standard_normal((V, D)).astype(np.float32)
+    sharded = nd.ShardedEmbeddingBag(V, D, "sum", num_shards=SHARDS, weight=weight)
     sharded.attach(nbbag.optim.SGD, lr=0.1)
     work = [
-        [(*batch(rng)[:2], rng.standard_normal((7, D))) for _ in range(4)] for _ in range(2)
+        [(*batch(rng), rng.standard_normal((7, D)).astype(np.float32)) for _ in range(4)]
+        for _ in range(2)
     ]
     counts = ray.get([_train.remote(sharded, batches) for batches in work])
     assert max(counts) == 8 and sharded.step_count == 8
     # plain SGD's steps add up in any order: the table took every push once
-    expected = weight.copy()
-    for ids, offsets, grad in work[0] + work[1]:
-        expected -= (
-            0.1
-            * nbbag.embedding_bag_bwd(
-                grad, nbbag.embedding_bag_fwd(weight, ids, offsets, mode="sum")[1]
-            ).to_dense()
-        )
-    np.testing.assert_allclose(sharded.gather_weight(), expected, rtol=1e-12, atol=1e-12)
+    expected = weight.astype(np.float64)
+    for ids, offsets, weights, grad in work[0] + work[1]:
+        ctx = nbbag.embedding_bag_fwd(
+            expected, ids, offsets, mode="sum", per_sample_weights=weights
+        )[1]
+        expected -= 0.1 * nbbag.embedding_bag_bwd(grad.astype(np.float64), ctx).to_dense()
+    np.testing.assert_allclose(sharded.gather_weight(), expected, rtol=1e-5, atol=1e-5)
 
 
 # -- bad input changes nothing -------------------------------------------------------------
