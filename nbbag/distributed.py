@@ -215,6 +215,8 @@ class ShardedEmbeddingBag:
                 "optimizer must be one of nbbag.optim's classes (SGD, Adagrad, "
                 f"RowWiseAdagrad, Adam), got {optimizer!r}"
             )
+        if "state_dir" in kwargs:
+            raise TypeError("state_dir: a shard keeps its optimizer state in memory")
         optimizer(np.zeros((1, self.embedding_dim), self.dtype), **kwargs)
         self._call("attach", [shard.attach.remote(kind, kwargs) for shard in self._shards])
         self.optimizer = (kind, kwargs)  # type: ignore[assignment]

@@ -315,6 +315,8 @@ def test_bad_input_raises_and_changes_nothing(rng):
         sharded.attach(dict)
     with pytest.raises(ValueError, match="lr"):
         sharded.attach(nbbag.optim.SGD, lr=-1.0)
+    with pytest.raises(TypeError, match="state_dir"):
+        sharded.attach(nbbag.optim.SGD, lr=0.1, state_dir="somewhere")
     sharded.attach(nbbag.optim.SGD, lr=0.1, momentum=0.9)
     with pytest.raises(RuntimeError, match="forward first"):
         sharded.step(np.zeros((1, D)))
