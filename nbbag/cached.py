@@ -21,7 +21,13 @@ from nbbag._validate import forward_options, is_integer
 from nbbag.base.constants import NO_PADDING
 from nbbag.cpu.api import checked_batch
 from nbbag.cpu.cache import FREE, PENDING, admit_tokens, clock_victims, copy_rows
-from nbbag.layer import EmbeddingBag, _check_dtype, _check_seed, _check_size
+from nbbag.layer import (
+    EmbeddingBag,
+    TableAttributes,
+    _check_dtype,
+    _check_seed,
+    check_shape,
+)
 from nbbag.modes import Mode
 from nbbag.rules import catches_up
 from nbbag.sparse import RowSparseGrad
@@ -29,7 +35,7 @@ from nbbag.sparse import RowSparseGrad
 PINNED = np.iinfo(np.int64).max  # the padding row's slot: never evicted
 
 
-class CachedEmbeddingBag:
+class CachedEmbeddingBag(TableAttributes):
     """An embedding bag whose (V, D) table is the ``.npy`` file ``path``, its rows read
     and written through a cache of ``cache_rows`` rows in RAM.
 
@@ -78,10 +84,7 @@ class CachedEmbeddingBag:
         norm_type: float = 2.0,
         scale_grad_by_freq: bool = False,
     ):
-        shape = (
-            _check_size(num_embeddings, "num_embeddings"),
-            _check_size(embedding_dim, "embedding_dim"),
-        )
+        shape = check_shape(num_embeddings, embedding_dim)
         table_dtype = np.dtype(np.float32) if dtype is None else _check_dtype(dtype)
         _check_seed(seed)
         self.options = forward_options(
@@ -115,18 +118,6 @@ class CachedEmbeddingBag:
             self._used[0] = PINNED
 
     # -- the layer's attributes -----------------------------------------------------------
-    @property
-    def mode(self) -> Mode:
-        return self.options.mode
-
-    @property
-    def num_embeddings(self) -> int:
-        return int(self.weight.shape[0])
-
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.weight.shape[1])
-
     @property
     def cache_rows(self) -> int:
         return int(self._row_of.shape[0])

@@ -37,7 +37,7 @@ from nbbag._validate import check_grad_like, check_real, forward_options
 from nbbag.base.constants import NO_PADDING
 from nbbag.cpu.api import checked_batch
 from nbbag.cpu.routing import count_routed, merge_maxima, route_tokens
-from nbbag.layer import _check_dtype, _check_seed, _check_size
+from nbbag.layer import TableOptions, _check_dtype, _check_seed, _check_size, check_shape
 from nbbag.modes import Mode
 
 __all__ = ["ShardLostError", "ShardedEmbeddingBag"]
@@ -63,7 +63,7 @@ class _Routed:
         self.winner = winner  # (B, D) max's winning shards, else None
 
 
-class ShardedEmbeddingBag:
+class ShardedEmbeddingBag(TableOptions):
     """An embedding bag whose table's rows are sharded over Ray actors.
 
     Parameters
@@ -119,10 +119,7 @@ class ShardedEmbeddingBag:
         norm_type: float = 2.0,
         scale_grad_by_freq: bool = False,
     ):
-        shape = (
-            _check_size(num_embeddings, "num_embeddings"),
-            _check_size(embedding_dim, "embedding_dim"),
-        )
+        shape = check_shape(num_embeddings, embedding_dim)
         num_shards, dtype = _check_shards(num_shards), _check_dtype(dtype)
         _check_seed(seed)
         if weight is not None:
@@ -172,15 +169,6 @@ class ShardedEmbeddingBag:
             "norm_type": options.norm_type,
             "scale_grad_by_freq": options.scale_grad_by_freq,
         }
-
-    @property
-    def mode(self) -> Mode:
-        return self.options.mode
-
-    @property
-    def padding_idx(self) -> int | None:
-        padding = self.options.padding_idx
-        return None if padding == NO_PADDING else padding
 
     def __repr__(self) -> str:
         attached = "" if self.optimizer is None else f", optimizer={self.optimizer[0]}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -11,7 +11,7 @@ from nbbag import _files
 from nbbag._device import backend_for
 from nbbag._validate import check_weight, checked_state_array, forward_options, is_integer
 from nbbag.base.constants import NO_PADDING
-from nbbag.base.records import BagContext
+from nbbag.base.records import BagContext, ForwardOptions
 from nbbag.cpu.api import table as host_table
 from nbbag.functional import embedding_bag_bwd
 from nbbag.modes import Mode
@@ -19,7 +19,53 @@ from nbbag.rules import catches_up
 from nbbag.sparse import RowSparseGrad
 
 
-class EmbeddingBag:
+class TableOptions:
+    """torch.nn.EmbeddingBag's attributes that a table's ``options`` (a checked
+    :class:`~nbbag.base.records.ForwardOptions`) hold: shared by nbbag's tables."""
+
+    options: ForwardOptions
+
+    @property
+    def mode(self) -> Mode:
+        return self.options.mode
+
+    @property
+    def padding_idx(self) -> int | None:
+        padding = self.options.padding_idx
+        return None if padding == NO_PADDING else padding
+
+    @property
+    def include_last_offset(self) -> bool:
+        return self.options.include_last_offset
+
+    @property
+    def max_norm(self) -> float | None:
+        return self.options.max_norm
+
+    @property
+    def norm_type(self) -> float:
+        return self.options.norm_type
+
+    @property
+    def scale_grad_by_freq(self) -> bool:
+        return self.options.scale_grad_by_freq
+
+
+class TableAttributes(TableOptions):
+    """With the sizes of a table held in ``weight`` (or mapped from a file)."""
+
+    weight: Any
+
+    @property
+    def num_embeddings(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.weight.shape[1])
+
+
+class EmbeddingBag(TableAttributes):
     """An embedding table with a bag forward and a row-sparse backward.
 
     Parameters
@@ -88,10 +134,7 @@ class EmbeddingBag:
         scale_grad_by_freq: bool = False,
         path=None,
     ):
-        shape = (
-            _check_size(num_embeddings, "num_embeddings"),
-            _check_size(embedding_dim, "embedding_dim"),
-        )
+        shape = check_shape(num_embeddings, embedding_dim)
         table_dtype = None if dtype is None else _check_dtype(dtype)
         _check_seed(seed)
         # Options are checked now, not at the first forward.
@@ -140,10 +183,6 @@ class EmbeddingBag:
         if self.optimizer is None:
             raise RuntimeError("step() needs an optimizer: call attach(optimizer) first")
         self.optimizer.step_fused(grad_output, self._last_context())
-
-    @property
-    def mode(self) -> Mode:
-        return self.options.mode
 
     def __call__(self, indices, offsets=None, per_sample_weights=None) -> np.ndarray:
         """The forward (see :func:`nbbag.embedding_bag`); keeps what backward needs.
@@ -195,36 +234,7 @@ class EmbeddingBag:
             )
         return self._ctx
 
-    # -- torch's attributes ---------------------------------------------------------
-    @property
-    def num_embeddings(self) -> int:
-        return int(self.weight.shape[0])
-
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.weight.shape[1])
-
-    @property
-    def padding_idx(self) -> int | None:
-        padding = self.options.padding_idx
-        return None if padding == NO_PADDING else padding
-
-    @property
-    def include_last_offset(self) -> bool:
-        return self.options.include_last_offset
-
-    @property
-    def max_norm(self) -> float | None:
-        return self.options.max_norm
-
-    @property
-    def norm_type(self) -> float:
-        return self.options.norm_type
-
-    @property
-    def scale_grad_by_freq(self) -> bool:
-        return self.options.scale_grad_by_freq
-
+    # -- torch's attributes (the rest are TableAttributes') ---------------------------
     def __repr__(self) -> str:
         """As torch prints its layer (the options that differ from the defaults), with
         the dtype when it is not float32."""
@@ -284,6 +294,14 @@ class EmbeddingBag:
             raise ValueError("state must be a dict with a 'weight' entry")
         weight = checked_state_array("weight", state["weight"], self.weight)
         self._backend.copy_into(self.weight, weight)
+
+
+def check_shape(num_embeddings, embedding_dim) -> tuple[int, int]:
+    """A table's (V, D), checked."""
+    return (
+        _check_size(num_embeddings, "num_embeddings"),
+        _check_size(embedding_dim, "embedding_dim"),
+    )
 
 
 def _check_size(value, name: str) -> int:
