@@ -58,17 +58,22 @@ def cluster():
 
 
 # What the shards of this module's tables compile: (the shards' mode, dtype, weighted,
-# scale_grad_by_freq, optimizer).  The tests keep to these few (every mode and optimizer
-# is among them) so that a cold cache compiles little.
+# the option the case adds, optimizer).  The tests keep to these few (every mode and
+# optimizer is among them) so that a cold cache compiles little.
 SHARD_KERNELS = [
-    ("sum", np.float32, True, False, "sgd"),  # sum-sgd, two trainers
-    ("sum", np.float32, True, False, "rowwise-adagrad"),  # sum-rowwise, killed shard
-    ("sum", np.float32, True, False, "adam"),  # mean-adam, seeded, 2-D ids
-    ("sum", np.float64, True, False, "adagrad"),  # sqrtn-adagrad
-    ("max", np.float32, False, False, "sgd-momentum-wd"),  # max, bad input
-    ("max", np.float32, False, True, "adam"),  # max-adam
-    ("sum", np.float32, False, False, "adagrad"),  # the text classifier
+    ("sum", np.float32, True, None, "sgd"),  # sum-sgd, two trainers
+    ("sum", np.float32, True, "max_norm", "rowwise-adagrad"),  # sum-rowwise
+    ("sum", np.float32, True, None, "rowwise-adagrad"),  # the killed shard
+    ("sum", np.float32, True, None, "adam"),  # mean-adam, seeded, 2-D ids
+    ("sum", np.float64, True, None, "adagrad"),  # sqrtn-adagrad
+    ("max", np.float32, False, None, "sgd-momentum-wd"),  # max, bad input
+    ("max", np.float32, False, "scale_grad_by_freq", "adam"),  # max-adam
+    ("sum", np.float32, False, None, "adagrad"),  # the text classifier
 ]
+CASE_OPTIONS = {  # what a training case adds to padding
+    ("sum", "rowwise-adagrad"): {"max_norm": 1.5},
+    ("max", "adam"): {"scale_grad_by_freq": True},
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,10 +81,12 @@ def compiled():
     """Compile the kernels the shards run here, once, in this process: the shards' own
     processes then load them from Numba's disk cache instead of each compiling them at
     the same time (a cold cache's first run)."""
-    for mode, dtype, weighted, scale, optimizer in SHARD_KERNELS:
+    for mode, dtype, weighted, extra, optimizer in SHARD_KERNELS:
         kind, kwargs = OPTIMIZERS[optimizer]
         options = {"mode": mode, "padding_idx": 0, "max_norm": None, "norm_type": 2.0,
-                   "scale_grad_by_freq": scale}  # fmt: skip
+                   "scale_grad_by_freq": False}  # fmt: skip
+        if extra is not None:
+            options[extra] = 1.5 if extra == "max_norm" else True
         shard = Shard(0, 1, 4, D, np.dtype(dtype).str, options, rows=np.ones((4, D), dtype))
         shard.attach(kind.__name__, kwargs)
         weights = np.ones(3, dtype) if weighted else None
@@ -147,10 +154,7 @@ def test_merged_maxima_break_ties_by_position():
 @pytest.mark.parametrize(("mode", "optimizer"), CASES)
 def test_training_on_three_shards_equals_the_layer(tmp_path, rng, mode, optimizer):
     kind, kwargs = OPTIMIZERS[optimizer]
-    options = {
-        "padding_idx": 3,
-        "scale_grad_by_freq": optimizer == "adam" and mode == "max",
-    }
+    options = {"padding_idx": 3, **CASE_OPTIONS.get((mode, optimizer), {})}
     dtype = np.float64 if mode == "sqrtn" else np.float32
     ids_dtype = np.int32 if mode == "mean" else np.int64
     weight = rng.standard_normal((V, D)).astype(dtype)
