@@ -81,13 +81,13 @@ def normal_table(path, shape: tuple, dtype: np.dtype, seed, padding_idx: int):
 
 
 def normal_table_rows(
-    num_rows: int, dim: int, dtype: np.dtype, seed, first: int, step: int
-) -> np.ndarray:  # fmt: skip
+    num_rows: int, dim: int, dtype: np.dtype, seed, first: int, step: int, out: np.ndarray
+) -> None:  # fmt: skip
     """Rows ``first``, ``first + step``, ... of the N(0, 1) (``num_rows``, ``dim``) table
-    of ``seed`` (the same values as an in-memory table of that seed), the table drawn a
-    chunk at a time: never whole in memory."""
+    of ``seed`` (the same values as an in-memory table of that seed) into ``out``, the
+    table drawn a chunk at a time: never whole in memory."""
     rng = np.random.default_rng(seed)
-    rows = np.empty(((num_rows - first + step - 1) // step, dim), dtype=dtype)
+    rows = out
     row_bytes = max(1, dim * np.dtype(dtype).itemsize)
     chunk = np.empty((max(1, CHUNK_BYTES // row_bytes // step) * step, dim), dtype=dtype)
     for start in range(0, num_rows, chunk.shape[0]):
@@ -95,7 +95,6 @@ def normal_table_rows(
         rng.standard_normal(dtype=dtype.type, out=drawn)
         kept = drawn[first::step]  # start is a multiple of step
         rows[start // step : start // step + kept.shape[0]] = kept
-    return rows
 
 
 def state_arrays(directory, arrays: dict) -> dict:

@@ -19,6 +19,7 @@ import numpy as np
 import nbbag
 from nbbag import optim
 from nbbag._files import normal_table_rows
+from nbbag.cpu.api import table as host_table
 from nbbag.rules import catches_up
 
 FORMAT = 1  # a checkpoint's layout: manifest.json beside one .npz file a shard
@@ -47,15 +48,16 @@ class Shard:
         saved = None if checkpoint is None else np.load(checkpoint)
         if saved is not None:
             rows = saved["weight"]
-        elif rows is None:
-            rows = normal_table_rows(
-                num_rows, dim, np.dtype(dtype), seed, index, num_shards
-            )
+        self.weight = host_table(shape, np.dtype(dtype))  # its own, 64-byte aligned
+        if rows is None:
+            normal_table_rows(num_rows, dim, self.weight.dtype, seed, index, num_shards,
+                              self.weight)  # fmt: skip
             if options["padding_idx"] is not None:
-                rows[options["padding_idx"]] = 0
-        self.weight = np.array(rows, dtype=dtype, order="C")  # its own, writeable
-        if self.weight.shape != shape:
+                self.weight[options["padding_idx"]] = 0
+        elif rows.shape != shape:
             raise ValueError(f"shard {index} needs rows of shape {shape}, got {rows.shape}")
+        else:
+            self.weight[...] = rows
         self.options = dict(options, include_last_offset=True)
         self.optimizer: optim._SparseOptimizer | None = None
         self.optimizer_args: tuple = ()
