@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from nbbag.base.dtypes import standard_normal_into
+
 CHUNK_BYTES = 64 << 20  # filled at a time when a file is created
 
 
@@ -59,7 +61,7 @@ def normal_table(path, shape: tuple, dtype: np.dtype, seed, padding_idx: int):
     rng = np.random.default_rng(seed)
 
     def fill(chunk: np.ndarray) -> None:
-        rng.standard_normal(dtype=dtype.type, out=chunk)
+        standard_normal_into(rng, chunk)
 
     created = not os.path.exists(os.fspath(path))
     table = mapped_array(path, shape, dtype, fill, "table")
