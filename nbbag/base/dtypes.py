@@ -33,20 +33,25 @@ CODE_DTYPES = {FLOAT16: np.dtype(np.int16), BFLOAT16: np.dtype(np.uint16)}
 FLOAT32 = np.dtype(np.float32)
 
 
+# These run on every call of the forward: a float table is told apart by its itemsize,
+# an attribute, before any hashing of its dtype (a dict lookup by dtype cost a tiny
+# batch's forward ~0.25 us of its ~4 us).
 def is_half(dtype) -> bool:
-    """Whether ``dtype`` is one of the 16-bit table dtypes."""
-    return dtype in CODE_DTYPES
+    """Whether ``dtype`` (a NumPy dtype) is one of the 16-bit table dtypes."""
+    return dtype.itemsize == 2 and dtype in CODE_DTYPES
 
 
-def compute_dtype(dtype) -> np.dtype:
-    """The dtype of a table's arithmetic, outputs, gradients and optimizer state:
-    float32 for a half table, the table's own otherwise."""
-    return FLOAT32 if dtype in CODE_DTYPES else np.dtype(dtype)
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype of a table's arithmetic, outputs, gradients and optimizer state
+    (``dtype`` a NumPy dtype): float32 for a half table, the table's own otherwise."""
+    return FLOAT32 if is_half(dtype) else dtype
 
 
 def kernel_table(weight):
     """``weight`` as the kernels take it: itself, or a half table's integer view (no
     copy; see the module's docstring)."""
+    if weight.itemsize != 2:
+        return weight
     codes = CODE_DTYPES.get(weight.dtype)
     return weight if codes is None else weight.view(codes)
 

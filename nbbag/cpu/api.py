@@ -17,7 +17,7 @@ from nbbag import _validate as checks
 from nbbag._memory import aligned_empty, aligned_full, padded_length
 from nbbag._threads import guarded
 from nbbag.base.constants import OK
-from nbbag.base.dtypes import compute_dtype, is_half, kernel_table
+from nbbag.base.dtypes import FLOAT32, compute_dtype, is_half, kernel_table
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
 from nbbag.cpu import backward, collection, optim, variants
 from nbbag.cpu.checks import index_range
@@ -75,7 +75,11 @@ def _forward(
         offsets, indices, options.include_last_offset
     )
     weights = None
-    values_dtype = compute_dtype(weight.dtype)  # a half table's sums are float32
+    # A half table (the only 16-bit tables the checks let in): its integer view for
+    # the kernels, float32 sums.  Tested by itemsize: no call, no hashing of a dtype.
+    table, values_dtype = weight, weight.dtype
+    if weight.itemsize == 2:
+        table, values_dtype = kernel_table(weight), FLOAT32
     if per_sample_weights is not None:
         weights = checks.check_per_sample_weights(
             per_sample_weights, indices, options.mode, values_dtype
@@ -96,13 +100,10 @@ def _forward(
             weight.flags.writeable, "rows are renormed in place with max_norm"
         )
         _check_contents(indices, flat, offsets, append_end, num_rows)
-        renorm_rows(
-            kernel_table(weight), np.unique(flat), options.max_norm, options.norm_type
-        )
+        renorm_rows(table, np.unique(flat), options.max_norm, options.norm_type)
     status, argmax = variant.run(
-        kernel_table(weight), flat, offsets, append_end, csr, weights, out,
-        options.padding_idx,
-    )  # fmt: skip
+        table, flat, offsets, append_end, csr, weights, out, options.padding_idx
+    )
     if status != OK:
         checks.check_bag_contents(indices, offsets, num_rows)
     if not keep_context:
