@@ -19,7 +19,13 @@ import numbers
 import numpy as np
 
 from nbbag.base.constants import INDEX_DTYPES, NO_PADDING
-from nbbag.base.dtypes import TABLE_DTYPE_NAMES, TABLE_DTYPES, compute_dtype
+from nbbag.base.dtypes import (
+    MAX_HALF_DIM,
+    TABLE_DTYPE_NAMES,
+    TABLE_DTYPES,
+    compute_dtype,
+    is_half,
+)
 from nbbag.base.records import BagContext, ForwardOptions
 from nbbag.modes import Mode
 
@@ -163,6 +169,16 @@ def check_trainable(weight) -> None:
             f"a {type(weight).__name__} is for inference only: nbbag.embedding_bag(q, "
             "...) reads it; gradients, optimizers and layers need a float table "
             "(q.dequantize() makes one)"
+        )
+
+
+def check_updatable_width(weight) -> None:
+    """An optimizer's table: a float16/bfloat16 one's rows at most MAX_HALF_DIM wide
+    (each is updated in float32 in a fixed buffer; either backend)."""
+    if is_half(weight.dtype) and weight.shape[1] > MAX_HALF_DIM:
+        raise ValueError(
+            f"weight: an optimizer updates {weight.dtype} rows of at most "
+            f"{MAX_HALF_DIM} elements, got D = {weight.shape[1]} (use float32)"
         )
 
 

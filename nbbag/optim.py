@@ -44,7 +44,13 @@ import scipy.sparse
 
 from nbbag import _files, rules
 from nbbag._device import backend_for
-from nbbag._validate import check_flag, check_real, checked_state_array, is_integer
+from nbbag._validate import (
+    check_flag,
+    check_real,
+    check_updatable_width,
+    checked_state_array,
+    is_integer,
+)
 from nbbag.base.dtypes import compute_dtype, is_half
 from nbbag.base.records import BagContext
 from nbbag.base.schedule import Schedule, ScheduleLog
@@ -113,6 +119,7 @@ class _SparseOptimizer:
         self.weight = self._backend.check_table(
             weight, writeable_for="the optimizer updates it in place"
         )
+        check_updatable_width(self.weight)
         self._rounding = _rounding_key(stochastic_rounding, seed, self.weight.dtype)
         self._values = {
             hyper.name: _check_hyper(hyper, values[hyper.name])

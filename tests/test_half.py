@@ -384,6 +384,8 @@ def test_bad_input_is_refused_and_changes_nothing(rng):
         nbbag.optim.Adagrad(weight, lr=0.1, stochastic_rounding=True, seed=-1)
     with pytest.raises(TypeError, match="stochastic_rounding must be True or False"):
         nbbag.optim.Adagrad(weight, lr=0.1, stochastic_rounding="yes")
+    with pytest.raises(ValueError, match="rows of at most 4096 elements, got D = 4097"):
+        nbbag.optim.SGD(np.zeros((2, 4097), F16), lr=0.1)
     with pytest.raises(TypeError, match="dtype must be float32, float64, float16 or bf"):
         nbbag.EmbeddingBag(10, 4, dtype=np.int16)
     with pytest.raises(TypeError, match="weight must be float32, float64, float16 or"):

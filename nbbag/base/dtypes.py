@@ -31,6 +31,9 @@ TABLE_DTYPE_NAMES = "float32, float64, float16 or bfloat16"
 # A half table's format, as the dtype of the view its kernels read.
 CODE_DTYPES = {FLOAT16: np.dtype(np.int16), BFLOAT16: np.dtype(np.uint16)}
 FLOAT32 = np.dtype(np.float32)
+# The widest row of a half table an optimizer updates: the CPU kernels update a row in
+# float32 in a buffer of this many elements on each thread's stack.
+MAX_HALF_DIM = 4096
 
 
 # These run on every call of the forward: a float table is told apart by its itemsize,
