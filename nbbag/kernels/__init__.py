@@ -20,7 +20,9 @@ Conventions (argument order is the same in every kernel)::
 
     weight              (V, D) float32/float64, C-contiguous; or a float16/bfloat16
                         table as its int16/uint16 view (kernel_table(weight)): read
-                        widened to float32, updates rounded back (CPU kernels only)
+                        widened to float32, updates rounded back (CPU kernels only;
+                        not per_sample_weights_grad, which takes a float table: the
+                        front passes it the batch's rows widened)
     indices             (N,)   int32/int64, every value in [0, V)
     offsets             (B+1,) int32/int64, 0 = offsets[0] <= ... <= offsets[B] <= N;
                         bag b is indices[offsets[b]:offsets[b+1]]
