@@ -330,15 +330,19 @@ def test_layer_trains_a_bfloat16_table_as_float32_rounded(rng):
     assert "dtype=bfloat16" in repr(half)
 
 
-def test_collection_of_bfloat16_tables(rng):
+def test_collection_of_half_and_float32_tables(rng):
+    """A bfloat16 table (its own stack) beside float32 ones (the collection's dtype):
+    float32 out, and each table trained as the float32 collection's, rounded."""
     configs = [
-        nbbag.TableConfig("a", 30, 16, mode="mean"),
+        nbbag.TableConfig("a", 30, 16, mode="mean", dtype="bfloat16"),
         nbbag.TableConfig("b", 20, 16, mode="mean", features=["b", "c"]),
     ]
-    half = nbbag.EmbeddingBagCollection(configs, dtype=BF16, seed=1)
-    full = nbbag.EmbeddingBagCollection(configs, seed=1)
+    half = nbbag.EmbeddingBagCollection(configs, seed=1)
+    full = nbbag.EmbeddingBagCollection(
+        [nbbag.TableConfig("a", 30, 16, mode="mean"), configs[1]], seed=1
+    )
+    assert half.weights["a"].dtype == BF16 and half.weights["b"].dtype == np.float32
     for name, weight in half.weights.items():
-        assert weight.dtype == BF16
         full.weights[name][...] = weight
     for coll in (half, full):
         coll.attach(nbbag.optim.SGD(coll, lr=0.1))
@@ -353,10 +357,14 @@ def test_collection_of_bfloat16_tables(rng):
     np.testing.assert_array_equal(out, full(features))
     for coll in (half, full):
         coll.step(grad_output)
-    for name, weight in half.weights.items():
-        assert_same_bits(weight, full.weights[name].astype(BF16))
-        full.weights[name][...] = weight
+    assert_same_bits(half.weights["a"], full.weights["a"].astype(BF16))
+    np.testing.assert_array_equal(half.weights["b"], full.weights["b"])
+    full.weights["a"][...] = half.weights["a"]
     np.testing.assert_array_equal(half(features), full(features))
+    with pytest.raises(ValueError, match="must give one output dtype"):
+        nbbag.EmbeddingBagCollection(configs, dtype=np.float64)
+    with pytest.raises(TypeError, match="table 'x': dtype must be float32, float64"):
+        nbbag.TableConfig("x", 3, 4, dtype=np.int8)
 
 
 # -- bad input ---------------------------------------------------------------------------
