@@ -7,6 +7,7 @@ Run: python examples/text_classification.py            (BBC News, from corpus4cl
      python examples/text_classification.py --data train.txt   (any fastText-format file)
      python examples/text_classification.py --data train.txt --test test.txt
      python examples/text_classification.py --shards 3     (the table on 3 Ray actors)
+     python examples/text_classification.py --dtype bfloat16   (a half-size table)
 
 Prints a progress bar per epoch (stderr) and, as the last line of stdout, a JSON object
 with the held-out accuracy and the training time (data loading and JIT warm-up excluded,
@@ -43,12 +44,14 @@ from _data import (  # noqa: E402
 
 import nbbag  # noqa: E402
 
+# each built on a weight with lr= and, for a half table, its rounding (rounding_options)
 OPTIMIZERS = {
     "sgd": nbbag.optim.SGD,
     "adagrad": nbbag.optim.Adagrad,
     "rowwise-adagrad": nbbag.optim.RowWiseAdagrad,
     "adam": nbbag.optim.Adam,
 }
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,6 +70,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.3, help="initial learning rate")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adagrad")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="the embedding table's dtype (float16/bfloat16: half the bytes; the "
+        "arithmetic stays float32, each update rounded to the table's dtype)",
+    )
+    parser.add_argument(
+        "--stochastic-rounding",
+        action="store_true",
+        help="round a float16/bfloat16 table's updates stochastically (else to nearest)",
+    )
     parser.add_argument(
         "--threads", type=int, default=available_cores(), help="the cores available"
     )
@@ -90,6 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--lr must be positive, got {args.lr}")
     if args.buckets != parser.get_default("buckets") and not args.bigrams:
         parser.error("--buckets sizes the bigram rows: it needs --bigrams")
+    if args.stochastic_rounding and args.dtype == "float32":
+        parser.error("--stochastic-rounding rounds a float16 or bfloat16 table's updates")
+    if args.shards and args.dtype != "float32":
+        parser.error("--shards: the sharded table is float32")
     return args
 
 
@@ -180,20 +199,23 @@ class Classifier:
     def __init__(self, num_rows: int, num_classes: int, args: argparse.Namespace, seed):
         rng = np.random.default_rng(seed)
         dim, optimizer = args.dim, OPTIMIZERS[args.optimizer]
-        weight = rng.uniform(-1 / dim, 1 / dim, (num_rows, dim)).astype(np.float32)
+        weight = rng.uniform(-1 / dim, 1 / dim, (num_rows, dim))
         if args.shards:
             from nbbag.distributed import ShardedEmbeddingBag
 
             self.bag = ShardedEmbeddingBag(
-                num_rows, dim, mode="mean", num_shards=args.shards, weight=weight,
-                include_last_offset=True,
+                num_rows, dim, mode="mean", num_shards=args.shards,
+                weight=weight.astype(np.float32), include_last_offset=True,
             )  # fmt: skip
             self.bag.attach(optimizer, lr=args.lr)
         else:
             self.bag = nbbag.EmbeddingBag(
-                num_rows, dim, mode="mean", include_last_offset=True, weight=weight
+                num_rows, dim, mode="mean", include_last_offset=True, dtype=args.dtype
             )
-            self.bag.attach(optimizer(self.bag.weight, lr=args.lr))
+            self.bag.weight[...] = weight
+            self.bag.attach(
+                optimizer(self.bag.weight, lr=args.lr, **rounding_options(args, seed))
+            )
         self.linear = np.zeros((dim, num_classes), np.float32)
         self.bias = np.zeros(num_classes, np.float32)
 
@@ -230,6 +252,14 @@ class Classifier:
             self.bag.optimizer.flush()
         else:
             self.bag.flush()
+
+
+def rounding_options(args: argparse.Namespace, seed: int) -> dict:
+    """The optimizer's keywords for rounding a half table's updates as
+    ``--stochastic-rounding`` says (seeded: runs repeat)."""
+    if args.stochastic_rounding:
+        return {"stochastic_rounding": True, "seed": seed}
+    return {}
 
 
 def batches(num_docs: int, batch_size: int, rng: np.random.Generator):
@@ -329,6 +359,8 @@ def run(args: argparse.Namespace, dataset: Dataset | None = None) -> dict:
         "lr": args.lr,
         "batch_size": args.batch_size,
         "optimizer": args.optimizer,
+        "dtype": args.dtype,
+        "stochastic_rounding": args.stochastic_rounding,
         "bigrams": args.bigrams,
         "threads": args.threads,
         "shards": args.shards,

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from nbbag.base.dtypes import standard_normal_into
+
 CHUNK_BYTES = 64 << 20  # filled at a time when a file is created
 
 
@@ -70,7 +72,7 @@ def normal_table(path, shape: tuple, dtype: np.dtype, seed, padding_idx: int):
     rng = np.random.default_rng(seed)
 
     def fill(chunk: np.ndarray) -> None:
-        rng.standard_normal(dtype=dtype.type, out=chunk)
+        standard_normal_into(rng, chunk)
 
     created = not os.path.exists(os.fspath(path))
     table = mapped_array(path, shape, dtype, fill, "table")
@@ -92,7 +94,7 @@ def normal_table_rows(
     chunk = np.empty((max(1, CHUNK_BYTES // row_bytes // step) * step, dim), dtype=dtype)
     for start in range(0, num_rows, chunk.shape[0]):
         drawn = chunk[: min(chunk.shape[0], num_rows - start)]
-        rng.standard_normal(dtype=dtype.type, out=drawn)
+        standard_normal_into(rng, drawn)
         kept = drawn[first::step]  # start is a multiple of step
         rows[start // step : start // step + kept.shape[0]] = kept
 

@@ -18,7 +18,14 @@ import numbers
 
 import numpy as np
 
-from nbbag.base.constants import FLOAT_DTYPES, INDEX_DTYPES, NO_PADDING
+from nbbag.base.constants import INDEX_DTYPES, NO_PADDING
+from nbbag.base.dtypes import (
+    MAX_HALF_DIM,
+    TABLE_DTYPE_NAMES,
+    TABLE_DTYPES,
+    compute_dtype,
+    is_half,
+)
 from nbbag.base.records import BagContext, ForwardOptions
 from nbbag.modes import Mode
 
@@ -140,10 +147,10 @@ def _check_forward_options(
 
 # -- the table ---------------------------------------------------------------------------
 def check_table_layout(weight, c_contiguous: bool, copy_hint: str) -> None:
-    """The checks of a table (either backend): float32/float64, 2-D, C-contiguous;
-    ``copy_hint`` ends the message of the last."""
-    if weight.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"weight must be float32 or float64, got dtype {weight.dtype}")
+    """The checks of a table (either backend): float32/float64/float16/bfloat16, 2-D,
+    C-contiguous; ``copy_hint`` ends the message of the last."""
+    if weight.dtype not in TABLE_DTYPES:
+        raise TypeError(f"weight must be {TABLE_DTYPE_NAMES}, got dtype {weight.dtype}")
     if weight.ndim != 2:
         raise ValueError(
             f"weight must be 2-D (num_embeddings, dim), got shape {weight.shape}"
@@ -165,8 +172,18 @@ def check_trainable(weight) -> None:
         )
 
 
+def check_updatable_width(weight) -> None:
+    """An optimizer's table: a float16/bfloat16 one's rows at most MAX_HALF_DIM wide
+    (each is updated in float32 in a fixed buffer; either backend)."""
+    if is_half(weight.dtype) and weight.shape[1] > MAX_HALF_DIM:
+        raise ValueError(
+            f"weight: an optimizer updates {weight.dtype} rows of at most "
+            f"{MAX_HALF_DIM} elements, got D = {weight.shape[1]} (use float32)"
+        )
+
+
 def check_weight(weight) -> np.ndarray:
-    """Check that ``weight`` is a C-contiguous (V, D) float32/float64 NumPy array."""
+    """Check that ``weight`` is a C-contiguous (V, D) NumPy array of a table dtype."""
     check_trainable(weight)
     if type(weight) is not np.ndarray and not isinstance(weight, np.ndarray):
         raise TypeError(f"weight must be a NumPy array, got {type(weight).__name__}")
@@ -195,9 +212,13 @@ def checked_state_array(key: str, value, like) -> np.ndarray:
 
 
 def check_out_like(out, shape: tuple, dtype, c_contiguous: bool) -> None:
-    """An ``out=`` array's shape, dtype and layout (either backend)."""
-    if out.dtype != dtype:
-        raise TypeError(f"out must have the weight's dtype {dtype}, got {out.dtype}")
+    """An ``out=`` array's shape, dtype (the compute dtype of a table of ``dtype``:
+    float32 for a half table) and layout (either backend)."""
+    expected = compute_dtype(dtype)
+    if out.dtype != expected:
+        if expected == dtype:
+            raise TypeError(f"out must have the weight's dtype {dtype}, got {out.dtype}")
+        raise TypeError(f"out must be float32 for a {dtype} weight, got {out.dtype}")
     if tuple(out.shape) != shape:
         raise ValueError(f"out must have shape (B, D) = {shape}, got {tuple(out.shape)}")
     if not c_contiguous:
@@ -405,7 +426,8 @@ def check_context(ctx):
 def check_grad_output_like(grad_output, ctx) -> None:
     """Check that ``grad_output`` (an array of either backend) has the forward output's
     shape and a floating dtype: like ``per_sample_weights``, it is then cast to the
-    weight's dtype (one rule for the floating inputs: NumPy code makes float64 easily)."""
+    weight's compute dtype (one rule for the floating inputs: NumPy code makes float64
+    easily)."""
     check_grad_like(
         grad_output, (ctx.batch.num_bags, ctx.weight_shape[1]), ctx.batch.weight.dtype
     )
@@ -421,8 +443,8 @@ def check_grad_like(grad_output, expected: tuple, dtype) -> None:
         )
     if not np.issubdtype(grad_output.dtype, np.floating):
         raise TypeError(
-            f"grad_output must be a floating-point array (cast to the weight's dtype "
-            f"{dtype}), got dtype {grad_output.dtype}"
+            f"grad_output must be a floating-point array (cast to the weight's compute "
+            f"dtype {compute_dtype(dtype)}), got dtype {grad_output.dtype}"
         )
 
 
@@ -434,7 +456,7 @@ def check_grad_output(grad_output, ctx) -> np.ndarray:
             f"grad_output must be a NumPy array, got {type(grad_output).__name__}"
         )
     check_grad_output_like(grad_output, ctx)
-    return np.ascontiguousarray(grad_output, dtype=ctx.batch.weight.dtype)
+    return np.ascontiguousarray(grad_output, dtype=compute_dtype(ctx.batch.weight.dtype))
 
 
 def check_weights_grad_request(per_sample_weights_grad, ctx: BagContext) -> None:

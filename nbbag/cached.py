@@ -24,8 +24,8 @@ from nbbag.cpu.cache import FREE, PENDING, admit_tokens, clock_victims, copy_row
 from nbbag.layer import (
     EmbeddingBag,
     TableAttributes,
-    _check_dtype,
     _check_seed,
+    check_float_dtype,
     check_shape,
 )
 from nbbag.modes import Mode
@@ -85,7 +85,9 @@ class CachedEmbeddingBag(TableAttributes):
         scale_grad_by_freq: bool = False,
     ):
         shape = check_shape(num_embeddings, embedding_dim)
-        table_dtype = np.dtype(np.float32) if dtype is None else _check_dtype(dtype)
+        table_dtype = check_float_dtype(
+            np.float32 if dtype is None else dtype, "CachedEmbeddingBag"
+        )
         _check_seed(seed)
         self.options = forward_options(
             mode, padding_idx, include_last_offset, max_norm, norm_type,

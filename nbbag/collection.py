@@ -1,13 +1,14 @@
 """Many tables in one call: :class:`TableConfig` and :class:`EmbeddingBagCollection`.
 
 A recommender reads tens of sparse features per example, each from its own table. The
-collection looks them all up in one call: the tables that share a width D and a mode
-live in one *stack* (their rows one after another, plus one spare row standing for every
-table's padding), a batch's features become bags of their stack in one parallel pass
-(the backend's ``combine_features``, which also checks every offset and id against its
-own table), and each stack then runs the single table's forward, backward and fused
-optimizer step: a DLRM-like model whose tables all have one D and one mode is one
-stack, and a call is two parallel regions whatever the number of tables.
+collection looks them all up in one call: the tables that share a width D, a mode and
+a dtype live in one *stack* (their rows one after another, plus one spare row standing
+for every table's padding), a batch's features become bags of their stack in one
+parallel pass (the backend's ``combine_features``, which also checks every offset and
+id against its own table), and each stack then runs the single table's forward,
+backward and fused optimizer step: a DLRM-like model whose tables all have one D, one
+mode and one dtype is one stack, and a call is two parallel regions whatever the number
+of tables.
 
 A stack's bags are feature-major (feature f's bag b is its bag f * B + b: each table's
 rows are read together), and its forward writes bag f * B + b straight into row b,
@@ -27,6 +28,7 @@ from nbbag import _validate as checks
 from nbbag._device import backend_named, is_device_array
 from nbbag._memory import aligned_full
 from nbbag.base.constants import NO_PADDING, OK
+from nbbag.base.dtypes import compute_dtype, parse_table_dtype, standard_normal_into
 from nbbag.base.records import BagContext, ForwardOptions
 from nbbag.functional import embedding_bag_bwd
 from nbbag.modes import Mode
@@ -54,6 +56,10 @@ class TableConfig:
     padding_idx : int, optional
         A row left out of every bag of this table's features (negative counts from the
         end), as :class:`nbbag.EmbeddingBag`'s; initialised to zeros.
+    dtype : float32, float64, float16 or bfloat16, optional
+        This table's dtype (default: the collection's).  float32, float16 and bfloat16
+        tables mix in one collection (their outputs are float32); float64 tables go
+        with float64 tables only.
     """
 
     name: str
@@ -62,6 +68,7 @@ class TableConfig:
     mode: Mode | str = "sum"
     features: Sequence[str] = ()
     padding_idx: int | None = None
+    dtype: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -75,6 +82,8 @@ class TableConfig:
         try:
             object.__setattr__(self, "mode", Mode.parse(self.mode))
             padding = checks.check_padding_idx(self.padding_idx, self.num_embeddings)
+            if self.dtype is not None:
+                object.__setattr__(self, "dtype", parse_table_dtype(self.dtype))
         except (TypeError, ValueError) as error:
             raise type(error)(f"{where}: {error}") from None
         object.__setattr__(self, "padding_idx", None if padding == NO_PADDING else padding)
@@ -91,10 +100,11 @@ class TableConfig:
 
 @dataclass
 class _Stack:
-    """Tables of one (D, mode): their rows, then the spare padding row."""
+    """Tables of one (D, mode, dtype): their rows, then the spare padding row."""
 
     dim: int
     mode: Mode
+    dtype: np.dtype
     tables: list[TableConfig] = field(default_factory=list)
     row_base: dict[str, int] = field(default_factory=dict)
     features: list[str] = field(default_factory=list)  # in the output's column order
@@ -144,7 +154,11 @@ class EmbeddingBagCollection:
     ----------
     tables : sequence of TableConfig
         Names distinct, feature names distinct across tables.
-    dtype : float32 or float64, default float32
+    dtype : float32, float64, float16 or bfloat16, default float32
+        The tables' dtype (``ml_dtypes.bfloat16``, or the string "bfloat16"), unless a
+        TableConfig gives its own.  With float16 or bfloat16 the outputs and gradients
+        are float32, and optimizers keep float32 state (see :mod:`nbbag.optim`).  Half
+        tables are CPU-only.
     seed : int, optional
         Seeds the initialisation: N(0, 1) as :class:`nbbag.EmbeddingBag`'s, drawn table
         by table in the list's order; padding rows are zeros.
@@ -192,9 +206,17 @@ class EmbeddingBagCollection:
         if not self.tables or not all(isinstance(t, TableConfig) for t in self.tables):
             raise TypeError("tables must be a non-empty sequence of nbbag.TableConfig")
         self._check_names()
-        table_dtype = np.dtype(dtype)
-        if table_dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+        table_dtype = parse_table_dtype(dtype)
+        self._dtypes = {
+            t.name: table_dtype if t.dtype is None else t.dtype for t in self.tables
+        }
+        results = {compute_dtype(d) for d in self._dtypes.values()}
+        if len(results) > 1:
+            raise ValueError(
+                "the tables' dtypes must give one output dtype: float32, float16 and "
+                "bfloat16 tables mix (float32 out), float64 ones go with float64 only; "
+                f"got {sorted({str(d) for d in self._dtypes.values()})}"
+            )
         if seed is not None and (not checks.is_integer(seed) or seed < 0):
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
         self._backend: Any = backend_named(device)
@@ -208,7 +230,7 @@ class EmbeddingBagCollection:
                 self.columns[feature] = slice(start, start + table.embedding_dim)
                 start += table.embedding_dim
         self.embedding_dim = start
-        self._stacks = self._make_stacks(table_dtype, seed)
+        self._stacks = self._make_stacks(seed)
         self._ctx: CollectionContext | None = None
         self.optimizer: Any = None
 
@@ -221,10 +243,10 @@ class EmbeddingBagCollection:
         if repeated:
             raise ValueError(f"features {repeated} are read by more than one table")
 
-    def _make_stacks(self, dtype: np.dtype, seed) -> list[_Stack]:
-        stacks: dict[tuple[int, Mode], _Stack] = {}
+    def _make_stacks(self, seed) -> list[_Stack]:
+        stacks: dict[tuple[int, Mode, np.dtype], _Stack] = {}
         for table in self.tables:
-            key = (table.embedding_dim, Mode.parse(table.mode))
+            key = (table.embedding_dim, Mode.parse(table.mode), self._dtypes[table.name])
             stack = stacks.setdefault(key, _Stack(*key))
             stack.row_base[table.name] = stack.pad_row
             stack.tables.append(table)
@@ -251,15 +273,16 @@ class EmbeddingBagCollection:
                     strict=True,
                 )
             )
-            stack.weight = aligned_full((stack.pad_row + 1, stack.dim), 0, dtype)
+            stack.weight = aligned_full((stack.pad_row + 1, stack.dim), 0, stack.dtype)
             stack.options = checks.forward_options(
                 stack.mode, stack.pad_row, True, None, 2.0, False, stack.pad_row + 1
             )
         for table in self.tables:
-            stack = stacks[(table.embedding_dim, Mode.parse(table.mode))]
+            key = (table.embedding_dim, Mode.parse(table.mode), self._dtypes[table.name])
+            stack = stacks[key]
             base = stack.row_base[table.name]
             weight = stack.weight[base : base + table.num_embeddings]
-            rng.standard_normal(dtype=dtype.type, out=weight)
+            standard_normal_into(rng, weight)
             if table.padding_idx is not None:
                 weight[table.padding_idx] = 0
         for stack in stacks.values():  # drawn on the host, then on the backend
@@ -302,7 +325,7 @@ class EmbeddingBagCollection:
         # feature-major forward writes the rows of one feature far apart (NumPy's own
         # alignment made it 1.2 ms slower of 4.9 at B = 2048, 26 features, D = 64).
         out = self._backend.table(
-            (num_bags, self.embedding_dim), self._stacks[0].weight.dtype
+            (num_bags, self.embedding_dim), compute_dtype(self._stacks[0].weight.dtype)
         )
         contexts = [
             self._backend.stack_forward(
@@ -366,7 +389,7 @@ class EmbeddingBagCollection:
         return _FeatureBatch(
             *self._backend.check_feature(
                 indices, offsets, weights, Mode.parse(table.mode),
-                self.weights[table.name].dtype,
+                compute_dtype(self.weights[table.name].dtype),
             )
         )  # fmt: skip
 
@@ -381,7 +404,7 @@ class EmbeddingBagCollection:
             stack.feature_tables,
             stack.pad_row,
             [entry.weights for entry in entries],
-            stack.weight.dtype,
+            compute_dtype(stack.weight.dtype),
         )
         if status != OK:
             self._raise_for(stack, batch, status)
@@ -409,7 +432,7 @@ class EmbeddingBagCollection:
     def _stack_grads(self, grad_output) -> list[np.ndarray]:
         """``grad_output`` (B, embedding_dim) as each stack's (F * B, D) gradient."""
         ctx = self._last_context()
-        dtype = self._stacks[0].weight.dtype
+        dtype = compute_dtype(self._stacks[0].weight.dtype)
         grad_output = self._backend.check_collection_grad(
             grad_output, (ctx.num_bags, self.embedding_dim), dtype
         )

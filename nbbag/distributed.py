@@ -37,7 +37,13 @@ from nbbag._validate import check_grad_like, check_real, forward_options
 from nbbag.base.constants import NO_PADDING
 from nbbag.cpu.api import checked_batch
 from nbbag.cpu.routing import count_routed, merge_maxima, route_tokens
-from nbbag.layer import TableOptions, _check_dtype, _check_seed, _check_size, check_shape
+from nbbag.layer import (
+    TableOptions,
+    _check_seed,
+    _check_size,
+    check_float_dtype,
+    check_shape,
+)
 from nbbag.modes import Mode
 
 __all__ = ["ShardLostError", "ShardedEmbeddingBag"]
@@ -120,7 +126,10 @@ class ShardedEmbeddingBag(TableOptions):
         scale_grad_by_freq: bool = False,
     ):
         shape = check_shape(num_embeddings, embedding_dim)
-        num_shards, dtype = _check_shards(num_shards), _check_dtype(dtype)
+        num_shards, dtype = (
+            _check_shards(num_shards),
+            check_float_dtype(dtype, "ShardedEmbeddingBag"),
+        )
         _check_seed(seed)
         if weight is not None:
             weight = _check_initial(weight, shape, dtype)

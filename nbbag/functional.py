@@ -43,7 +43,11 @@ def embedding_bag(
     Parameters
     ----------
     weight : ndarray or device array, shape (V, D), float32 or float64, C-contiguous
-        The embedding table.  Only modified with ``max_norm``.  Or a
+        The embedding table.  Only modified with ``max_norm``.  On the CPU also
+        float16 or ``ml_dtypes.bfloat16`` (a half table): its elements are widened to
+        float32 as they are read, the arithmetic and the output are float32 (the
+        float32 forward on the table's values, bit for bit), and ``max_norm`` rounds
+        the rescaled rows to nearest.  Or a
         :class:`nbbag.QuantizedTable` (:func:`nbbag.quantize_rows`): its rows are
         dequantized as they are read, and the output is float32.
     indices : array_like of int32 or int64, shape (N,) or (B, L)
@@ -71,14 +75,16 @@ def embedding_bag(
     scale_grad_by_freq : bool, default False
         Only affects the gradient (see ``embedding_bag_bwd``); accepted here so torch
         code ports unchanged.
-    out : ndarray (a device array on the GPU), shape (B, D), weight's dtype, optional
-        Where to write the result (NumPy's convention, for loops that reuse a buffer):
+    out : ndarray (a device array on the GPU), shape (B, D), optional
+        Of the weight's dtype (float32 for a half table).  Where to write the result
+        (NumPy's convention, for loops that reuse a buffer):
         C-contiguous, writeable, not overlapping ``weight``.  Returned.
 
     Returns
     -------
     ndarray (a Numba device array on the GPU), shape (B, D), weight's dtype
-        One row per bag; a bag with nothing in it (or only padding) gives zeros.
+        (float32 for a half table).  One row per bag; a bag with nothing in it (or
+        only padding) gives zeros.
 
     Raises
     ------
@@ -249,7 +255,7 @@ def embedding_bag_bwd(
 
     Parameters
     ----------
-    grad_output : ndarray, shape (B, D), the weight's dtype
+    grad_output : ndarray, shape (B, D), the weight's dtype (float32 for a half table)
         The gradient of the loss with respect to the forward's output (a device array,
         or a NumPy one that is copied over, when the forward ran on the GPU).
     ctx : BagContext
@@ -267,8 +273,8 @@ def embedding_bag_bwd(
     RowSparseGrad
         ``rows`` (U,) int64 sorted unique: every row with a token in a bag, as torch's
         sparse gradient (a row whose weights are all 0 is there, with zeros; for max,
-        the rows that won a dimension); ``values`` (U, D): their summed gradients;
-        ``shape`` (V, D).  With
+        the rows that won a dimension); ``values`` (U, D): their summed gradients
+        (float32 for a half table); ``shape`` (V, D).  With
         ``scale_grad_by_freq`` each row is divided by its count in the batch.  Padding
         and empty bags give no gradient.  Deterministic: bit-identical for any number
         of threads (CPU) or launch order (GPU).  On the GPU (a device weight in the

@@ -11,6 +11,7 @@ from nbbag import _files
 from nbbag._device import backend_for
 from nbbag._validate import check_weight, checked_state_array, forward_options, is_integer
 from nbbag.base.constants import NO_PADDING
+from nbbag.base.dtypes import BFLOAT16, parse_table_dtype, standard_normal_into
 from nbbag.base.records import BagContext, ForwardOptions
 from nbbag.cpu.api import table as host_table
 from nbbag.functional import embedding_bag_bwd
@@ -77,9 +78,14 @@ class EmbeddingBag(TableAttributes):
         A row left out of every bag (negative counts from the end); in a new table
         initialised to zeros, as in torch (a given ``weight`` is used as it is).
     include_last_offset : bool, default False
-    dtype : float32 or float64, optional
-        The new table's dtype (default float32).  With ``weight``: None, or the
-        weight's own dtype (a different one is refused: the table is not converted).
+    dtype : float32, float64, float16 or bfloat16, optional
+        The new table's dtype (default float32; bfloat16 is ``ml_dtypes.bfloat16``, or
+        the string "bfloat16").  With ``weight``: None, or the weight's own dtype (a
+        different one is refused: the table is not converted).  A float16 or bfloat16
+        table holds half the bytes of a float32 one (a faster forward on tables beyond
+        the cache); its outputs and gradients are float32, computed from its values,
+        and optimizers keep float32 state, rounding each update to the table's dtype
+        (see :mod:`nbbag.optim`).  Half tables are CPU-only.
     seed : int >= 0, optional
         Seeds the initialisation: N(0, 1), as torch's, drawn straight into the table
         in its dtype (no temporary: the constructor's peak memory is the table's).
@@ -135,7 +141,7 @@ class EmbeddingBag(TableAttributes):
         path=None,
     ):
         shape = check_shape(num_embeddings, embedding_dim)
-        table_dtype = None if dtype is None else _check_dtype(dtype)
+        table_dtype = None if dtype is None else parse_table_dtype(dtype)
         _check_seed(seed)
         # Options are checked now, not at the first forward.
         self.options = forward_options(
@@ -145,6 +151,11 @@ class EmbeddingBag(TableAttributes):
         if path is not None:
             if weight is not None:
                 raise ValueError("pass weight or path, not both")
+            if table_dtype == BFLOAT16:  # np.save would write raw 2-byte records
+                raise TypeError(
+                    "path=: a .npy file cannot hold a bfloat16 table (the format has no "
+                    "bfloat16); use float16, or keep the table in memory"
+                )
             weight = _files.normal_table(
                 path, shape, table_dtype or np.dtype(np.float32), seed,
                 self.options.padding_idx,
@@ -263,7 +274,8 @@ class EmbeddingBag(TableAttributes):
 
         Parameters
         ----------
-        embeddings : array (V, D), float32 or float64, or a device array
+        embeddings : array (V, D), float32, float64, float16 or bfloat16, or a device
+            array
         mode : as the constructor's
         copy : bool, default True
             Train a 64-byte aligned copy (the caller's array stays as it was); False
@@ -312,13 +324,11 @@ def _check_size(value, name: str) -> int:
     return int(value)
 
 
-def _check_dtype(dtype) -> np.dtype:
-    try:
-        table_dtype = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if table_dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+def check_float_dtype(dtype, what: str) -> np.dtype:
+    """``dtype`` checked for a table that takes float32 or float64 only (``what``)."""
+    table_dtype = parse_table_dtype(dtype)
+    if table_dtype.itemsize == 2:
+        raise TypeError(f"{what} takes float32 or float64 tables, got {table_dtype}")
     return table_dtype
 
 
@@ -333,7 +343,8 @@ def _check_seed(seed) -> None:
 
 def _new_table(shape: tuple[int, int], dtype: np.dtype, seed) -> np.ndarray:
     """A 64-byte aligned host table, N(0, 1) as torch's, drawn in its own dtype
-    straight into it: no float64 temporary (the peak is the table itself)."""
+    straight into it: no float64 temporary (the peak is the table itself; a half
+    table's draws are float32, a chunk at a time, rounded)."""
     weight = host_table(shape, dtype)
-    np.random.default_rng(seed).standard_normal(dtype=dtype.type, out=weight)
+    standard_normal_into(np.random.default_rng(seed), weight)
     return weight

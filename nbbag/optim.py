@@ -20,6 +20,13 @@ device ``weight``, Numba, CuPy or torch CUDA, keeps its state on the device;
 ``state_dict`` returns host copies).  The step count and every other change of an
 optimizer's own state happen here, after the backend's kernels have succeeded.
 
+A float16 or bfloat16 table keeps its state in float32; each update is computed in
+float32 from the table's values and rounded to the table's dtype: to nearest (ties to
+even) by default, or stochastically with ``stochastic_rounding=True`` (each element
+rounded up or down with probabilities that make the rounding unbiased, as FBGEMM offers
+for its half tables; the random bits a hash of ``seed``, the step, the row and the
+column: reproducible, and the same whatever the thread count).
+
 ``state_dir=`` (every optimizer, one table on the host) keeps the state arrays in new
 ``.npy`` files there, mapped into memory, as ``EmbeddingBag(..., path=...)`` keeps a
 table: for tables larger than RAM.  They are written chunk by chunk when the optimizer
@@ -37,7 +44,14 @@ import scipy.sparse
 
 from nbbag import _files, rules
 from nbbag._device import backend_for
-from nbbag._validate import check_real, checked_state_array
+from nbbag._validate import (
+    check_flag,
+    check_real,
+    check_updatable_width,
+    checked_state_array,
+    is_integer,
+)
+from nbbag.base.dtypes import compute_dtype, is_half
 from nbbag.base.records import BagContext
 from nbbag.base.schedule import Schedule, ScheduleLog
 from nbbag.collection import EmbeddingBagCollection
@@ -91,11 +105,22 @@ class _SparseOptimizer:
             return CollectionOptimizer(cls, weight, *args, **kwargs)
         return super().__new__(cls)
 
-    def __init__(self, weight, *, options: dict | None = None, state_dir=None, **values):
+    def __init__(
+        self,
+        weight,
+        *,
+        options: dict | None = None,
+        state_dir=None,
+        stochastic_rounding=False,
+        seed=None,
+        **values,
+    ):
         self._backend = backend_for(weight)
         self.weight = self._backend.check_table(
             weight, writeable_for="the optimizer updates it in place"
         )
+        check_updatable_width(self.weight)
+        self._rounding = _rounding_key(stochastic_rounding, seed, self.weight.dtype)
         self._values = {
             hyper.name: _check_hyper(hyper, values[hyper.name])
             for hyper in self.rule.hypers
@@ -107,7 +132,11 @@ class _SparseOptimizer:
         specs = {}  # name: (shape, dtype, initial value)
         for spec in self.rule.state:
             shape = (num_rows, dim) if spec.per == "element" else (num_rows,)
-            dtype = self.weight.dtype if spec.dtype is None else np.dtype(spec.dtype)
+            dtype = (
+                compute_dtype(self.weight.dtype)
+                if spec.dtype is None
+                else np.dtype(spec.dtype)
+            )
             fill = options[spec.fill] if isinstance(spec.fill, str) else spec.fill
             specs[spec.name] = (shape, dtype, fill)
         self.state_specs = specs  # a state file's layout (a cached table's, too)
@@ -143,9 +172,9 @@ class _SparseOptimizer:
         return type(self.rule.step(self._values, 1, self._log))
 
     def _record(self, t: int, dtype=None):
-        """Step ``t``'s record, its numbers in ``dtype`` (the weight's for an update:
-        a float32 table is updated in float32 arithmetic, as torch does; float64 if
-        None), its log on the table's backend."""
+        """Step ``t``'s record, its numbers in ``dtype`` (the weight's compute dtype
+        for an update: a float32 table, or a half table, is updated in float32
+        arithmetic, as torch does; float64 if None), its log on the table's backend."""
         record = self.rule.step(self._values, t, self._log)
         if "runs" in record._fields:  # it carries the log
             on_backend = self._backend.sync_schedule(self._log, self._log_on_backend)
@@ -178,7 +207,7 @@ class _SparseOptimizer:
         self._check_writes("the optimizer updates it in place")
         t = self.step_count + 1
         self._log_step(t)
-        record = self._record(t, self.weight.dtype)
+        record = self._record(t, compute_dtype(self.weight.dtype))
         apply(record, self._kernel_state(type(record)), t)
         self.step_count = t
 
@@ -194,7 +223,7 @@ class _SparseOptimizer:
         grad = self._backend.as_gradient(self._as_row_sparse(grad), self.weight)
         self._advance(
             lambda record, state, t: self._backend.apply_gradient(
-                record, self.weight, grad, state, t
+                record, self.weight, grad, state, t, self._rounding
             )
         )
 
@@ -209,7 +238,7 @@ class _SparseOptimizer:
             )
         self._advance(
             lambda record, state, t: self._backend.apply_fused(
-                record, self.weight, grad_output, ctx, state, t
+                record, self.weight, grad_output, ctx, state, t, self._rounding
             )
         )
 
@@ -232,7 +261,7 @@ class _SparseOptimizer:
             self._check_writes("catch_up updates its rows in place")
             self._backend.catch_up(
                 self._exact_record(), self.weight, rows, self._catch_up_state(),
-                self.step_count,
+                self.step_count, self._rounding,
             )  # fmt: skip
 
     def flush(self) -> None:
@@ -240,8 +269,9 @@ class _SparseOptimizer:
         if rules.catches_up(self.step_type):
             self._check_writes("flush updates the rows in place")
             self._backend.catch_up_all(
-                self._exact_record(), self.weight, self._catch_up_state(), self.step_count
-            )
+                self._exact_record(), self.weight, self._catch_up_state(), self.step_count,
+                self._rounding,
+            )  # fmt: skip
 
     def _exact_record(self):
         """The record the catch-up runs: its numbers in float64."""
@@ -380,6 +410,28 @@ class _SparseOptimizer:
         return theirs
 
 
+def _rounding_key(stochastic_rounding, seed, dtype) -> int | None:
+    """How a table of ``dtype`` has its updates rounded, as the kernels take it: None
+    (to nearest; every float32/float64 table) or the key of stochastic rounding (from
+    ``seed``, or a fresh random one)."""
+    if not check_flag(stochastic_rounding, "stochastic_rounding"):
+        if seed is not None:
+            raise ValueError("seed is the seed of stochastic_rounding=True: leave it out")
+        return None
+    if not is_half(dtype):
+        raise ValueError(
+            f"stochastic_rounding=True rounds a float16 or bfloat16 table's updates; the "
+            f"weight is {dtype} (its updates are not rounded)"
+        )
+    if seed is None:
+        return int(np.random.default_rng().integers(1, 2**63))
+    if not is_integer(seed):
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return int(seed) & (2**63 - 1)
+
+
 def _row_sparse(grad, shape: tuple) -> RowSparseGrad:
     """``grad`` (a RowSparseGrad or SciPy sparse) as a RowSparseGrad of ``shape``."""
     if scipy.sparse.issparse(grad):
@@ -420,12 +472,20 @@ class SGD(_SparseOptimizer):
 
     Parameters
     ----------
-    weight : ndarray (V, D), float32 or float64, C-contiguous
+    weight : ndarray (V, D), float32, float64, float16 or bfloat16, C-contiguous
         Updated in place.
     lr : float
     momentum : float, default 0
     weight_decay : float, default 0
         L2 penalty added to the gradient (torch semantics).
+    state_dir : path, optional
+        Keep the state arrays in new ``.npy`` files there (see the module's docstring).
+    stochastic_rounding : bool, default False
+        For a float16/bfloat16 table: round each updated element up or down at random,
+        unbiased, instead of to nearest (every optimizer takes this and ``seed``).
+    seed : int, optional
+        The seed of stochastic rounding (None: a fresh one); runs with the same seed
+        round the same way, whatever the thread count.
 
     Notes
     -----
@@ -456,10 +516,13 @@ class SGD(_SparseOptimizer):
     momentum: float
     weight_decay: float
 
-    def __init__(self, weight, lr, momentum=0.0, weight_decay=0.0, *, state_dir=None):
+    def __init__(
+        self, weight, lr, momentum=0.0, weight_decay=0.0, *, state_dir=None,
+        stochastic_rounding=False, seed=None,
+    ):  # fmt: skip
         super().__init__(
             weight, lr=lr, momentum=momentum, weight_decay=weight_decay,
-            state_dir=state_dir,
+            state_dir=state_dir, stochastic_rounding=stochastic_rounding, seed=seed,
         )  # fmt: skip
 
 
@@ -474,12 +537,13 @@ class Adagrad(_SparseOptimizer):
     eps: float
 
     def __init__(
-        self, weight, lr, eps=1e-10, initial_accumulator_value=0.0, *, state_dir=None
-    ):
+        self, weight, lr, eps=1e-10, initial_accumulator_value=0.0, *, state_dir=None,
+        stochastic_rounding=False, seed=None,
+    ):  # fmt: skip
         initial = check_real(initial_accumulator_value, "initial_accumulator_value")
         super().__init__(
             weight, lr=lr, eps=eps, options={"initial_accumulator_value": initial},
-            state_dir=state_dir,
+            state_dir=state_dir, stochastic_rounding=stochastic_rounding, seed=seed,
         )  # fmt: skip
 
 
@@ -493,8 +557,14 @@ class RowWiseAdagrad(_SparseOptimizer):
     lr: float
     eps: float
 
-    def __init__(self, weight, lr, eps=1e-10, *, state_dir=None):
-        super().__init__(weight, lr=lr, eps=eps, state_dir=state_dir)
+    def __init__(
+        self, weight, lr, eps=1e-10, *, state_dir=None, stochastic_rounding=False,
+        seed=None,
+    ):  # fmt: skip
+        super().__init__(
+            weight, lr=lr, eps=eps, state_dir=state_dir,
+            stochastic_rounding=stochastic_rounding, seed=seed,
+        )  # fmt: skip
 
 
 class Adam(_SparseOptimizer):
@@ -507,8 +577,14 @@ class Adam(_SparseOptimizer):
     beta2: float
     eps: float
 
-    def __init__(self, weight, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, state_dir=None):
-        super().__init__(weight, lr=lr, eps=eps, state_dir=state_dir, **_split_betas(betas))
+    def __init__(
+        self, weight, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, state_dir=None,
+        stochastic_rounding=False, seed=None,
+    ):  # fmt: skip
+        super().__init__(
+            weight, lr=lr, eps=eps, state_dir=state_dir,
+            stochastic_rounding=stochastic_rounding, seed=seed, **_split_betas(betas),
+        )  # fmt: skip
 
     @property
     def betas(self) -> tuple[float, float]:
@@ -625,14 +701,14 @@ class CollectionOptimizer:
                 except (TypeError, ValueError) as error:
                     raise type(error)(f"grads[{name!r}]: {error}") from None
                 rows.append(np.asarray(grad.rows) + base)
-                values.append(np.asarray(grad.values, dtype=weight.dtype))
+                values.append(np.asarray(grad.values, dtype=compute_dtype(weight.dtype)))
             dim = part.weight.shape[1]
             stacked.append(
                 RowSparseGrad(
                     np.concatenate(rows) if rows else np.empty(0, np.int64),
                     np.concatenate(values)
                     if values
-                    else np.empty((0, dim), part.weight.dtype),
+                    else np.empty((0, dim), compute_dtype(part.weight.dtype)),
                     part.weight.shape,
                 )
             )

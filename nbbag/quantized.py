@@ -25,6 +25,7 @@ import numpy as np
 
 from nbbag import _validate as checks
 from nbbag._device import backend_named, is_device_array
+from nbbag.base.dtypes import is_half
 
 __all__ = ["QuantizedTable", "quantize_rows"]
 
@@ -261,7 +262,7 @@ def quantize_rows(weight, bits: int = 8) -> QuantizedTable:
     Parameters
     ----------
     weight : array_like (V, D), floating
-        The table (any float dtype; read in chunks of rows).
+        The table (any float dtype, bfloat16 too; read in chunks of rows).
     bits : {8, 4}, default 8
         4 needs an even D (two codes a byte).
 
@@ -281,7 +282,7 @@ def quantize_rows(weight, bits: int = 8) -> QuantizedTable:
     bits = _check_bits(bits)
     if not hasattr(weight, "dtype"):
         weight = np.asarray(weight)
-    if not np.issubdtype(weight.dtype, np.floating):
+    if not (np.issubdtype(weight.dtype, np.floating) or is_half(weight.dtype)):
         raise TypeError(f"weight must be a floating-point array, got dtype {weight.dtype}")
     if weight.ndim != 2 or weight.shape[1] == 0:
         raise ValueError(f"weight must be 2-D (V, D) with D >= 1, got shape {weight.shape}")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from nbbag import optim
+from nbbag.base.dtypes import compute_dtype
 from nbbag.cpu.variants import SERIAL_SORT_TOKENS, SERIAL_WORK
 from nbbag.functional import embedding_bag_bwd, embedding_bag_fwd
 from nbbag.layer import EmbeddingBag
@@ -63,7 +64,7 @@ def warm_up(
     ----------
     embedding_dim : int or iterable of int, default 64
         The row widths D to compile for (kernels are specialised by D).
-    dtype : float32 or float64, default float32
+    dtype : float32, float64, float16 or bfloat16, default float32
         The table's dtype.
     index_dtype : int32 or int64, default int64
         The dtype of the ids and offsets.
@@ -130,7 +131,7 @@ def _batch(rng: np.random.Generator, tokens: int, index_dtype) -> tuple:
 
 def _forward_backward(weight, batches, mode, weighted: bool) -> None:
     for indices, offsets in batches:
-        weights = np.ones(len(indices), weight.dtype) if weighted else None
+        weights = np.ones(len(indices), compute_dtype(weight.dtype)) if weighted else None
         out, ctx = embedding_bag_fwd(
             weight, indices, offsets, mode=mode, per_sample_weights=weights
         )
@@ -157,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--dim", type=int, nargs="+", default=[64], help="row widths D")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument(
+        "--dtype", choices=["float32", "float64", "float16", "bfloat16"], default="float32"
+    )
     parser.add_argument("--index-dtype", choices=["int32", "int64"], default="int64")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(

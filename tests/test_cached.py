@@ -32,10 +32,13 @@ def batch(rng, num_bags=6):
     return ids, np.concatenate([[0], np.cumsum(lengths)[:-1]])
 
 
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-@pytest.mark.parametrize("mode", ["mean", "max"])
+# every optimizer, each with one mode (the cache does not look at the mode)
+@pytest.mark.parametrize(
+    ("mode", "optimizer"),
+    [("mean", "sgd"), ("max", "adagrad"), ("mean", "rowwise-adagrad"), ("max", "adam")],
+)
 def test_training_through_a_small_cache_equals_training_in_memory(
-    tmp_path, rng, optimizer, mode
+    tmp_path, rng, mode, optimizer
 ):
     kind, kwargs = OPTIMIZERS[optimizer]
     options = {"padding_idx": 2, "seed": 3}

@@ -210,7 +210,8 @@ def test_torchs_argument_order_gets_a_hint(rng):
     with pytest.raises(TypeError, match="the table comes first in nbbag"):
         nbbag.embedding_bag_fwd(indices, weight, offsets)
     with pytest.raises(
-        TypeError, match=r"weight must be float32 or float64, got dtype int64$"
+        TypeError,
+        match=r"weight must be float32, float64, float16 or bfloat16, got dtype int64$",
     ):
         nbbag.embedding_bag(indices, indices, offsets)  # no float second: no hint
 

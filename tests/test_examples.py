@@ -173,6 +173,12 @@ def test_a_script_with_bad_input_exits_non_zero_without_a_traceback(tmp_path):
         ("text_classification", ["--limit", "0"], "--limit must be positive, got 0"),
         ("text_classification", ["--limit", "-5"], "--limit must be positive, got -5"),
         ("text_classification", ["--buckets", "1000"], "--buckets sizes the bigram rows"),
+        (
+            "text_classification",
+            ["--stochastic-rounding"],
+            "--stochastic-rounding rounds a float16 or bfloat16 table's updates",
+        ),
+        ("text_classification", ["--dtype", "int8"], "invalid choice: 'int8'"),
         ("movielens", ["--limit", "0"], "--limit must be positive, got 0"),
         ("movielens", ["--lr", "-1"], "--lr must be positive, got -1.0"),
         ("compare_fasttext", ["--limit", "-5"], "--limit must be positive, got -5"),

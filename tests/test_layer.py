@@ -208,9 +208,13 @@ def test_the_constructor_peaks_at_the_table_itself():
         (
             {"dtype": "nonsense"},
             TypeError,
-            "dtype must be float32 or float64, got 'nonsense'",
+            "dtype must be float32, float64, float16 or bfloat16, got 'nonsense'",
         ),
-        ({"dtype": np.int32}, TypeError, "dtype must be float32 or float64"),
+        (
+            {"dtype": np.int32},
+            TypeError,
+            "dtype must be float32, float64, float16 or bfloat16",
+        ),
         ({"padding_idx": True}, TypeError, "padding_idx must be an int or None"),
     ],
 )

@@ -142,10 +142,10 @@ BAD_INPUTS = [
         lambda w, i, o: (w.astype(np.int64), i, o, {"max_norm": None}),
     ),
     (
-        "weight of float16 dtype",
+        "weight of int16 dtype",  # float16 bits, but not a float16 table
         TypeError,
-        ["weight", "float16"],
-        lambda w, i, o: (w.astype(np.float16), i, o, {"max_norm": None}),
+        ["weight", "int16"],
+        lambda w, i, o: (w.astype(np.float16).view(np.int16), i, o, {"max_norm": None}),
     ),
     (
         "weight 1-D",

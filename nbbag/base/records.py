@@ -28,10 +28,10 @@ class ForwardOptions(NamedTuple):
 class BagBatch(NamedTuple):
     """A validated forward call, in the form the kernels take."""
 
-    weight: Any  # (V, D) float32/float64, C-contiguous
+    weight: Any  # (V, D) float32/float64/float16/bfloat16, C-contiguous
     indices: Any  # (N,) int32/int64, C-contiguous, every value in [0, V)
     offsets: Any  # (B + 1,) int64, 0 = offsets[0] <= ... <= offsets[B] <= N
-    per_sample_weights: Any  # (N,) in the weight's dtype, or None
+    per_sample_weights: Any  # (N,) in the weight's compute dtype, or None
     options: ForwardOptions
     indices_shape: tuple  # as the caller gave them: (N,) or (B, L)
 

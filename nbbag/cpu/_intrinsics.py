@@ -14,6 +14,75 @@ LINES_PER_BLOCK = 4  # one 256-byte block: a whole row of 64 float32s
 LANE = 16  # elements per lane of a stack_row: one cache line of float32
 
 
+# -- 16-bit tables: their bits widened to float32 and float32 rounded back -------------
+# A half table reaches a kernel as an integer view (nbbag.base.dtypes): int16 holds
+# float16 bits, uint16 bfloat16 bits.
+def _code_format(code_type) -> str | None:
+    """ "float16", "bfloat16" or None: the format of bits held in ``code_type``."""
+    if code_type == types.int16:
+        return "float16"
+    if code_type == types.uint16:
+        return "bfloat16"
+    return None
+
+
+def _widen_bits(builder, bits, format_: str):
+    """float32 (a scalar or a vector) of 16-bit ``bits`` (i16 or <n x i16>) in
+    ``format_``: float16 bits as half, extended (vcvtph2ps on x86 with F16C);
+    bfloat16 bits as the high half of a float32."""
+    vector = isinstance(bits.type, ir.VectorType)
+    count = bits.type.count if vector else 0
+
+    def of(element):
+        return ir.VectorType(element, count) if vector else element
+
+    if format_ == "float16":
+        return builder.fpext(builder.bitcast(bits, of(ir.HalfType())), of(ir.FloatType()))
+    wide = builder.zext(bits, of(ir.IntType(32)))
+    sixteen = ir.Constant(of(ir.IntType(32)), 16 if not vector else [16] * count)
+    return builder.bitcast(builder.shl(wide, sixteen), of(ir.FloatType()))
+
+
+@intrinsic
+def widen_code(typingctx, code):
+    """The float32 value of a half table's element ``code`` (int16: float16 bits;
+    uint16: bfloat16 bits).  Exact: every float16 and bfloat16 value is a float32."""
+    format_ = _code_format(code)
+    if format_ is None:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _widen_bits(builder, args[0], format_)
+
+    return types.float32(code), codegen
+
+
+@intrinsic
+def float16_nearest(typingctx, value):
+    """The float16 bits (int16) nearest float32 ``value``, ties to even (LLVM's
+    fptrunc: vcvtps2ph on x86 with F16C); beyond float16's range, inf; NaN stays NaN."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        half = builder.fptrunc(args[0], ir.HalfType())
+        return builder.bitcast(half, ir.IntType(16))
+
+    return types.int16(value), codegen
+
+
+@intrinsic
+def float32_bits(typingctx, value):
+    """The bits of float32 ``value`` as a uint32."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(value), codegen
+
+
 def _emit_prefetches(context, builder, row_start, offsets):
     """Prefetch (read, keep in all cache levels) ``row_start + offset`` for each of
     ``offsets`` (LLVM values of type intp)."""
@@ -161,7 +230,9 @@ def stack_row(typingctx, like, lanes):
 @intrinsic
 def add_row_lanes(typingctx, total, table, row, scale, lanes):
     """``total += table[row]``, or ``total += scale * table[row]`` with a ``scale``,
-    as ``len(lanes)`` vector operations of ``LANE`` elements each.
+    as ``len(lanes)`` vector operations of ``LANE`` elements each.  A half table's
+    row (its int16/uint16 view) is widened to float32 as it is loaded (``total``
+    float32): LANE elements a vector, as exact as the scalar :func:`widen_code`.
 
     ``total`` holds ``len(lanes) * LANE`` elements (a :func:`stack_row`).  Written as
     scalar loops, the adds of a sum kept in registers were left as 16 scalar adds per
@@ -174,9 +245,11 @@ def add_row_lanes(typingctx, total, table, row, scale, lanes):
         and isinstance(table, types.Array)
         and (total.ndim, table.ndim) == (1, 2)
         and total.layout == table.layout == "C"  # whole vectors of adjacent elements
-        and total.dtype == table.dtype
         and isinstance(lanes, types.UniTuple)
     ):
+        return None
+    format_ = _code_format(table.dtype)
+    if total.dtype != (table.dtype if format_ is None else types.float32):
         return None
     scaled = isinstance(scale, types.Float)
     if not (scaled or isinstance(scale, (types.NoneType, types.Omitted))):
@@ -187,26 +260,30 @@ def add_row_lanes(typingctx, total, table, row, scale, lanes):
         _, row_start = _row_start(context, builder, table, table_value, row_value, row)
         item_type = context.get_data_type(table.dtype)
         item_bytes = context.get_abi_sizeof(item_type)
-        vector_type = ir.VectorType(item_type, LANE)
-        vector_pointer = vector_type.as_pointer()
+        sum_type = context.get_data_type(total.dtype)
+        sum_bytes = context.get_abi_sizeof(sum_type)
+        vector_type = ir.VectorType(sum_type, LANE)
+        row_pointer_type = ir.VectorType(item_type, LANE).as_pointer()
         total_data = context.make_array(total)(context, builder, total_value).data
         if scaled:
-            factor = context.cast(builder, scale_value, scale, table.dtype)
+            factor = context.cast(builder, scale_value, scale, total.dtype)
             splat = cgutils.get_null_value(vector_type)
             for i in range(LANE):
                 splat = builder.insert_element(splat, factor, ir.IntType(32)(i))
         intp = context.get_value_type(types.intp)
         for lane in range(lanes.count):
             total_pointer = builder.bitcast(
-                builder.gep(total_data, [intp(lane * LANE)]), vector_pointer
+                builder.gep(total_data, [intp(lane * LANE)]), vector_type.as_pointer()
             )
             row_address = builder.add(row_start, intp(lane * LANE * item_bytes))
-            row_pointer = builder.inttoptr(row_address, vector_pointer)
+            row_pointer = builder.inttoptr(row_address, row_pointer_type)
             addend = builder.load(row_pointer, align=item_bytes)
+            if format_ is not None:
+                addend = _widen_bits(builder, addend, format_)
             if scaled:
                 addend = builder.fmul(splat, addend)
-            sum_ = builder.fadd(builder.load(total_pointer, align=item_bytes), addend)
-            builder.store(sum_, total_pointer, align=item_bytes)
+            sum_ = builder.fadd(builder.load(total_pointer, align=sum_bytes), addend)
+            builder.store(sum_, total_pointer, align=sum_bytes)
         return context.get_dummy_value()
 
     return types.void(total, table, row, scale, lanes), codegen

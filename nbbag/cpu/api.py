@@ -17,6 +17,7 @@ from nbbag import _validate as checks
 from nbbag._memory import aligned_empty, aligned_full, padded_length
 from nbbag._threads import guarded
 from nbbag.base.constants import OK
+from nbbag.base.dtypes import FLOAT32, compute_dtype, is_half, kernel_table
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
 from nbbag.cpu import backward, collection, optim, variants
 from nbbag.cpu.checks import index_range
@@ -74,9 +75,14 @@ def _forward(
         offsets, indices, options.include_last_offset
     )
     weights = None
+    # A half table (the only 16-bit tables the checks let in): its integer view for
+    # the kernels, float32 sums.  Tested by itemsize: no call, no hashing of a dtype.
+    table, values_dtype = weight, weight.dtype
+    if weight.itemsize == 2:
+        table, values_dtype = kernel_table(weight), FLOAT32
     if per_sample_weights is not None:
         weights = checks.check_per_sample_weights(
-            per_sample_weights, indices, options.mode, weight.dtype
+            per_sample_weights, indices, options.mode, values_dtype
         )
     flat = checks.flat_contiguous(indices)
     if keep_context:  # the context answers for this batch, whatever the caller's
@@ -85,7 +91,7 @@ def _forward(
     num_rows, dim = weight.shape
     variant = variants.forward_variant(options.mode, dim, flat.shape[0], keep_context)
     if out is None:
-        out = np.empty((num_bags, dim), dtype=weight.dtype)
+        out = np.empty((num_bags, dim), dtype=values_dtype)
     elif not stacked:  # a caller's (a stacked one is the collection's own: trusted)
         checks.check_out(out, (num_bags, dim), weight)
     csr = np.empty(num_bags + 1, dtype=np.int64)
@@ -94,9 +100,9 @@ def _forward(
             weight.flags.writeable, "rows are renormed in place with max_norm"
         )
         _check_contents(indices, flat, offsets, append_end, num_rows)
-        renorm_rows(weight, np.unique(flat), options.max_norm, options.norm_type)
+        renorm_rows(table, np.unique(flat), options.max_norm, options.norm_type)
     status, argmax = variant.run(
-        weight, flat, offsets, append_end, csr, weights, out, options.padding_idx
+        table, flat, offsets, append_end, csr, weights, out, options.padding_idx
     )
     if status != OK:
         checks.check_bag_contents(indices, offsets, num_rows)
@@ -147,7 +153,7 @@ def checked_batch(
         offsets, indices, options.include_last_offset
     )
     weights = checks.check_per_sample_weights(
-        per_sample_weights, indices, options.mode, dtype
+        per_sample_weights, indices, options.mode, compute_dtype(dtype)
     )
     flat = checks.flat_contiguous(indices)
     csr = _check_contents(indices, flat, offsets, append_end, num_rows)
@@ -269,7 +275,7 @@ def stack_forward(
     by_feature = (
         out.reshape(num_bags, num_features, dim)
         if in_place
-        else aligned_empty((num_bags, num_features, dim), weight.dtype)
+        else aligned_empty((num_bags, num_features, dim), compute_dtype(weight.dtype))
     )
     ctx = _forward(
         weight, indices, offsets, per_sample_weights, options, True, by_feature,
@@ -307,9 +313,15 @@ def check_grad_output(grad_output, ctx: BagContext) -> np.ndarray:
 def group_tokens(ctx: BagContext) -> TokenGroups:
     """The batch's tokens grouped by row (:mod:`nbbag.cpu.backward`)."""
     batch = ctx.batch
+    weight = batch.weight
+    if is_half(weight.dtype):
+        # The kernel reads only the table's row count and compute dtype: an empty
+        # (V, 0) float32 stand-in runs the float32 tables' specialisation (one compile
+        # fewer, of ~3 s, a format).
+        weight = np.empty((weight.shape[0], 0), np.float32)
     return variants.group_tokens(
-        batch.weight, batch.indices, batch.offsets, batch.per_sample_weights, ctx.argmax,
-        batch.padding_idx, batch.mode,
+        weight, batch.indices, batch.offsets,
+        batch.per_sample_weights, ctx.argmax, batch.padding_idx, batch.mode,
     )  # fmt: skip
 
 
@@ -321,7 +333,8 @@ def embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad, deterministic):
     checks.check_weights_grad_request(per_sample_weights_grad, ctx)
     groups = group_tokens(ctx)
     values = np.empty(
-        (groups.num_contributing, ctx.weight_shape[1]), ctx.batch.weight.dtype
+        (groups.num_contributing, ctx.weight_shape[1]),
+        compute_dtype(ctx.batch.weight.dtype),
     )
     variants.accumulate_rows(
         grad_output, groups, ctx.batch.options.scale_grad_by_freq, values
@@ -335,9 +348,18 @@ def embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad, deterministic):
 def _weights_grad(grad_output, ctx: BagContext) -> np.ndarray:
     batch = ctx.batch
     weights_grad = np.zeros_like(batch.per_sample_weights)
+    weight, indices, padding_idx = batch.weight, batch.indices, batch.padding_idx
+    if is_half(weight.dtype):
+        # The batch's rows widened to float32 (U x D, not the table), the ids renumbered
+        # into them: the float32 kernel on the same values.
+        rows, indices = np.unique(indices, return_inverse=True)
+        weight = weight[rows].astype(np.float32)
+        found = np.searchsorted(rows, padding_idx)
+        padded = found < rows.shape[0] and rows[found] == padding_idx
+        padding_idx = int(found) if padded else -1
     backward.per_sample_weights_grad(
-        batch.weight, batch.indices, batch.offsets, batch.per_sample_weights,
-        ctx.output_for(grad_output), grad_output, batch.padding_idx, int(batch.mode),
+        weight, indices, batch.offsets, batch.per_sample_weights,
+        ctx.output_for(grad_output), grad_output, padding_idx, int(batch.mode),
         weights_grad,
     )  # fmt: skip
     return weights_grad.reshape(ctx.indices_shape)
@@ -375,40 +397,46 @@ def same_table(a, b) -> bool:
 
 
 def as_gradient(grad: RowSparseGrad, weight: np.ndarray) -> RowSparseGrad:
-    """``grad`` with host arrays in the weight's dtype."""
+    """``grad`` with host arrays in the weight's compute dtype."""
     if not isinstance(grad.values, np.ndarray):
         grad = RowSparseGrad._trusted(*grad._host_arrays(), grad.shape)
-    if grad.values.dtype != weight.dtype:
-        grad = RowSparseGrad._trusted(
-            grad.rows, grad.values.astype(weight.dtype), grad.shape
-        )
+    dtype = compute_dtype(weight.dtype)
+    if grad.values.dtype != dtype:
+        grad = RowSparseGrad._trusted(grad.rows, grad.values.astype(dtype), grad.shape)
     return grad
 
 
+# ``rounding`` (the steps and catch-ups): how a half table's updates are rounded, None
+# (to nearest) or the key of stochastic rounding (nbbag.cpu.elements).
 @guarded
-def apply_gradient(step, weight, grad: RowSparseGrad, state, t: int) -> None:
+def apply_gradient(step, weight, grad: RowSparseGrad, state, t: int, rounding) -> None:
     """Step ``t`` of a rule (its step record ``step``) with a row-sparse gradient;
     ``state`` is (per-element state arrays, per-row state arrays)."""
-    variants.apply_row_gradients(step, weight, grad.rows, grad.values, state, t)
+    variants.apply_row_gradients(
+        step, kernel_table(weight), grad.rows, grad.values, state, t, rounding
+    )
 
 
 @guarded
-def apply_fused(step, weight, grad_output, ctx: BagContext, state, t: int) -> None:
+def apply_fused(
+    step, weight, grad_output, ctx: BagContext, state, t: int, rounding
+) -> None:
     """Step ``t`` with the gradient of ``ctx``'s forward, computed row by row."""
     groups = group_tokens(ctx)
     # A block of scratch rows per thread, each row padded to whole cache lines:
     # threads never write the same line.
+    dtype = compute_dtype(weight.dtype)
     scratch = aligned_empty(
         (
             numba.get_num_threads(),
             optim.FUSED_BLOCK,
-            padded_length(weight.shape[1], weight.itemsize),
+            padded_length(weight.shape[1], dtype.itemsize),
         ),
-        weight.dtype,
+        dtype,
     )
     variants.apply_fused(
-        step, weight, grad_output, groups, ctx.batch.options.scale_grad_by_freq, state, t,
-        scratch,
+        step, kernel_table(weight), grad_output, groups,
+        ctx.batch.options.scale_grad_by_freq, state, t, scratch, rounding,
     )  # fmt: skip
 
 
@@ -424,14 +452,18 @@ def check_rows(indices, num_rows: int) -> np.ndarray:
 
 
 @guarded
-def catch_up(step, weight, rows, state, target_step: int) -> None:
+def catch_up(step, weight, rows, state, target_step: int, rounding) -> None:
     """Bring ``rows`` (checked, repeats allowed) up to ``target_step``."""
     element_state, row_state = state
-    optim.catch_up_rows(step, weight, rows, element_state, row_state, target_step)
+    optim.catch_up_rows(
+        step, kernel_table(weight), rows, element_state, row_state, target_step, rounding
+    )
 
 
 @guarded
-def catch_up_all(step, weight, state, target_step: int) -> None:
+def catch_up_all(step, weight, state, target_step: int, rounding) -> None:
     """Bring every row up to ``target_step``."""
     element_state, row_state = state
-    optim.catch_up_all_rows(step, weight, element_state, row_state, target_step)
+    optim.catch_up_all_rows(
+        step, kernel_table(weight), element_state, row_state, target_step, rounding
+    )

@@ -37,6 +37,7 @@ from nbbag.base.sort import (
     scatter_digits,
 )
 from nbbag.cpu import PARALLEL
+from nbbag.cpu.elements import compute_empty
 from nbbag.cpu.rows import add_row, store_sum, sum_buffer
 from nbbag.modes import Mode
 
@@ -294,11 +295,12 @@ def group_tokens(
     """Steps 1-3 in one call: a :class:`~nbbag.base.records.TokenGroups` of the batch
     (``argmax``: the forward's winners for max, else None; ``num_chunks`` and
     ``sort_type`` as in :func:`group_positions_by_row`).  The coefficients are in the
-    weight's dtype: a float32 table's gradient is summed in float32 arithmetic."""
+    weight's dtype (float32 for a half table): a float32 table's gradient is summed in
+    float32 arithmetic.  Only the weight's shape and dtype are read."""
     num_rows = weight.shape[0]
     num_tokens = indices.shape[0]
     bag_of = np.empty(num_tokens, dtype=np.int64)
-    coefficients = np.empty(num_tokens, dtype=weight.dtype)
+    coefficients = compute_empty(num_tokens, weight)
     keys = np.empty(num_tokens, dtype=sort_type)
     positions = np.empty(num_tokens, dtype=sort_type)
     _coefficients_and_keys(

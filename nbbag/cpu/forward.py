@@ -13,10 +13,12 @@ Three layers:
   front's ``sum_bags_checked``, ``mean_bags_checked``, ... , which validate the
   offsets and every id as they read them.
 
-Arguments, in this order everywhere: ``weight`` (V, D) float32/float64 C-contiguous;
-``indices`` (N,) int32/int64; ``offsets`` (B + 1,) int, non-decreasing from 0 to at
-most N (bag ``b`` is ``indices[offsets[b]:offsets[b + 1]]``); ``per_sample_weights``
-(N,) of weight's dtype, or None; ``out`` (B, D) of weight's dtype (the front's kernels
+Arguments, in this order everywhere: ``weight`` (V, D) float32/float64 C-contiguous, or
+a float16/bfloat16 table as its int16/uint16 view (:mod:`nbbag.base.dtypes`: read
+widened to float32); ``indices`` (N,) int32/int64; ``offsets`` (B + 1,) int,
+non-decreasing from 0 to at most N (bag ``b`` is ``indices[offsets[b]:offsets[b + 1]]``);
+``per_sample_weights`` (N,) of the compute dtype (the weight's; float32 for a half
+table), or None; ``out`` (B, D) of the compute dtype (the front's kernels
 also take a (B', F, D) ``out``: a collection's features side by side, see
 :func:`output_row`); ``padding_idx`` a row in [0, V) left out of every bag, or
 NO_PADDING (-1).
@@ -25,13 +27,14 @@ NO_PADDING (-1).
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.extending import overload
 
 from nbbag.base.constants import BAD_OFFSETS, NO_PADDING, OK
 from nbbag.base.sort import chunk_bounds
 from nbbag.cpu import PARALLEL
 from nbbag.cpu._intrinsics import prefetch_row_head
+from nbbag.cpu.elements import copy_row, store, widen
 from nbbag.cpu.rows import (
     add_row,
     prefetch_distance,
@@ -122,7 +125,7 @@ def sum_rows(weight, indices, start, end, padding_idx, out_row, lanes=None):
     row on the stack, of D known at compile time, and is copied to ``out_row`` at the end.
     Ownership: the caller owns ``out_row``; nothing else is written.
     """
-    total = sum_buffer(out_row, weight, lanes)
+    total = sum_buffer(out_row, out_row, lanes)
     count = _add_rows(weight, indices, start, end, padding_idx, total, lanes)
     store_sum(total, out_row, lanes)
     return count
@@ -138,7 +141,7 @@ def weighted_sum_rows(
 
     Ownership: the caller owns ``out_row``; nothing else is written.
     """
-    total = sum_buffer(out_row, weight, lanes)
+    total = sum_buffer(out_row, out_row, lanes)
     weight_sum, weight_square_sum = _add_weighted_rows(
         weight, indices, per_sample_weights, start, end, padding_idx, total, lanes
     )
@@ -168,14 +171,15 @@ def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row=None)
         if row == padding_idx:
             continue
         if count == 0:
-            out_row[:] = weight[row]
+            copy_row(out_row, weight, row)
             if record:
                 argmax_row[:] = position
         else:
             for d in range(out_row.shape[0]):
                 # strict '>' keeps the first occurrence on ties
-                if weight[row, d] > out_row[d]:
-                    out_row[d] = weight[row, d]
+                value = widen(weight[row, d])
+                if value > out_row[d]:
+                    out_row[d] = value
                     if record:
                         argmax_row[d] = position
         count += 1
@@ -236,7 +240,7 @@ def _reduce_sums(
     (mean) or its square root, of counts or of squared weights (sqrtn).  ``argmax`` is
     not used."""
     out_row = output_row(out, b)
-    total = sum_buffer(out_row, weight, lanes)
+    total = sum_buffer(out_row, out_row, lanes)
     if per_sample_weights is None:
         count = _add_rows(weight, indices, start, end, padding_idx, total, lanes)
         weight_sum, weight_square_sum = float(count), float(count)
@@ -510,25 +514,51 @@ def renorm_rows(weight, rows, max_norm, norm_type):
     """Scale, in place, each ``weight[r]`` (r in ``rows``) whose ``norm_type``-norm
     exceeds ``max_norm`` by ``max_norm / (norm + 1e-7)``, as torch's embedding_renorm_.
 
-    ``rows`` must be unique: two threads scaling one row would race.
+    A half table's row is scaled in float32 and rounded to nearest (as the float32
+    table's rows, then rounded).  ``rows`` must be unique: two threads scaling one row
+    would race.
     Ownership: iteration i of the prange reads and writes ``weight[rows[i]]`` only.
     """
     for i in prange(rows.shape[0]):
         row = weight[rows[i]]
         norm = row_norm(row, norm_type)
         if norm > max_norm:
-            row *= max_norm / (norm + 1e-7)
+            _scale_in_place(weight, rows[i], max_norm / (norm + 1e-7))
+
+
+def _scale_in_place(weight, row, factor):
+    """``weight[row] *= factor`` (a half table's row in float32, rounded to nearest)."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(_scale_in_place)
+def _scale_in_place_overload(weight, row, factor):
+    if weight.dtype in (types.int16, types.uint16):
+
+        def scale_widened(weight, row, factor):
+            for d in range(weight.shape[1]):
+                scaled = np.float32(widen(weight[row, d]) * factor)
+                store(weight, row, d, scaled, None, 0)
+
+        return scale_widened
+
+    def scale_as_is(weight, row, factor):
+        values = weight[row]
+        values *= factor
+
+    return scale_as_is
 
 
 @njit(cache=True)
 def row_norm(row, norm_type):
-    """The ``norm_type``-norm (p > 0, or inf) of a 1-D array, accumulated in float64."""
+    """The ``norm_type``-norm (p > 0, or inf) of a 1-D array (a half table's row: of
+    its values), accumulated in float64."""
     if norm_type == math.inf:
         largest = 0.0
         for value in row:
-            largest = max(largest, abs(value))
+            largest = max(largest, abs(widen(value)))
         return largest
     total = 0.0
     for value in row:
-        total += abs(float(value)) ** norm_type
+        total += abs(float(widen(value))) ** norm_type
     return total ** (1.0 / norm_type)

@@ -8,9 +8,12 @@ forward's tokens (:func:`nbbag.cpu.backward.row_gradient`) into a per-thread scr
 block of FUSED_BLOCK rows and applies them, so no (U, D) gradient is ever built.  Both
 give bit-identical results.
 
-Arguments: ``step`` a rule's step record; ``weight`` (V, D); ``element_state`` the tuple
-of the rule's (V, D) state arrays and ``row_state`` of its (V,) ones; ``t`` the step
-number, counted from 1.
+Arguments: ``step`` a rule's step record; ``weight`` (V, D), a half table as its integer
+view (:mod:`nbbag.base.dtypes`); ``element_state`` the tuple of the rule's (V, D) state
+arrays and ``row_state`` of its (V,) ones (float32 for a half table); ``t`` the step
+number, counted from 1; ``rounding`` how a half table's updates are rounded: None (to
+nearest, ties to even) or the key of stochastic rounding (:mod:`nbbag.cpu.elements`);
+not read for float tables.
 
 Exact catch-up (rules with ``advance``: SGD with momentum or weight decay): a row's
 first per-row state is the step it was last brought up to date at; a row is caught up
@@ -25,6 +28,7 @@ from nbbag import rules
 from nbbag.cpu import PARALLEL
 from nbbag.cpu._intrinsics import prefetch_row
 from nbbag.cpu.backward import row_gradient
+from nbbag.cpu.elements import update_elements
 
 # Rows whose gradients the fused step computes before it applies their updates: two
 # loops over a block overlap more cache misses than one alternating the two (16 rows:
@@ -66,22 +70,22 @@ def prefetch_update(row, weight, element_state):
 # to alias, so LLVM vectorises the element loop; a separate function stayed scalar
 # (Adam's update 2x slower).
 @njit(cache=True, inline="always")
-def update_row(step, row, grad_row, weight, element_state, row_state, t):
+def update_row(step, row, grad_row, weight, element_state, row_state, t, rounding=None):
     """Apply step ``t`` of ``step``'s rule to ``weight[row]`` with gradient
     ``grad_row``, reading and writing only that row of the state.
 
     Ownership: the caller owns row ``row`` of weight and of every state array.
     """
     begun = rules.begin(step, row, grad_row, row_state, t)
-    w = weight[row]
     state_rows = rules.state_rows(element_state, row)
-    for i in range(w.shape[0]):
-        rules.element(step, begun, w, state_rows, i, grad_row[i])
+    update_elements(step, begun, weight, row, grad_row, state_rows, rounding, t)
     rules.end(step, begun, row, row_state, t)
 
 
 @njit(parallel=PARALLEL, cache=True)
-def apply_row_gradients(step, weight, rows, values, element_state, row_state, t):
+def apply_row_gradients(
+    step, weight, rows, values, element_state, row_state, t, rounding=None
+):
     """Apply a row-sparse gradient (``rows`` unique) with :func:`update_row`.
 
     Ownership: iteration k of the prange writes row ``rows[k]`` of weight and state.
@@ -89,13 +93,13 @@ def apply_row_gradients(step, weight, rows, values, element_state, row_state, t)
     for k in prange(rows.shape[0]):
         if k + ROW_PREFETCH_DISTANCE < rows.shape[0]:
             prefetch_update(rows[k + ROW_PREFETCH_DISTANCE], weight, element_state)
-        update_row(step, rows[k], values[k], weight, element_state, row_state, t)
+        update_row(step, rows[k], values[k], weight, element_state, row_state, t, rounding)
 
 
 @njit(parallel=PARALLEL, cache=True)
 def apply_fused(
     step, weight, grad_output, groups, scale_grad_by_freq, element_state, row_state, t,
-    scratch, lanes=None,
+    scratch, rounding=None, lanes=None,
 ):  # fmt: skip
     """Backward and update in one pass over the rows with ``groups.value_index[k] >=
     0``: the gradients of a block of rows into ``scratch[chunk]``
@@ -125,23 +129,22 @@ def apply_fused(
                 if value_index[k] >= 0:
                     update_row(
                         step, rows[k], scratch[c, k - first, :dim], weight,
-                        element_state, row_state, t,
+                        element_state, row_state, t, rounding,
                     )  # fmt: skip
 
 
 # -- exact catch-up ----------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def advance_row(step, row, last, target, weight, element_state):
+def advance_row(step, row, last, target, weight, element_state, rounding=None):
     """Apply the gradient-free steps ``last`` + 1 .. ``target`` of ``step``'s rule to
-    ``weight[row]`` and its state, in closed form.
+    ``weight[row]`` and its state, in closed form (a half table's row rounded once, at
+    the end, with the random bits of step ``target``).
 
     Ownership: the caller owns row ``row`` of weight and of every state array.
     """
     advanced = rules.advance(step, last, target)
-    w = weight[row]
     state_rows = rules.state_rows(element_state, row)
-    for i in range(w.shape[0]):
-        rules.advance_element(step, advanced, w, state_rows, i)
+    update_elements(step, advanced, weight, row, None, state_rows, rounding, target)
 
 
 @njit(cache=True)
@@ -168,18 +171,20 @@ def rows_behind(indices, last_step, target_step):
 
 
 @njit(parallel=PARALLEL, cache=True)
-def advance_rows(step, weight, rows, last, target_step, element_state):
+def advance_rows(step, weight, rows, last, target_step, element_state, rounding=None):
     """:func:`advance_row` for each of ``rows`` (unique) from ``last`` to
     ``target_step``.
 
     Ownership: iteration k of the prange writes row ``rows[k]`` of weight and state.
     """
     for k in prange(rows.shape[0]):
-        advance_row(step, rows[k], last[k], target_step, weight, element_state)
+        advance_row(step, rows[k], last[k], target_step, weight, element_state, rounding)
 
 
 @njit(cache=True)
-def catch_up_rows(step, weight, indices, element_state, row_state, target_step):
+def catch_up_rows(
+    step, weight, indices, element_state, row_state, target_step, rounding=None
+):
     """Bring the rows of ``indices`` (repeats allowed) up to ``target_step``: the steps
     each skipped are applied in closed form (:func:`rows_behind`, then
     :func:`advance_rows`); ``row_state[0]`` holds each row's last step.
@@ -187,11 +192,11 @@ def catch_up_rows(step, weight, indices, element_state, row_state, target_step):
     Ownership: serial marking, then one prange iteration per distinct row.
     """
     rows, last = rows_behind(indices, row_state[0], target_step)
-    advance_rows(step, weight, rows, last, target_step, element_state)
+    advance_rows(step, weight, rows, last, target_step, element_state, rounding)
 
 
 @njit(parallel=PARALLEL, cache=True)
-def catch_up_all_rows(step, weight, element_state, row_state, target_step):
+def catch_up_all_rows(step, weight, element_state, row_state, target_step, rounding=None):
     """Bring every row up to ``target_step`` (a flush).
 
     Ownership: iteration r of the prange writes row r of weight and state.
@@ -199,5 +204,7 @@ def catch_up_all_rows(step, weight, element_state, row_state, target_step):
     last_step = row_state[0]
     for row in prange(weight.shape[0]):
         if last_step[row] < target_step:
-            advance_row(step, row, last_step[row], target_step, weight, element_state)
+            advance_row(
+                step, row, last_step[row], target_step, weight, element_state, rounding
+            )
             last_step[row] = target_step

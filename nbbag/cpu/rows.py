@@ -12,6 +12,7 @@ operations element by element), 1.3-2.6x faster at D = 16 and 256 (V = 1M, Zipf 
 from numba import njit
 
 from nbbag.cpu._intrinsics import LANE, add_row_lanes, stack_row
+from nbbag.cpu.elements import widen
 
 # Widths the sum kernels are specialised for: multiples of LANE up to LANE * MAX_LANES
 # (a stack row of at most 4 KB).  Each width used compiles its own kernels once (cached
@@ -43,21 +44,23 @@ def lanes_for(width: int):
 def add_row(total, table, row, scale, lanes):
     """``total += table[row]`` (``scale`` None) or ``total += scale * table[row]``:
     in vectors of LANE elements when ``lanes`` is a tuple (:func:`add_row_lanes`), in
-    a scalar loop when it is None.  Bit-identical either way."""
+    a scalar loop when it is None.  Bit-identical either way.  A half table's
+    elements are widened to float32 (``total`` float32) as they are read."""
     if lanes is not None:
         add_row_lanes(total, table, row, scale, lanes)
     elif scale is None:
         for d in range(total.shape[0]):
-            total[d] += table[row, d]
+            total[d] += widen(table[row, d])
     else:
         for d in range(total.shape[0]):
-            total[d] += scale * table[row, d]
+            total[d] += scale * widen(table[row, d])
 
 
 @njit(cache=True, inline="always")
 def sum_buffer(out_row, like, lanes):
     """Where a sum of rows (a bag's output, a row's gradient) is made, zeroed:
-    ``out_row`` itself (``lanes`` None), or a stack row LLVM keeps in registers
+    ``out_row`` itself (``lanes`` None), or a stack row of ``like``'s dtype (that of
+    the sum) LLVM keeps in registers
     (``lanes`` a tuple: its width a compile-time constant, so the zeroing unrolls),
     copied to ``out_row`` by :func:`store_sum` or :func:`store_scaled`."""
     if lanes is None:

@@ -17,7 +17,11 @@ What varies, and where it is decided:
   run never win back: 56 us a step at 11k tokens).  The optimizers' updates always run
   in parallel: a parallel loop tells LLVM that the kernel's arrays do not alias, and
   their element loops vectorise only then (a serial Adagrad update was 6x slower);
-* the dtype of the sort keys (int32 where V and N fit: half the bytes of int64).
+* the dtype of the sort keys (int32 where V and N fit: half the bytes of int64);
+* the table's dtype: a half table comes as its integer view (int16 float16, uint16
+  bfloat16: :mod:`nbbag.base.dtypes`), whose type Numba specialises on like any other
+  (the host's :func:`~nbbag.base.dtypes.kernel_table` makes it), and ``rounding``:
+  None (to nearest) or a stochastic-rounding key, for its updates.
 
 The host pipeline (:mod:`nbbag.cpu.api`) asks for a variant and calls it; it never sees
 ``lanes`` or a mode.
@@ -146,18 +150,22 @@ def accumulate_rows(grad_output, groups, scale_grad_by_freq, values) -> None:
     )
 
 
-def apply_fused(step, weight, grad_output, groups, scale_grad_by_freq, state, t, scratch):
+def apply_fused(
+    step, weight, grad_output, groups, scale_grad_by_freq, state, t, scratch, rounding
+):  # fmt: skip
     """:func:`nbbag.cpu.optim.apply_fused`, specialised for D."""
     optim.apply_fused(
         step, weight, grad_output, groups, scale_grad_by_freq, *state, t, scratch,
-        lanes_for(weight.shape[1]),
+        rounding, lanes_for(weight.shape[1]),
     )  # fmt: skip
 
 
-def apply_row_gradients(step, weight, rows, values, state, t) -> None:
+def apply_row_gradients(step, weight, rows, values, state, t, rounding) -> None:
     """:func:`nbbag.cpu.optim.apply_row_gradients`."""
     element_state, row_state = state
-    optim.apply_row_gradients(step, weight, rows, values, element_state, row_state, t)
+    optim.apply_row_gradients(
+        step, weight, rows, values, element_state, row_state, t, rounding
+    )
 
 
 def quantized_forward(

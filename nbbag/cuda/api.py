@@ -347,15 +347,21 @@ def as_gradient(grad: RowSparseGrad, weight) -> RowSparseGrad:
     return grad
 
 
-def apply_gradient(step, weight, grad: RowSparseGrad, state, t: int) -> None:
+# ``rounding``: for half tables, which this backend refuses (check_table); the kernels
+# take it, as the CPU's do, and get 0.
+def apply_gradient(step, weight, grad: RowSparseGrad, state, t: int, rounding) -> None:
     num_rows, dim = grad.values.shape
     if num_rows == 0 or dim == 0:
         return
     grid, block = launch.grouped(num_rows, dim)
-    optim.apply_row_gradients[grid, block](step, weight, grad.rows, grad.values, *state, t)
+    optim.apply_row_gradients[grid, block](
+        step, weight, grad.rows, grad.values, *state, t, 0
+    )
 
 
-def apply_fused(step, weight, grad_output, ctx: BagContext, state, t: int) -> None:
+def apply_fused(
+    step, weight, grad_output, ctx: BagContext, state, t: int, rounding
+) -> None:
     groups = group_tokens(ctx)
     num_rows, dim = groups.rows.shape[0], weight.shape[1]
     if num_rows == 0 or dim == 0:
@@ -364,7 +370,7 @@ def apply_fused(step, weight, grad_output, ctx: BagContext, state, t: int) -> No
     scratch = arrays.empty((grid * block[1], dim), weight.dtype)
     optim.apply_fused[grid, block](
         step, weight, grad_output, groups, ctx.batch.options.scale_grad_by_freq, *state,
-        t, scratch,
+        t, scratch, 0,
     )  # fmt: skip
 
 
@@ -378,15 +384,15 @@ def check_rows(indices, num_rows: int):
     return arrays.to_device(np.ascontiguousarray(indices.reshape(-1)))
 
 
-def catch_up(step, weight, rows, state, target_step: int) -> None:
+def catch_up(step, weight, rows, state, target_step: int, rounding) -> None:
     if rows.shape[0] == 0:
         return
     grid, block = launch.linear(rows.shape[0])
-    optim.catch_up_rows[grid, block](step, weight, rows, *state, target_step)
+    optim.catch_up_rows[grid, block](step, weight, rows, *state, target_step, 0)
 
 
-def catch_up_all(step, weight, state, target_step: int) -> None:
+def catch_up_all(step, weight, state, target_step: int, rounding) -> None:
     if weight.shape[0] == 0:
         return
     grid, block = launch.linear(weight.shape[0])
-    optim.catch_up_all_rows[grid, block](step, weight, *state, target_step)
+    optim.catch_up_all_rows[grid, block](step, weight, *state, target_step, 0)

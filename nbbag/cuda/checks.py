@@ -30,6 +30,7 @@ from nbbag._validate import (
     first_outside as host_first_outside,
 )
 from nbbag.base.constants import INDEX_DTYPES
+from nbbag.base.dtypes import is_half
 from nbbag.base.records import BagBatch, ForwardOptions
 from nbbag.cuda import arrays, launch
 
@@ -132,6 +133,12 @@ def check_weight(weight):
     check_trainable(weight)
     weight = arrays.as_device(weight)
     check_table_layout(weight, weight.is_c_contiguous(), "make a contiguous copy first")
+    if is_half(weight.dtype):
+        raise TypeError(
+            f"weight: {weight.dtype} tables are supported on the CPU only for now (the "
+            "GPU backend takes float32 and float64); keep the table in host memory, or "
+            "pass weight.astype(np.float32)"
+        )
     return weight
 
 

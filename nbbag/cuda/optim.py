@@ -3,7 +3,9 @@
 The CPU kernels (:mod:`nbbag.cpu.optim`) with the same arguments in the same order and
 the same rules: each kernel runs the rule of the step record it is given
 (:mod:`nbbag.rules`; one specialisation per rule, the rule's functions shared with the
-CPU).
+CPU).  Tables here are float32 or float64 (the GPU backend refuses float16 and bfloat16
+tables): ``rounding``, how the CPU's kernels round a half table's updates, is taken for
+the arguments' sake and not read (the host passes 0: a launch cannot take None).
 
 One thread group per row, lanes along D; the group's blocks stride over the rows so
 that every thread of a block runs the same iterations and can meet at
@@ -50,7 +52,7 @@ def update_group_dev(step, weight, row, active, grad_row, element_state, row_sta
 
 
 @cuda.jit
-def apply_row_gradients(step, weight, rows, values, element_state, row_state, t):
+def apply_row_gradients(step, weight, rows, values, element_state, row_state, t, rounding):
     """Apply a row-sparse gradient (``rows`` unique).  Launch with
     ``launch.grouped(U, D)``.
 
@@ -73,7 +75,7 @@ def apply_row_gradients(step, weight, rows, values, element_state, row_state, t)
 @cuda.jit
 def apply_fused(
     step, weight, grad_output, groups, scale_grad_by_freq, element_state, row_state, t,
-    scratch,
+    scratch, rounding,
 ):  # fmt: skip
     """Backward and update in one pass over the rows with value_index[k] >= 0: the
     group computes row k's gradient into its own row of ``scratch`` (one per group of
@@ -116,7 +118,7 @@ def advance_row_dev(step, row, last, target, weight, element_state):
 
 
 @cuda.jit
-def catch_up_rows(step, weight, indices, element_state, row_state, target_step):
+def catch_up_rows(step, weight, indices, element_state, row_state, target_step, rounding):
     """Bring the rows of ``indices`` (repeats allowed) up to ``target_step``;
     ``row_state[0]`` holds each row's last step.  The thread that raises a row's last
     step (``atomic.max``) advances the row over the steps it was behind; the others find
@@ -133,7 +135,7 @@ def catch_up_rows(step, weight, indices, element_state, row_state, target_step):
 
 
 @cuda.jit
-def catch_up_all_rows(step, weight, element_state, row_state, target_step):
+def catch_up_all_rows(step, weight, element_state, row_state, target_step, rounding):
     """Bring every row up to ``target_step`` (a flush).
 
     Ownership: thread r writes row r of weight and state (grid-stride).

@@ -18,12 +18,18 @@ where they share a name (the CPU's trailing ``lanes`` is a CPU-only option).
 
 Conventions (argument order is the same in every kernel)::
 
-    weight              (V, D) float32/float64, C-contiguous
+    weight              (V, D) float32/float64, C-contiguous; or a float16/bfloat16
+                        table as its int16/uint16 view (kernel_table(weight)): read
+                        widened to float32, updates rounded back (CPU kernels only;
+                        not per_sample_weights_grad, which takes a float table: the
+                        front passes it the batch's rows widened)
     indices             (N,)   int32/int64, every value in [0, V)
     offsets             (B+1,) int32/int64, 0 = offsets[0] <= ... <= offsets[B] <= N;
                         bag b is indices[offsets[b]:offsets[b+1]]
-    per_sample_weights  (N,)   weight's dtype (weighted kernels only)
-    out                 (B, D) weight's dtype; every element is written
+    per_sample_weights  (N,)   weight's dtype, float32 for a half table (weighted
+                        kernels only)
+    out                 (B, D) weight's dtype, float32 for a half table; every
+                        element is written
     padding_idx         a row in [0, V) left out of every bag, or -1 (the default)
     mode                nbbag.Mode (or its int value)
 
@@ -81,14 +87,22 @@ Optimizer kernels (see nbbag.cpu.optim).  ``step`` is a rule's step record
 ``element_state`` / ``row_state`` the tuples of the rule's (V, D) and (V,) state
 arrays that the record's ``reads`` names, ``t`` the step number from 1::
 
-    update_row(step, row, grad_row, weight, element_state, row_state, t)
-    apply_row_gradients(step, weight, rows, values, element_state, row_state, t)
+    update_row(step, row, grad_row, weight, element_state, row_state, t, rounding=None)
+    apply_row_gradients(step, weight, rows, values, element_state, row_state, t,
+                        rounding=None)
     apply_fused(step, weight, grad_output, groups, scale_grad_by_freq, element_state,
-                row_state, t, scratch, lanes=None)  # scratch (chunks, FUSED_BLOCK, >= D)
-    catch_up_rows(step, weight, indices, element_state, row_state, target_step)
-    catch_up_all_rows(step, weight, element_state, row_state, target_step)
+                row_state, t, scratch, rounding=None, lanes=None)
+        # scratch (chunks, FUSED_BLOCK, >= D)
+    catch_up_rows(step, weight, indices, element_state, row_state, target_step,
+                  rounding=None)
+    catch_up_all_rows(step, weight, element_state, row_state, target_step,
+                      rounding=None)
     rows, last = rows_behind(indices, last_step, target_step)
-    advance_rows(step, weight, rows, last, target_step, element_state)  # SGD's catch-up
+    advance_rows(step, weight, rows, last, target_step, element_state,
+                 rounding=None)  # SGD's catch-up
+        # rounding: how a half table's updates are rounded: None, to nearest (ties to
+        # even), or an int, the key of stochastic rounding (nbbag.cpu.elements); not
+        # read for float32/float64 tables (the GPU kernels take it and get 0)
 
 Collection kernel (see nbbag.cpu.collection)::
 
@@ -117,6 +131,7 @@ Example, from a user's own ``@njit`` function::
 """
 
 from nbbag.base.constants import NO_PADDING
+from nbbag.base.dtypes import kernel_table
 from nbbag.cpu._intrinsics import LANE
 from nbbag.cpu.backward import (
     accumulate_rows,
@@ -184,6 +199,7 @@ __all__ = [
     "group_positions_by_row",
     "group_tokens",
     "index_range",
+    "kernel_table",
     "lanes_for",
     "max_rows",
     "max_token_coefficients",

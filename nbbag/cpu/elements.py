@@ -1,0 +1,258 @@
+"""How the CPU kernels read and write a table's elements, whatever its dtype.
+
+A float32/float64 table is read and written as it is.  A half table (float16 or
+bfloat16) arrives as an integer view of its bits (:mod:`nbbag.base.dtypes`: int16 for
+float16, uint16 for bfloat16); its elements are widened to float32 as they are read
+and float32 results are rounded back to the table's format as they are written.  Each
+helper here is one function for every table type, resolved at compile time from the
+type of the table (``numba.extending.overload``): a kernel is written once, and its
+float32 and float64 specialisations are the code they were before half tables.
+
+Rounding (``rounding`` of the writes): None rounds to nearest, ties to even; an integer
+is the key of stochastic rounding, the rounding direction of each element drawn from a
+hash of (key, step, row, column): reproducible, and the same whatever the thread count.
+"""
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from nbbag import rules
+from nbbag.base.dtypes import MAX_HALF_DIM
+from nbbag.cpu._intrinsics import (
+    LANE,
+    float16_nearest,
+    float32_bits,
+    stack_row,
+    widen_code,
+)
+
+# A half table's row is updated in float32 in a buffer of MAX_HALF_DIM elements on the
+# stack (16 KB a thread; nbbag.optim refuses wider rows).  One buffer for the whole
+# row: updating rows block by block, the state rows sliced per block, made an update of
+# rows of 32 elements 3x slower than float32's (1.3x as it is).
+_ROW_LANES = (0,) * (MAX_HALF_DIM // LANE)
+
+
+def _is_code(table_or_dtype) -> bool:
+    dtype = getattr(table_or_dtype, "dtype", table_or_dtype)
+    return dtype in (types.int16, types.uint16)
+
+
+# -- reading ----------------------------------------------------------------------------
+def widen(value):
+    """A table element as a number: itself (float tables), or the float32 value of a
+    half table's bits."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(widen)
+def _widen(value):
+    if _is_code(value):
+        return lambda value: widen_code(value)
+    return lambda value: value
+
+
+def copy_row(out_row, table, row):
+    """``out_row[:] = table[row]``, widened (``out_row`` of the compute dtype)."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(copy_row)
+def _copy_row(out_row, table, row):
+    if not _is_code(table):
+
+        def copy_as_is(out_row, table, row):
+            out_row[:] = table[row]
+
+        return copy_as_is
+
+    def copy_widened(out_row, table, row):
+        for d in range(out_row.shape[0]):
+            out_row[d] = widen_code(table[row, d])
+
+    return copy_widened
+
+
+# -- rounding to 16 bits ----------------------------------------------------------------
+_SIGN = np.int64(0x8000)
+
+
+@njit(cache=True)
+def bfloat16_nearest(value):
+    """The bfloat16 bits (uint16) nearest float32 ``value``, ties to even; NaN stays
+    NaN (quieted), as ``ml_dtypes`` rounds."""
+    bits = np.int64(float32_bits(value))
+    nearest = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    quiet_nan = (bits >> 16) | 0x40  # NaN stays NaN, whatever its payload
+    # a select, not a branch: the loops that store a row vectorise
+    return np.uint16(quiet_nan if bits & 0x7FFFFFFF > 0x7F800000 else nearest)
+
+
+@njit(cache=True)
+def _mix(z):
+    """SplitMix64's finaliser: 64 well-mixed bits of ``z`` (uint64)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True)
+def random_bits(key, t, row, col):
+    """64 random bits for element (row, col) at step ``t`` of rounding key ``key``."""
+    z = _mix(np.uint64(key) + np.uint64(t) * np.uint64(0x9E3779B97F4A7C15))
+    return _mix(z + np.uint64(row) * np.uint64(0xD1B54A32D192ED03) + np.uint64(col))
+
+
+@njit(cache=True)
+def bfloat16_stochastic(value, bits):
+    """``value`` (float32) rounded to one of the two bfloat16 values around it, the
+    upper (in magnitude) with probability proportional to the distance from the lower:
+    16 random ``bits`` added below the kept ones, then cut (FBGEMM's way).  inf and
+    NaN round to nearest."""
+    word = np.int64(float32_bits(value))
+    if word & 0x7F800000 == 0x7F800000:
+        return bfloat16_nearest(value)
+    return np.uint16((word + np.int64(bits & np.uint64(0xFFFF))) >> 16)
+
+
+@njit(cache=True)
+def float16_stochastic(value, bits):
+    """``value`` (float32) rounded to one of the two float16 values around it, the one
+    farther from zero with probability (|value| - lower) / (upper - lower) (lower and
+    upper the float16 magnitudes around |value|): unbiased.  Past float16's largest
+    finite value rounds to nearest (inf); NaN stays NaN."""
+    code = np.int64(float16_nearest(value))
+    nearest = widen_code(np.int16(code))
+    if nearest == value or not np.isfinite(nearest):
+        return np.int16(code)
+    sign = code & _SIGN
+    magnitude = code & 0x7FFF  # the codes of non-negative float16 values are in order
+    size = abs(value)
+    if abs(nearest) > size:  # nearest is the upper one
+        lower, upper = magnitude - 1, magnitude
+    else:
+        lower, upper = magnitude, magnitude + 1
+    low = widen_code(np.int16(lower))
+    high = widen_code(np.int16(upper))  # inf past the largest: chosen with chance 0
+    uniform = np.float32(bits >> np.uint64(40)) * np.float32(2.0**-24)
+    chosen = upper if uniform * (high - low) < size - low else lower
+    return np.int16(chosen | sign)
+
+
+def store(table, row, col, value, rounding, t):
+    """``table[row, col] = value``: as it is for a float table; for a half table,
+    ``value`` as float32 rounded to the table's format: to nearest (``rounding`` None)
+    or stochastically (``rounding`` the key; ``t`` the step)."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(store)
+def _store(table, row, col, value, rounding, t):
+    if not _is_code(table):
+
+        def store_as_is(table, row, col, value, rounding, t):
+            table[row, col] = value
+
+        return store_as_is
+    stochastic = not isinstance(rounding, (types.NoneType, types.Omitted))
+    if table.dtype == types.int16:
+        nearest, randomly = float16_nearest, float16_stochastic
+    else:
+        nearest, randomly = bfloat16_nearest, bfloat16_stochastic
+    if stochastic:
+
+        def store_stochastic(table, row, col, value, rounding, t):
+            bits = random_bits(rounding, t, row, col)
+            table[row, col] = randomly(np.float32(value), bits)
+
+        return store_stochastic
+
+    def store_nearest(table, row, col, value, rounding, t):
+        table[row, col] = nearest(np.float32(value))
+
+    return store_nearest
+
+
+# -- an optimizer's row ------------------------------------------------------------------
+def update_elements(step, begun, weight, row, grad_row, state_rows, rounding, t):
+    """Run ``step``'s rule on each element of ``weight[row]``: ``rules.element`` with
+    ``grad_row`` (an update), or ``rules.advance_element`` with ``grad_row`` None (a
+    catch-up, ``begun`` then what ``rules.advance`` returned).  A float table's row is
+    updated in place; a half table's row (at most MAX_HALF_DIM elements) is widened into
+    a float32 row on the stack, updated there by the rule, then rounded back
+    (:func:`store`): the float32 rule on the table's values, rounded once."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+def _rule_element(step, begun, w, state_rows, i, grad_row):
+    """``rules.element`` of element ``i`` with gradient ``grad_row[i]``, or, ``grad_row``
+    None, ``rules.advance_element`` (chosen at compile time)."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(_rule_element, inline="always")
+def _rule_element_overload(step, begun, w, state_rows, i, grad_row):
+    if isinstance(grad_row, (types.NoneType, types.Omitted)):
+
+        def advance(step, begun, w, state_rows, i, grad_row):
+            rules.advance_element(step, begun, w, state_rows, i)
+
+        return advance
+
+    def update(step, begun, w, state_rows, i, grad_row):
+        rules.element(step, begun, w, state_rows, i, grad_row[i])
+
+    return update
+
+
+@overload(update_elements, inline="always")
+def _update_elements(step, begun, weight, row, grad_row, state_rows, rounding, t):
+    if not _is_code(weight):
+
+        def update_in_place(step, begun, weight, row, grad_row, state_rows, rounding, t):
+            w = weight[row]
+            for i in range(w.shape[0]):
+                _rule_element(step, begun, w, state_rows, i, grad_row)
+
+        return update_in_place
+
+    def update_widened(step, begun, weight, row, grad_row, state_rows, rounding, t):
+        dim = weight.shape[1]  # at most MAX_HALF_DIM
+        w = stack_row(state_rows_like(state_rows, grad_row), _ROW_LANES)[:dim]
+        for i in range(dim):
+            w[i] = widen_code(weight[row, i])
+        for i in range(dim):
+            _rule_element(step, begun, w, state_rows, i, grad_row)
+        for i in range(dim):
+            store(weight, row, i, w[i], rounding, t)
+
+    return update_widened
+
+
+def state_rows_like(state_rows, grad_row):
+    """A float32 array the stack buffer of :func:`update_elements` is made like."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(state_rows_like)
+def _state_rows_like(state_rows, grad_row):
+    if not isinstance(grad_row, (types.NoneType, types.Omitted)):
+        return lambda state_rows, grad_row: grad_row
+    if len(state_rows) > 0:
+        return lambda state_rows, grad_row: state_rows[0]
+    raise TypeError("a catch-up without per-element state has nothing to make a row of")
+
+
+# -- arrays of the compute dtype ----------------------------------------------------------
+def compute_empty(count, weight):
+    """A new (count,) array of ``weight``'s compute dtype: its own, float32 for a half
+    table (:func:`nbbag.base.dtypes.compute_dtype`)."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(compute_empty)
+def _compute_empty(count, weight):
+    if _is_code(weight):
+        return lambda count, weight: np.empty(count, dtype=np.float32)
+    return lambda count, weight: np.empty(count, dtype=weight.dtype)
