@@ -328,11 +328,15 @@ class ShardedEmbeddingBag(TableOptions):
         tag = uuid.uuid4().hex[:12]
         files = [f"shard-{s:05d}-of-{self.num_shards:05d}-{tag}.npz" for s in
                  range(self.num_shards)]  # fmt: skip
-        self._call(
-            "save",
-            [shard.save.remote(os.path.join(directory, name))
-             for shard, name in zip(self._shards, files, strict=True)],
-        )  # fmt: skip
+        paths = [os.path.join(directory, name) for name in files]
+        try:
+            pairs = zip(self._shards, paths, strict=True)
+            self._call("save", [shard.save.remote(path) for shard, path in pairs])
+        except BaseException:  # the checkpoint before stays whole: drop this one's files
+            for path in paths:
+                if os.path.exists(path):
+                    os.remove(path)
+            raise
         previous = _read_manifest(directory, missing_ok=True)
         manifest = {
             "format": FORMAT,

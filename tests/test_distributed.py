@@ -34,16 +34,15 @@ OPTIMIZERS = {  # (class, keywords): every optimizer, SGD's catch-up included
     "rowwise-adagrad": (nbbag.optim.RowWiseAdagrad, {"lr": 0.1}),
     "adam": (nbbag.optim.Adam, {"lr": 0.05, "betas": (0.8, 0.99)}),
 }
-# Every mode and every optimizer, each in at least one pair (each pair costs ~2 s of
-# actor start-ups, two tables of three actors): the shards' code paths differ by mode
-# (sum-like or max) and by optimizer, not by the two together.
+# Every mode and every optimizer, each in one pair (a pair costs seconds of actor
+# start-ups: two tables of three actors): the shards' code paths differ by mode
+# (sum-like or max) and by optimizer, not by the two together (plain SGD trains in the
+# two-trainer test too).
 CASES = [
-    ("sum", "sgd"),
     ("sum", "rowwise-adagrad"),
     ("mean", "adam"),
     ("sqrtn", "adagrad"),
     ("max", "sgd-momentum-wd"),
-    ("max", "adam"),
 ]
 
 
@@ -61,18 +60,18 @@ def cluster():
 # the option the case adds, optimizer).  The tests keep to these few (every mode and
 # optimizer is among them) so that a cold cache compiles little.
 SHARD_KERNELS = [
-    ("sum", np.float32, True, None, "sgd"),  # sum-sgd, two trainers
+    ("sum", np.float32, True, None, "sgd"),  # two trainers
     ("sum", np.float32, True, "max_norm", "rowwise-adagrad"),  # sum-rowwise
     ("sum", np.float32, True, None, "rowwise-adagrad"),  # the killed shard
     ("sum", np.float32, True, None, "adam"),  # mean-adam, seeded, 2-D ids
     ("sum", np.float64, True, None, "adagrad"),  # sqrtn-adagrad
-    ("max", np.float32, False, None, "sgd-momentum-wd"),  # max, bad input
-    ("max", np.float32, False, "scale_grad_by_freq", "adam"),  # max-adam
+    ("max", np.float32, False, "scale_grad_by_freq", "sgd-momentum-wd"),  # max
+    ("max", np.float32, False, None, "sgd-momentum-wd"),  # bad input
     ("sum", np.float32, False, None, "adagrad"),  # the text classifier
 ]
 CASE_OPTIONS = {  # what a training case adds to padding
     ("sum", "rowwise-adagrad"): {"max_norm": 1.5},
-    ("max", "adam"): {"scale_grad_by_freq": True},
+    ("max", "sgd-momentum-wd"): {"scale_grad_by_freq": True},
 }
 
 
@@ -90,9 +89,10 @@ def compiled():
         shard = Shard(0, 1, 4, D, np.dtype(dtype).str, options, rows=np.ones((4, D), dtype))
         shard.attach(kind.__name__, kwargs)
         weights = np.ones(3, dtype) if weighted else None
-        shard.forward("warm", np.array([0, 1, 2]), np.array([0, 1, 3]), weights)
         winner = np.zeros((2, D), np.int32) if mode == "max" else None
-        shard.step("warm", np.ones((2, D), dtype), winner, None)
+        for ids in ([0, 1, 2], [3, 1, 2]):  # the second: a catch-up of rows 1 and 2
+            shard.forward("warm", np.array(ids), np.array([0, 1, 3]), weights)
+            shard.step("warm", np.ones((2, D), dtype), winner, None)
 
 
 def batch(rng, num_bags=7, weighted=True):
@@ -187,9 +187,7 @@ def test_a_seeded_table_is_the_layers_and_runs_repeat_bit_for_bit(rng):
     grads = [rng.standard_normal((7, D)).astype(np.float32) for _ in range(3)]
     tables = []
     for _ in range(2):
-        sharded = nd.ShardedEmbeddingBag(
-            V, D, "mean", num_shards=SHARDS, padding_idx=4, seed=7
-        )
+        sharded = nd.ShardedEmbeddingBag(V, D, "mean", num_shards=2, padding_idx=4, seed=7)
         np.testing.assert_array_equal(sharded.gather_weight(), layer.weight)
         sharded.attach(nbbag.optim.Adam, lr=0.1)
         outs = []
@@ -244,7 +242,12 @@ def test_a_killed_shard_raises_and_the_last_checkpoint_resumes(tmp_path, rng):
     for ids, offsets, weights, grad in batches[:3]:
         sharded(ids, offsets, weights)
         sharded.step(grad)
+    sharded.save(tmp_path)
+    first = set(os.listdir(tmp_path))
     sharded.save(tmp_path)  # every step so far is acknowledged and in the checkpoint
+    second = set(os.listdir(tmp_path))  # a whole new checkpoint, the old one removed
+    assert len(first) == len(second) == SHARDS + 1 and first & second == {"manifest.json"}
+    assert not [name for name in second if name.endswith(".partial")]
     ids, offsets, weights, grad = batches[3]
     sharded(ids, offsets, weights)
     sharded.step(grad)  # after the checkpoint: lost with the shard
@@ -262,18 +265,13 @@ def test_a_killed_shard_raises_and_the_last_checkpoint_resumes(tmp_path, rng):
     np.testing.assert_allclose(resumed.gather_weight(), layer.weight, rtol=2e-5, atol=2e-6)
 
 
-def test_save_replaces_the_checkpoint_whole(tmp_path, rng):
+def test_a_checkpoint_without_an_optimizer_and_missing_files(tmp_path):
     sharded = nd.ShardedEmbeddingBag(V, D, "mean", num_shards=2, seed=1)
     sharded.save(tmp_path)
-    first = set(os.listdir(tmp_path))
-    sharded.save(tmp_path)
-    second = set(os.listdir(tmp_path))
-    assert len(first) == len(second) == 3 and first & second == {"manifest.json"}
-    assert not [name for name in second if name.endswith(".partial")]
     loaded = nd.ShardedEmbeddingBag.load(tmp_path)
     assert loaded.optimizer is None
     np.testing.assert_array_equal(loaded.gather_weight(), sharded.gather_weight())
-    os.remove(tmp_path / sorted(second - {"manifest.json"})[0])
+    os.remove(tmp_path / sorted(set(os.listdir(tmp_path)) - {"manifest.json"})[0])
     with pytest.raises(FileNotFoundError, match="shard file"):
         nd.ShardedEmbeddingBag.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
@@ -291,7 +289,7 @@ def _train(bag, batches):
 
 def test_two_trainers_push_to_the_same_shards(rng):
     weight = rng.standard_normal((V, D)).astype(np.float32)
-    sharded = nd.ShardedEmbeddingBag(V, D, "sum", num_shards=SHARDS, weight=weight)
+    sharded = nd.ShardedEmbeddingBag(V, D, "sum", num_shards=2, weight=weight)
     sharded.attach(nbbag.optim.SGD, lr=0.1)
     work = [
         [(*batch(rng), rng.standard_normal((7, D)).astype(np.float32)) for _ in range(4)]
@@ -365,7 +363,7 @@ def test_the_text_classifier_on_shards_learns_what_it_learns_in_one_process(caps
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     import text_classification
 
-    argv = ["--limit", "300", "--epochs", "2", "--quiet", "--threads", "1"]
+    argv = ["--limit", "200", "--epochs", "1", "--quiet", "--threads", "1"]
     results = []
     for extra in ([], ["--shards", "2"]):
         assert text_classification.main(argv + extra) == 0
