@@ -1,6 +1,6 @@
 """Row-sharded tables on Ray (``nbbag.distributed``): the routing kernels against a
 NumPy reference; training on 3 shards against the single-process layer (every mode and
-optimizer, a save and load in the middle); run-to-run identity; a killed shard; two
+optimizer; a save and load in the middle of two); run-to-run identity; a killed shard; two
 trainers on one table; bad input that changes nothing.  One local Ray cluster for the
 module (``ray.init(num_cpus=2)``)."""
 
@@ -164,8 +164,9 @@ def test_training_on_three_shards_equals_the_layer(tmp_path, rng, mode, optimize
     layer = nbbag.EmbeddingBag(V, D, mode, weight=weight.copy(), **options)
     sharded.attach(kind, **kwargs)
     layer.attach(kind(layer.weight, **kwargs))
+    reload = mode in ("mean", "max")  # (two of the pairs: each reload starts 3 actors)
     for step in range(6):
-        if step == 3:  # a checkpoint in the middle: training goes on from the files
+        if step == 3 and reload:  # a checkpoint in the middle: training goes on from it
             sharded.save(tmp_path)
             sharded = nd.ShardedEmbeddingBag.load(tmp_path)
         ids, offsets, weights = batch(rng, weighted=mode != "max")

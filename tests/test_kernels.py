@@ -101,16 +101,16 @@ def test_every_bag_kernel_from_python_writes_every_element(
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# each kernel with one dtype, the dtypes alternating (each pair compiles two kernels)
 @pytest.mark.parametrize(
-    ("kernel", "weighted"),
+    ("kernel", "weighted", "dtype"),
     [
-        (kernels.bag_sum, False),
-        (kernels.bag_mean, False),
-        (kernels.bag_sqrtn, False),
-        (kernels.bag_weighted_sum, True),
-        (kernels.bag_weighted_mean, True),
-        (kernels.bag_weighted_sqrtn, True),
+        (kernels.bag_sum, False, np.float32),
+        (kernels.bag_mean, False, np.float64),
+        (kernels.bag_sqrtn, False, np.float32),
+        (kernels.bag_weighted_sum, True, np.float64),
+        (kernels.bag_weighted_mean, True, np.float32),
+        (kernels.bag_weighted_sqrtn, True, np.float64),
     ],
 )
 def test_sum_kernels_specialised_for_width_equal_the_generic_ones(
