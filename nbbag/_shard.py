@@ -61,7 +61,9 @@ class Shard:
         self.options = dict(options, include_last_offset=True)
         self.optimizer: optim._SparseOptimizer | None = None
         self.optimizer_args: tuple = ()
-        self._contexts: dict = {}  # trainer -> the BagContext of its last forward
+        # trainer -> the BagContext of its last forward (one a trainer: a trainer that
+        # goes away leaves its last one here, a batch's worth of arrays)
+        self._contexts: dict = {}
         if saved is not None:
             with saved:
                 self._restore(saved)
@@ -98,10 +100,6 @@ class Shard:
             self.optimizer.lr = lr  # type: ignore[attr-defined]
         self.optimizer.step_fused(grad_output, ctx)
         return self.optimizer.step_count
-
-    def forget(self, trainer: str) -> None:
-        """Drop ``trainer``'s last forward (it is done with this table)."""
-        self._contexts.pop(trainer, None)
 
     def rows(self) -> np.ndarray:
         """This shard's rows, every one brought up to date."""
