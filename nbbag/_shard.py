@@ -103,8 +103,7 @@ class Shard:
 
     def rows(self) -> np.ndarray:
         """This shard's rows, every one brought up to date."""
-        if self.optimizer is not None:
-            self.optimizer.flush()
+        self.flush()
         return self.weight
 
     def flush(self) -> None:

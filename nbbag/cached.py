@@ -20,7 +20,7 @@ from nbbag._memory import aligned_empty
 from nbbag._validate import forward_options, is_integer
 from nbbag.base.constants import NO_PADDING
 from nbbag.cpu.api import checked_batch
-from nbbag.cpu.cache import FREE, PENDING, admit_tokens, clock_victims, copy_rows
+from nbbag.cpu.cache import FREE, PENDING, PINNED, admit_tokens, clock_victims, copy_rows
 from nbbag.layer import (
     EmbeddingBag,
     TableAttributes,
@@ -31,8 +31,6 @@ from nbbag.layer import (
 from nbbag.modes import Mode
 from nbbag.rules import catches_up
 from nbbag.sparse import RowSparseGrad
-
-PINNED = np.iinfo(np.int64).max  # the padding row's slot: never evicted
 
 
 class CachedEmbeddingBag(TableAttributes):
@@ -198,9 +196,10 @@ class CachedEmbeddingBag(TableAttributes):
     def _admit(self, flat: np.ndarray) -> np.ndarray:
         """Bring the rows of ``flat`` into the cache; return ``flat`` as slots."""
         capacity = self.cache_rows - int(self._used[0] == PINNED)
-        if flat.shape[0] > capacity and np.unique(flat).shape[0] > capacity:
+        distinct = np.unique(flat).shape[0] if flat.shape[0] > capacity else 0
+        if distinct > capacity:
             raise ValueError(
-                f"the batch reads {np.unique(flat).shape[0]} distinct rows, more than "
+                f"the batch reads {distinct} distinct rows, more than "
                 f"the cache's {capacity} (cache_rows={self.cache_rows}): a larger "
                 "cache, or smaller batches"
             )

@@ -42,6 +42,7 @@ from nbbag.layer import (
     _check_seed,
     _check_size,
     check_float_dtype,
+    check_given_weight,
     check_shape,
 )
 from nbbag.modes import Mode
@@ -436,16 +437,9 @@ def _check_shards(num_shards) -> int:
 
 def _check_initial(weight, shape: tuple, dtype: np.dtype) -> np.ndarray:
     weight = np.asarray(weight)
-    if tuple(weight.shape) != shape:
-        raise ValueError(
-            f"weight must have shape (num_embeddings, embedding_dim) = {shape}, "
-            f"got {tuple(weight.shape)}"
-        )
-    if weight.dtype != dtype:
-        raise ValueError(
-            f"dtype={dtype} but weight is {weight.dtype}: pass dtype=weight.dtype, or "
-            "convert the weight first"
-        )
+    check_given_weight(
+        weight, shape, dtype, "pass dtype=weight.dtype, or convert the weight first"
+    )
     return weight
 
 

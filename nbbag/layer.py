@@ -166,16 +166,11 @@ class EmbeddingBag(TableAttributes):
                 weight[self.options.padding_idx] = 0
         self._backend = backend_for(weight)
         self.weight = self._backend.check_table(weight)
-        if tuple(self.weight.shape) != shape:
-            raise ValueError(
-                f"weight must have shape (num_embeddings, embedding_dim) = {shape}, "
-                f"got {tuple(self.weight.shape)}"
-            )
-        if table_dtype is not None and self.weight.dtype != table_dtype:
-            raise ValueError(
-                f"dtype={table_dtype} but weight is {self.weight.dtype}: the given weight "
-                "is used as it is (leave dtype out, or convert the weight first)"
-            )
+        check_given_weight(
+            self.weight, shape, table_dtype,
+            "the given weight is used as it is (leave dtype out, or convert the weight "
+            "first)",
+        )  # fmt: skip
         self._ctx: BagContext | None = None
         self.optimizer = None
 
@@ -322,6 +317,18 @@ def _check_size(value, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
     return int(value)
+
+
+def check_given_weight(weight, shape: tuple, dtype, hint: str) -> None:
+    """A table given as ``weight=``: of ``shape`` and, unless ``dtype`` is None, of
+    ``dtype`` (``hint`` says what to do instead)."""
+    if tuple(weight.shape) != shape:
+        raise ValueError(
+            f"weight must have shape (num_embeddings, embedding_dim) = {shape}, "
+            f"got {tuple(weight.shape)}"
+        )
+    if dtype is not None and weight.dtype != dtype:
+        raise ValueError(f"dtype={dtype} but weight is {weight.dtype}: {hint}")
 
 
 def check_float_dtype(dtype, what: str) -> np.dtype:

@@ -7,6 +7,7 @@ from nbbag.cpu import PARALLEL
 
 FREE = -1  # a row that is in the file only
 PENDING = -2  # a row this call reads that is not in the cache yet
+PINNED = 9223372036854775807  # a slot's last use that never ages: the padding row's
 
 
 @njit(cache=True)
@@ -20,7 +21,7 @@ def admit_tokens(flat, slot_of, used, call, local, missing):
     ``local``, ``missing``, ``used`` at the batch's slots and ``slot_of`` at its rows.
     """
     count = 0
-    pinned = used.dtype.type(9223372036854775807)
+    pinned = used.dtype.type(PINNED)
     for p in range(flat.shape[0]):
         row = flat[p]
         slot = slot_of[row]
@@ -57,7 +58,7 @@ def clock_victims(used, call, hand, out):
 
     Ownership: one thread; it writes ``out`` and ``used``.
     """
-    pinned = used.dtype.type(9223372036854775807)
+    pinned = used.dtype.type(PINNED)
     size = used.shape[0]
     count = 0
     while count < out.shape[0]:
