@@ -37,6 +37,12 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "cuda: runs the GPU's kernels (the backend fixture's 'cuda' cases)"
     )
+    # Record the simulated kernel launches for tests/gpu_compile.py (CI sets it).
+    folder = os.environ.get("NBBAG_RECORD_LAUNCHES")
+    if folder and os.environ["NUMBA_ENABLE_CUDASIM"] == "1":
+        from gpu_compile import LaunchRecorder
+
+        config.pluginmanager.register(LaunchRecorder(folder), "nbbag-launch-recorder")
 
 
 @pytest.fixture
