@@ -19,8 +19,8 @@ from backends import on_backends
 from numba import njit
 
 import nbbag
-from nbbag.cpu import elements
-from nbbag.cpu._intrinsics import float16_nearest
+from nbbag.base import halves
+from nbbag.base.halves import float16_nearest
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -257,11 +257,11 @@ def _stochastic_codes(values, codes, key, float16):
     to float16 (``float16``) or bfloat16."""
     for i in range(codes.shape[0]):
         for j in range(codes.shape[1]):
-            bits = elements.random_bits(key, 1, i, j)
+            bits = halves.random_bits(key, 1, i, j)
             if float16:
-                codes[i, j] = elements.float16_stochastic(values[i], bits)
+                codes[i, j] = halves.float16_stochastic(values[i], bits)
             else:
-                codes[i, j] = elements.bfloat16_stochastic(values[i], bits)
+                codes[i, j] = halves.bfloat16_stochastic(values[i], bits)
 
 
 def _round_stochastically(values: np.ndarray, dtype, draws: int) -> np.ndarray:
@@ -288,7 +288,7 @@ def _nearest_codes(values, codes, float16):
         if float16:
             codes[i] = float16_nearest(values[i])
         else:
-            codes[i] = elements.bfloat16_nearest(values[i])
+            codes[i] = halves.bfloat16_nearest(values[i])
 
 
 def test_rounding_to_nearest_matches_numpy_and_ml_dtypes():

@@ -9,78 +9,11 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from nbbag.base.halves import code_format, widen_bits
+
 LINE_BYTES = 64
 LINES_PER_BLOCK = 4  # one 256-byte block: a whole row of 64 float32s
 LANE = 16  # elements per lane of a stack_row: one cache line of float32
-
-
-# -- 16-bit tables: their bits widened to float32 and float32 rounded back -------------
-# A half table reaches a kernel as an integer view (nbbag.base.dtypes): int16 holds
-# float16 bits, uint16 bfloat16 bits.
-def _code_format(code_type) -> str | None:
-    """ "float16", "bfloat16" or None: the format of bits held in ``code_type``."""
-    if code_type == types.int16:
-        return "float16"
-    if code_type == types.uint16:
-        return "bfloat16"
-    return None
-
-
-def _widen_bits(builder, bits, format_: str):
-    """float32 (a scalar or a vector) of 16-bit ``bits`` (i16 or <n x i16>) in
-    ``format_``: float16 bits as half, extended (vcvtph2ps on x86 with F16C);
-    bfloat16 bits as the high half of a float32."""
-    vector = isinstance(bits.type, ir.VectorType)
-    count = bits.type.count if vector else 0
-
-    def of(element):
-        return ir.VectorType(element, count) if vector else element
-
-    if format_ == "float16":
-        return builder.fpext(builder.bitcast(bits, of(ir.HalfType())), of(ir.FloatType()))
-    wide = builder.zext(bits, of(ir.IntType(32)))
-    sixteen = ir.Constant(of(ir.IntType(32)), 16 if not vector else [16] * count)
-    return builder.bitcast(builder.shl(wide, sixteen), of(ir.FloatType()))
-
-
-@intrinsic
-def widen_code(typingctx, code):
-    """The float32 value of a half table's element ``code`` (int16: float16 bits;
-    uint16: bfloat16 bits).  Exact: every float16 and bfloat16 value is a float32."""
-    format_ = _code_format(code)
-    if format_ is None:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return _widen_bits(builder, args[0], format_)
-
-    return types.float32(code), codegen
-
-
-@intrinsic
-def float16_nearest(typingctx, value):
-    """The float16 bits (int16) nearest float32 ``value``, ties to even (LLVM's
-    fptrunc: vcvtps2ph on x86 with F16C); beyond float16's range, inf; NaN stays NaN."""
-    if value != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        half = builder.fptrunc(args[0], ir.HalfType())
-        return builder.bitcast(half, ir.IntType(16))
-
-    return types.int16(value), codegen
-
-
-@intrinsic
-def float32_bits(typingctx, value):
-    """The bits of float32 ``value`` as a uint32."""
-    if value != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.uint32(value), codegen
 
 
 def _emit_prefetches(context, builder, row_start, offsets):
@@ -248,7 +181,7 @@ def add_row_lanes(typingctx, total, table, row, scale, lanes):
         and isinstance(lanes, types.UniTuple)
     ):
         return None
-    format_ = _code_format(table.dtype)
+    format_ = code_format(table.dtype)
     if total.dtype != (table.dtype if format_ is None else types.float32):
         return None
     scaled = isinstance(scale, types.Float)
@@ -279,7 +212,7 @@ def add_row_lanes(typingctx, total, table, row, scale, lanes):
             row_pointer = builder.inttoptr(row_address, row_pointer_type)
             addend = builder.load(row_pointer, align=item_bytes)
             if format_ is not None:
-                addend = _widen_bits(builder, addend, format_)
+                addend = widen_bits(builder, addend, format_)
             if scaled:
                 addend = builder.fmul(splat, addend)
             sum_ = builder.fadd(builder.load(total_pointer, align=sum_bytes), addend)

@@ -8,24 +8,19 @@ helper here is one function for every table type, resolved at compile time from 
 type of the table (``numba.extending.overload``): a kernel is written once, and its
 float32 and float64 specialisations are the code they were before half tables.
 
-Rounding (``rounding`` of the writes): None rounds to nearest, ties to even; an integer
-is the key of stochastic rounding, the rounding direction of each element drawn from a
-hash of (key, step, row, column): reproducible, and the same whatever the thread count.
+The scalar conversions and rounding rules are :mod:`nbbag.base.halves`' (shared with
+the GPU's kernels); ``rounding`` of the writes is None (to nearest) or the key of
+stochastic rounding, as that module says.
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import overload
 
 from nbbag import rules
 from nbbag.base.dtypes import MAX_HALF_DIM
-from nbbag.cpu._intrinsics import (
-    LANE,
-    float16_nearest,
-    float32_bits,
-    stack_row,
-    widen_code,
-)
+from nbbag.base.halves import rounded, widen_code
+from nbbag.cpu._intrinsics import LANE, stack_row
 
 # A half table's row is updated in float32 in a buffer of MAX_HALF_DIM elements on the
 # stack (16 KB a thread; nbbag.optim refuses wider rows).  One buffer for the whole
@@ -40,19 +35,6 @@ def _is_code(table_or_dtype) -> bool:
 
 
 # -- reading ----------------------------------------------------------------------------
-def widen(value):
-    """A table element as a number: itself (float tables), or the float32 value of a
-    half table's bits."""
-    raise NotImplementedError("a Numba overload: call it from a jitted function")
-
-
-@overload(widen)
-def _widen(value):
-    if _is_code(value):
-        return lambda value: widen_code(value)
-    return lambda value: value
-
-
 def copy_row(out_row, table, row):
     """``out_row[:] = table[row]``, widened (``out_row`` of the compute dtype)."""
     raise NotImplementedError("a Numba overload: call it from a jitted function")
@@ -74,76 +56,12 @@ def _copy_row(out_row, table, row):
     return copy_widened
 
 
-# -- rounding to 16 bits ----------------------------------------------------------------
-_SIGN = np.int64(0x8000)
-
-
-@njit(cache=True)
-def bfloat16_nearest(value):
-    """The bfloat16 bits (uint16) nearest float32 ``value``, ties to even; NaN stays
-    NaN (quieted), as ``ml_dtypes`` rounds."""
-    bits = np.int64(float32_bits(value))
-    nearest = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    quiet_nan = (bits >> 16) | 0x40  # NaN stays NaN, whatever its payload
-    # a select, not a branch: the loops that store a row vectorise
-    return np.uint16(quiet_nan if bits & 0x7FFFFFFF > 0x7F800000 else nearest)
-
-
-@njit(cache=True)
-def _mix(z):
-    """SplitMix64's finaliser: 64 well-mixed bits of ``z`` (uint64)."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-@njit(cache=True)
-def random_bits(key, t, row, col):
-    """64 random bits for element (row, col) at step ``t`` of rounding key ``key``."""
-    z = _mix(np.uint64(key) + np.uint64(t) * np.uint64(0x9E3779B97F4A7C15))
-    return _mix(z + np.uint64(row) * np.uint64(0xD1B54A32D192ED03) + np.uint64(col))
-
-
-@njit(cache=True)
-def bfloat16_stochastic(value, bits):
-    """``value`` (float32) rounded to one of the two bfloat16 values around it, the
-    upper (in magnitude) with probability proportional to the distance from the lower:
-    16 random ``bits`` added below the kept ones, then cut (FBGEMM's way).  inf and
-    NaN round to nearest."""
-    word = np.int64(float32_bits(value))
-    if word & 0x7F800000 == 0x7F800000:
-        return bfloat16_nearest(value)
-    return np.uint16((word + np.int64(bits & np.uint64(0xFFFF))) >> 16)
-
-
-@njit(cache=True)
-def float16_stochastic(value, bits):
-    """``value`` (float32) rounded to one of the two float16 values around it, the one
-    farther from zero with probability (|value| - lower) / (upper - lower) (lower and
-    upper the float16 magnitudes around |value|): unbiased.  Past float16's largest
-    finite value rounds to nearest (inf); NaN stays NaN."""
-    code = np.int64(float16_nearest(value))
-    nearest = widen_code(np.int16(code))
-    if nearest == value or not np.isfinite(nearest):
-        return np.int16(code)
-    sign = code & _SIGN
-    magnitude = code & 0x7FFF  # the codes of non-negative float16 values are in order
-    size = abs(value)
-    if abs(nearest) > size:  # nearest is the upper one
-        lower, upper = magnitude - 1, magnitude
-    else:
-        lower, upper = magnitude, magnitude + 1
-    low = widen_code(np.int16(lower))
-    high = widen_code(np.int16(upper))  # inf past the largest: chosen with chance 0
-    uniform = np.float32(bits >> np.uint64(40)) * np.float32(2.0**-24)
-    chosen = upper if uniform * (high - low) < size - low else lower
-    return np.int16(chosen | sign)
-
-
+# -- writing -----------------------------------------------------------------------------
 def store(table, row, col, value, rounding, t):
     """``table[row, col] = value``: as it is for a float table; for a half table,
     ``value`` as float32 rounded to the table's format: to nearest (``rounding`` None)
-    or stochastically (``rounding`` the key; ``t`` the step)."""
+    or stochastically (``rounding`` the key; ``t`` the step):
+    :func:`nbbag.base.halves.rounded`."""
     raise NotImplementedError("a Numba overload: call it from a jitted function")
 
 
@@ -155,23 +73,12 @@ def _store(table, row, col, value, rounding, t):
             table[row, col] = value
 
         return store_as_is
-    stochastic = not isinstance(rounding, (types.NoneType, types.Omitted))
-    if table.dtype == types.int16:
-        nearest, randomly = float16_nearest, float16_stochastic
-    else:
-        nearest, randomly = bfloat16_nearest, bfloat16_stochastic
-    if stochastic:
 
-        def store_stochastic(table, row, col, value, rounding, t):
-            bits = random_bits(rounding, t, row, col)
-            table[row, col] = randomly(np.float32(value), bits)
+    def store_rounded(table, row, col, value, rounding, t):
+        # the element read only for its type: the load is dead code once inlined
+        table[row, col] = rounded(table[row, col], value, rounding, t, row, col)
 
-        return store_stochastic
-
-    def store_nearest(table, row, col, value, rounding, t):
-        table[row, col] = nearest(np.float32(value))
-
-    return store_nearest
+    return store_rounded
 
 
 # -- an optimizer's row ------------------------------------------------------------------

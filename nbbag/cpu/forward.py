@@ -31,10 +31,11 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from nbbag.base.constants import BAD_OFFSETS, NO_PADDING, OK
+from nbbag.base.halves import widen
 from nbbag.base.sort import chunk_bounds
 from nbbag.cpu import PARALLEL
 from nbbag.cpu._intrinsics import prefetch_row_head
-from nbbag.cpu.elements import copy_row, store, widen
+from nbbag.cpu.elements import copy_row, store
 from nbbag.cpu.rows import (
     add_row,
     prefetch_distance,

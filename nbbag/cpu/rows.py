@@ -11,8 +11,8 @@ operations element by element), 1.3-2.6x faster at D = 16 and 256 (V = 1M, Zipf 
 
 from numba import njit
 
+from nbbag.base.halves import widen
 from nbbag.cpu._intrinsics import LANE, add_row_lanes, stack_row
-from nbbag.cpu.elements import widen
 
 # Widths the sum kernels are specialised for: multiples of LANE up to LANE * MAX_LANES
 # (a stack row of at most 4 KB).  Each width used compiles its own kernels once (cached
