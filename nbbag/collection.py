@@ -157,8 +157,7 @@ class EmbeddingBagCollection:
     dtype : float32, float64, float16 or bfloat16, default float32
         The tables' dtype (``ml_dtypes.bfloat16``, or the string "bfloat16"), unless a
         TableConfig gives its own.  With float16 or bfloat16 the outputs and gradients
-        are float32, and optimizers keep float32 state (see :mod:`nbbag.optim`).  Half
-        tables are CPU-only.
+        are float32, and optimizers keep float32 state (see :mod:`nbbag.optim`).
     seed : int, optional
         Seeds the initialisation: N(0, 1) as :class:`nbbag.EmbeddingBag`'s, drawn table
         by table in the list's order; padding rows are zeros.

@@ -85,7 +85,7 @@ class EmbeddingBag(TableAttributes):
         table holds half the bytes of a float32 one (a faster forward on tables beyond
         the cache); its outputs and gradients are float32, computed from its values,
         and optimizers keep float32 state, rounding each update to the table's dtype
-        (see :mod:`nbbag.optim`).  Half tables are CPU-only.
+        (see :mod:`nbbag.optim`).
     seed : int >= 0, optional
         Seeds the initialisation: N(0, 1), as torch's, drawn straight into the table
         in its dtype (no temporary: the constructor's peak memory is the table's).

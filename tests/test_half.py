@@ -4,8 +4,9 @@ values (``table.astype(np.float32)``), bit for bit.
 The forward and the backward of a half table are float32 arithmetic on its values, so
 they equal the float32 kernels' on the widened table exactly; an optimizer's step is
 the float32 step on the widened table and state, rounded once to the table's dtype
-(NumPy's ``astype``: to nearest, ties to even).  Half tables are CPU-only: the GPU
-backend refuses them.  Few cases, chosen to cover each kernel path once per format
+(NumPy's ``astype``: to nearest, ties to even).  On both backends: the GPU's kernels
+run the CPU's conversions and rounding rules, so a GPU step writes the CPU's bits, even
+with stochastic rounding.  Few cases, chosen to cover each kernel path once per format
 (every half specialisation compiles its own kernels).
 """
 
@@ -72,14 +73,21 @@ FORWARD = [
 ]  # bfloat16's max at D = 5: in the backward's test
 
 
-def _forwards_agree(weight, indices, offsets, **kwargs) -> None:
-    out = nbbag.embedding_bag(weight, indices, offsets, **kwargs)
-    expected = nbbag.embedding_bag(weight.astype(np.float32), indices, offsets, **kwargs)
+def _forwards_agree(backend, weight, indices, offsets, **kwargs) -> None:
+    """The forward of host table ``weight`` put on ``backend`` equals the backend's
+    float32 forward on its values."""
+    kwargs = {k: backend.array(v) if k == "per_sample_weights" else v
+              for k, v in kwargs.items()}  # fmt: skip
+    out = backend.host(
+        nbbag.embedding_bag(backend.array(weight), indices, offsets, **kwargs)
+    )
+    wide = backend.array(weight.astype(np.float32))
+    expected = backend.host(nbbag.embedding_bag(wide, indices, offsets, **kwargs))
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, expected)
 
 
-@on_backends("dtype, dim, mode, weighted", FORWARD, cuda=[], ids=ids)
+@on_backends("dtype, dim, mode, weighted", FORWARD, ids=ids)
 def test_forward_is_the_float32_forward_on_the_values(backend, dtype, dim, mode, weighted):
     """Padding and an empty bag; the same bags as 2-D ids, into ``out=``, and with
     ``include_last_offset``."""
@@ -89,60 +97,80 @@ def test_forward_is_the_float32_forward_on_the_values(backend, dtype, dim, mode,
     kwargs = {"mode": mode, "padding_idx": PADDING}
     if weighted:
         kwargs["per_sample_weights"] = rng.random(indices.shape[0]).astype(np.float32)
-    _forwards_agree(weight, indices, offsets, **kwargs)
+    _forwards_agree(backend, weight, indices, offsets, **kwargs)
     csr = np.append(offsets, indices.shape[0])
-    _forwards_agree(weight, indices, csr, include_last_offset=True, **kwargs)
+    _forwards_agree(backend, weight, indices, csr, include_last_offset=True, **kwargs)
     square = dict(kwargs)
     if weighted:
         square["per_sample_weights"] = kwargs["per_sample_weights"].reshape(6, 10)
-    out = np.empty((6, dim), np.float32)
-    returned = nbbag.embedding_bag(weight, indices.reshape(6, 10), None, out=out, **square)
+    _forwards_agree(backend, weight, indices.reshape(6, 10), None, **square)
+    on_backend = backend.array(weight)
+    square["per_sample_weights"] = backend.array(square.get("per_sample_weights"))
+    out = backend.array(np.empty((6, dim), np.float32))
+    returned = nbbag.embedding_bag(
+        on_backend, indices.reshape(6, 10), None, out=out, **square
+    )
     assert returned is out
-    _forwards_agree(weight, indices.reshape(6, 10), None, **square)
+    if weighted:
+        kwargs["per_sample_weights"] = backend.array(kwargs["per_sample_weights"])
     np.testing.assert_array_equal(
-        out, nbbag.embedding_bag(weight, indices, np.arange(0, 60, 10), **kwargs)
+        backend.host(out),
+        backend.host(
+            nbbag.embedding_bag(on_backend, indices, np.arange(0, 60, 10), **kwargs)
+        ),
     )
 
 
-@pytest.mark.parametrize("dtype, dim, mode", [(BF16, 5, "sum")], ids=ids)
-def test_max_norm_renorms_in_float32_and_rounds_to_nearest(dtype, dim, mode, rng):
-    weight = table(rng, dim, dtype)
-    weight[::2] *= 4  # some rows past max_norm, some not
-    before, wide = weight.copy(), weight.astype(np.float32)
+@on_backends("dtype, dim, mode", [(BF16, 5, "sum")], ids=ids)
+def test_max_norm_renorms_in_float32_and_rounds_to_nearest(backend, dtype, dim, mode, rng):
+    host = table(rng, dim, dtype)
+    host[::2] *= 4  # some rows past max_norm, some not
+    weight, wide = backend.array(host), backend.array(host.astype(np.float32))
     indices, offsets = batch(rng)
     out = nbbag.embedding_bag(weight, indices, offsets, mode=mode, max_norm=2.0)
     nbbag.embedding_bag(wide, indices, offsets, mode=mode, max_norm=2.0)
-    assert not np.array_equal(weight.view(np.uint16), before.view(np.uint16))
-    assert_same_bits(weight, wide.astype(dtype))  # renormed rows, rounded to nearest
-    expected = nbbag.embedding_bag(weight.astype(np.float32), indices, offsets, mode=mode)
-    np.testing.assert_array_equal(out, expected)
+    renormed = backend.host(weight)
+    assert not np.array_equal(renormed.view(np.uint16), host.view(np.uint16))
+    # renormed rows, rounded to nearest
+    assert_same_bits(renormed, backend.host(wide).astype(dtype))
+    expected = nbbag.embedding_bag(
+        backend.array(renormed.astype(np.float32)), indices, offsets, mode=mode
+    )
+    np.testing.assert_array_equal(backend.host(out), backend.host(expected))
 
 
 # -- the backward ------------------------------------------------------------------------
-@pytest.mark.parametrize(
+@on_backends(
     "dtype, dim, mode, weighted", [(F16, 16, "sum", True), (BF16, 5, "max", False)], ids=ids
 )
-def test_backward_is_the_float32_backward_on_the_values(dtype, dim, mode, weighted, rng):
+def test_backward_is_the_float32_backward_on_the_values(
+    backend, dtype, dim, mode, weighted, rng
+):  # fmt: skip
     weight = table(rng, dim, dtype)
     indices, offsets = batch(rng)
     kwargs = {"mode": mode, "padding_idx": PADDING}
     if weighted:
-        kwargs["per_sample_weights"] = rng.random(indices.shape[0]).astype(np.float32)
+        kwargs["per_sample_weights"] = backend.array(
+            rng.random(indices.shape[0]).astype(np.float32)
+        )
     grad_output = rng.standard_normal((offsets.shape[0], dim)).astype(np.float32)
     results, outputs = [], []
     for table_ in (weight, weight.astype(np.float32)):
-        out, ctx = nbbag.embedding_bag_fwd(table_, indices, offsets, **kwargs)
-        outputs.append(out)
-        results.append(
-            nbbag.embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad=weighted)
+        out, ctx = nbbag.embedding_bag_fwd(
+            backend.array(table_), indices, offsets, **kwargs
         )
+        outputs.append(backend.host(out))
+        result = nbbag.embedding_bag_bwd(
+            backend.array(grad_output), ctx, per_sample_weights_grad=weighted
+        )
+        grad, *weights_grad = result if isinstance(result, tuple) else (result,)
+        rows, values = backend.host(grad.rows), backend.host(grad.values)
+        results.append((rows, values, [backend.host(w) for w in weights_grad]))
     np.testing.assert_array_equal(*outputs)
-    (half, *half_weights), (full, *full_weights) = (
-        r if isinstance(r, tuple) else (r,) for r in results
-    )
-    assert half.values.dtype == np.float32 and half.shape == full.shape
-    np.testing.assert_array_equal(half.rows, full.rows)
-    np.testing.assert_array_equal(half.values, full.values)
+    (rows, values, half_weights), (full_rows, full_values, full_weights) = results
+    assert values.dtype == np.float32
+    np.testing.assert_array_equal(rows, full_rows)
+    np.testing.assert_array_equal(values, full_values)
     for got, expected in zip(half_weights, full_weights, strict=True):
         np.testing.assert_array_equal(got, expected)
 
@@ -175,21 +203,28 @@ def _step(optimizer, weight, grad_output, indices, offsets, fused: bool) -> None
         optimizer.step(nbbag.embedding_bag_bwd(grad_output, ctx))
 
 
-@pytest.mark.parametrize("name, dtype, fused", STEPS, ids=ids)
-def test_a_step_is_the_float32_step_rounded_to_nearest(name, dtype, fused, rng):
+@on_backends("name, dtype, fused", STEPS, ids=ids)
+def test_a_step_is_the_float32_step_rounded_to_nearest(backend, name, dtype, fused, rng):
     """Three steps (rows left out of some, caught up by SGD before the forward reads
     them), then a flush: after each write the table is the float32 optimizer's table
     rounded, its state the float32 state."""
     kind, hyper = OPTIMIZERS[name]
-    weight = table(rng, 16, dtype)
-    wide = weight.astype(np.float32)
+    weight = backend.array(table(rng, 16, dtype))
+    wide = backend.array(backend.host(weight).astype(np.float32))
     half_opt, full_opt = kind(weight, **hyper), kind(wide, **hyper)
 
     def same_so_far() -> None:
-        assert_same_bits(weight, wide.astype(dtype))
-        wide[...] = weight  # the float32 run goes on from the stored values
+        stored = backend.host(weight)
+        assert_same_bits(stored, backend.host(wide).astype(dtype))
+        # the float32 run goes on from the stored values
+        if backend.tiny:
+            wide.copy_to_device(stored.astype(np.float32))
+        else:
+            wide[...] = stored
         for key in half_opt.state_names:
-            np.testing.assert_array_equal(getattr(half_opt, key), getattr(full_opt, key))
+            np.testing.assert_array_equal(
+                backend.host(getattr(half_opt, key)), backend.host(getattr(full_opt, key))
+            )
 
     for step in range(3):
         indices, offsets = batch(rng, 50 + 10 * step)
@@ -198,8 +233,8 @@ def test_a_step_is_the_float32_step_rounded_to_nearest(name, dtype, fused, rng):
             full_opt.catch_up(indices)
             same_so_far()
         grad_output = rng.standard_normal((offsets.shape[0], 16)).astype(np.float32)
-        _step(half_opt, weight, grad_output, indices, offsets, fused)
-        _step(full_opt, wide, grad_output, indices, offsets, fused)
+        _step(half_opt, weight, backend.array(grad_output), indices, offsets, fused)
+        _step(full_opt, wide, backend.array(grad_output), indices, offsets, fused)
         same_so_far()
     assert all(getattr(half_opt, key).dtype != dtype for key in half_opt.state_names)
     half_opt.flush()
@@ -207,15 +242,16 @@ def test_a_step_is_the_float32_step_rounded_to_nearest(name, dtype, fused, rng):
     same_so_far()
 
 
-def _stochastic_run(dtype, seed: int) -> np.ndarray:
-    weight = np.full((64, 16), 1.0, dtype=dtype)
+def _stochastic_run(dtype, seed: int, backend=None) -> np.ndarray:
+    on = backend.array if backend is not None else (lambda x: x)
+    weight = on(np.full((64, 16), 1.0, dtype=dtype))
     optimizer = nbbag.optim.SGD(weight, lr=1.0, stochastic_rounding=True, seed=seed)
     rows = np.arange(64)
     # 1 - 1/3 of a step of the format's grid below 1: between two values of the grid
     step = float(np.finfo(dtype).eps) / 2
     values = np.full((64, 16), step / 3, dtype=np.float32)
-    optimizer.step(nbbag.RowSparseGrad(rows, values, weight.shape))
-    return weight
+    optimizer.step(nbbag.RowSparseGrad(rows, values, (64, 16)))
+    return weight if backend is None else backend.host(weight)
 
 
 @pytest.mark.parametrize("dtype", [F16], ids=str)
@@ -232,6 +268,13 @@ def test_stochastic_rounding_is_reproducible_and_thread_count_free(dtype):
     assert set(np.unique(one.astype(np.float32))) <= {np.float32(1.0), below}
     # 1 - step / 3 rounds down a third of the time: 1024 draws, 5 sigmas
     assert abs(np.mean(one.astype(np.float32) < 1) - 1 / 3) < 5 * np.sqrt(2 / 9 / 1024)
+
+
+@on_backends("dtype", [], cuda=HALF, ids=ids)
+def test_the_gpu_rounds_stochastically_to_the_cpus_bits(backend, dtype):
+    """The same seed, the same step: the GPU's table is the CPU's, bit for bit (the
+    rounding rules and their random bits are the CPU's functions)."""
+    assert_same_bits(_stochastic_run(dtype, 11, backend), _stochastic_run(dtype, 11))
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
@@ -310,57 +353,83 @@ def test_rounding_to_nearest_matches_numpy_and_ml_dtypes():
 
 
 # -- the layer and the collection --------------------------------------------------------
-def test_layer_trains_a_bfloat16_table_as_float32_rounded(rng):
-    half = nbbag.EmbeddingBag(NUM_ROWS, 16, mode="mean", dtype="bfloat16", seed=0)
-    full = nbbag.EmbeddingBag(NUM_ROWS, 16, mode="mean", seed=0)
-    assert half.weight.dtype == BF16
-    assert_same_bits(half.weight, full.weight.astype(BF16))  # the same draws, rounded
-    full.weight[...] = half.weight
+def _set(backend, target, values: np.ndarray) -> None:
+    """``target[...] = values`` for a table of either backend (a device one's values
+    copied over)."""
+    if backend.tiny:
+        target.copy_to_device(np.ascontiguousarray(values, dtype=target.dtype))
+    else:
+        target[...] = values
+
+
+@on_backends("dtype", [BF16], ids=ids)
+def test_layer_trains_a_half_table_as_float32_rounded(backend, dtype, rng):
+    half_host = nbbag.EmbeddingBag(NUM_ROWS, 16, mode="mean", dtype=dtype, seed=0).weight
+    full_host = nbbag.EmbeddingBag(NUM_ROWS, 16, mode="mean", seed=0).weight
+    assert half_host.dtype == dtype
+    assert_same_bits(half_host, full_host.astype(dtype))  # the same draws, rounded
+    half = nbbag.EmbeddingBag(NUM_ROWS, 16, mode="mean", weight=backend.array(half_host))
+    full = nbbag.EmbeddingBag(
+        NUM_ROWS, 16, mode="mean", weight=backend.array(half_host.astype(np.float32))
+    )
     hyper = OPTIMIZERS["sgd"][1]
     for layer in (half, full):
         layer.attach(nbbag.optim.SGD(layer.weight, **hyper))
     for _ in range(3):
         indices, offsets = batch(rng)
         grad_output = rng.standard_normal((offsets.shape[0], 16)).astype(np.float32)
-        np.testing.assert_array_equal(half(indices, offsets), full(indices, offsets))
-        half.step(grad_output)
-        full.step(grad_output)
-        assert_same_bits(half.weight, full.weight.astype(BF16))
-        full.weight[...] = half.weight
+        np.testing.assert_array_equal(
+            backend.host(half(indices, offsets)), backend.host(full(indices, offsets))
+        )
+        half.step(backend.array(grad_output))
+        full.step(backend.array(grad_output))
+        stored = backend.host(half.weight)
+        assert_same_bits(stored, backend.host(full.weight).astype(dtype))
+        _set(backend, full.weight, stored.astype(np.float32))
     assert "dtype=bfloat16" in repr(half)
 
 
-def test_collection_of_half_and_float32_tables(rng):
+@on_backends("dtype", [BF16], ids=ids)
+def test_collection_of_half_and_float32_tables(backend, dtype, rng):
     """A bfloat16 table (its own stack) beside float32 ones (the collection's dtype):
-    float32 out, and each table trained as the float32 collection's, rounded."""
+    float32 out, and each table trained as the float32 collection's, rounded.  No
+    feature has weights: in the float32 collection "a" shares a stack with "b" and "c",
+    and a stack with weights runs the weighted kernels, whose sums the GPU's (float64
+    accumulators) may round differently from the unweighted ones' in the last bit."""
     configs = [
-        nbbag.TableConfig("a", 30, 16, mode="mean", dtype="bfloat16"),
+        nbbag.TableConfig("a", 30, 16, mode="mean", dtype=dtype),
         nbbag.TableConfig("b", 20, 16, mode="mean", features=["b", "c"]),
     ]
-    half = nbbag.EmbeddingBagCollection(configs, seed=1)
+    device = backend.name
+    half = nbbag.EmbeddingBagCollection(configs, seed=1, device=device)
     full = nbbag.EmbeddingBagCollection(
-        [nbbag.TableConfig("a", 30, 16, mode="mean"), configs[1]], seed=1
+        [nbbag.TableConfig("a", 30, 16, mode="mean"), configs[1]], seed=1, device=device
     )
-    assert half.weights["a"].dtype == BF16 and half.weights["b"].dtype == np.float32
+    assert half.weights["a"].dtype == dtype and half.weights["b"].dtype == np.float32
     for name, weight in half.weights.items():
-        full.weights[name][...] = weight
+        _set(backend, full.weights[name], backend.host(weight).astype(np.float32))
     for coll in (half, full):
         coll.attach(nbbag.optim.SGD(coll, lr=0.1))
     features = {
         "a": (rng.integers(0, 30, 12), np.array([0, 4, 9])),
         "b": (rng.integers(0, 20, 7), np.array([0, 1, 5])),
-        "c": (rng.integers(0, 20, 6), np.array([0, 3, 3]), rng.random(6)),
+        "c": (rng.integers(0, 20, 6), np.array([0, 3, 3])),
     }
     grad_output = rng.standard_normal((3, 48)).astype(np.float32)
-    out = half(features)
+    out = backend.host(half(features))
     assert out.dtype == np.float32
-    np.testing.assert_array_equal(out, full(features))
+    np.testing.assert_array_equal(out, backend.host(full(features)))
     for coll in (half, full):
-        coll.step(grad_output)
-    assert_same_bits(half.weights["a"], full.weights["a"].astype(BF16))
-    np.testing.assert_array_equal(half.weights["b"], full.weights["b"])
-    full.weights["a"][...] = half.weights["a"]
-    np.testing.assert_array_equal(half(features), full(features))
+        coll.step(backend.array(grad_output))
+    stored = backend.host(half.weights["a"])
+    assert_same_bits(stored, backend.host(full.weights["a"]).astype(dtype))
+    np.testing.assert_array_equal(
+        backend.host(half.weights["b"]), backend.host(full.weights["b"])
+    )
+    _set(backend, full.weights["a"], stored.astype(np.float32))
+    np.testing.assert_array_equal(
+        backend.host(half(features)), backend.host(full(features))
+    )
     with pytest.raises(ValueError, match="must give one output dtype"):
         nbbag.EmbeddingBagCollection(configs, dtype=np.float64)
     with pytest.raises(TypeError, match="table 'x': dtype must be float32, float64"):
@@ -404,12 +473,3 @@ def test_a_bfloat16_table_cannot_live_in_a_npy_file(tmp_path):
     with pytest.raises(TypeError, match="cannot hold a bfloat16 table"):
         nbbag.EmbeddingBag(10, 4, dtype=BF16, path=tmp_path / "t.npy")
     assert not list(tmp_path.iterdir())
-
-
-@on_backends("dtype", [], cuda=[F16], ids=ids)
-def test_the_gpu_backend_refuses_half_tables(backend, dtype):
-    weight = backend.array(np.ones((NUM_ROWS, 4), dtype))
-    with pytest.raises(TypeError, match="supported on the CPU only"):
-        nbbag.embedding_bag(weight, [1, 2], [0])
-    with pytest.raises(TypeError, match="supported on the CPU only"):
-        nbbag.optim.SGD(weight, lr=0.1)

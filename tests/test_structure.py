@@ -325,6 +325,9 @@ def is_module(value) -> bool:
 
 
 def is_shared(value) -> bool:
+    """A function both targets compile: a shared one, or a scalar one."""
+    if any(value is function for function in shared.SCALAR):
+        return True
     return isinstance(value, shared.SharedDispatcher) and any(
         value.py_func is function for function in shared.SHARED
     )

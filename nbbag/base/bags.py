@@ -9,6 +9,7 @@ NO_PADDING.
 
 import math
 
+from nbbag.base.halves import widen
 from nbbag.base.shared import shared
 from nbbag.modes import Mode
 
@@ -131,7 +132,7 @@ def bag_weights_grad(
             continue
         gradient_dot_row = 0.0
         for d in range(dim):
-            gradient_dot_row += float(grad_output[b, d]) * weight[row, d]
+            gradient_dot_row += float(grad_output[b, d]) * widen(weight[row, d])
         if mode == Mode.SUM:
             weights_grad[position] = gradient_dot_row
         elif mode == Mode.MEAN:

@@ -9,10 +9,11 @@ how one element is read and written, for the CPU and the GPU alike:
   does: a float16 conversion is ``vcvtph2ps`` / ``vcvtps2ph`` on x86 and ``cvt.f32.f16``
   / ``cvt.rn.f16.f32`` on a GPU, the same bits either way.
 - ``@njit`` scalar functions built on them (:func:`widen`, :func:`rounded`, the
-  rounding rules).  A CPU kernel compiles them in, numba-cuda compiles their Python
-  source into a GPU kernel, and under Numba's CUDA simulator the simulated device code
-  calls their CPU machine code on its scalars.  So every target computes each element
-  with the same code, and a GPU writes the bits the CPU writes.
+  rounding rules; :func:`nbbag.base.shared.scalar`).  A CPU kernel compiles them in,
+  numba-cuda compiles their Python source into a GPU kernel, and under Numba's CUDA
+  simulator the simulated device code calls their CPU machine code on its scalars.  So
+  every target computes each element with the same code, and a GPU writes the bits the
+  CPU writes.
 
 Rounding (``rounding``): None, or any negative int (a GPU launch cannot take None),
 rounds to nearest, ties to even; an int >= 0 is the key of stochastic rounding, the
@@ -26,8 +27,10 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic, overload
+
+from nbbag.base.shared import scalar
 
 
 # -- the conversions, as LLVM intrinsics -------------------------------------------------
@@ -109,7 +112,7 @@ def _widened_overload(value):
     return lambda value: value
 
 
-@njit(inline="always")
+@scalar(inline="always")
 def widen(value):
     """A table element as a number: itself (float tables), or the float32 value of a
     half table's bits."""
@@ -117,10 +120,11 @@ def widen(value):
 
 
 # -- rounding float32 to 16 bits -----------------------------------------------------------
+NEAREST = -1  # ``rounding`` of a GPU launch that rounds to nearest
 _SIGN = np.int64(0x8000)
 
 
-@njit(cache=True)
+@scalar(cache=True)
 def bfloat16_nearest(value):
     """The bfloat16 bits (uint16) nearest float32 ``value``, ties to even; NaN stays
     NaN (quieted), as ``ml_dtypes`` rounds."""
@@ -131,7 +135,7 @@ def bfloat16_nearest(value):
     return np.uint16(quiet_nan if bits & 0x7FFFFFFF > 0x7F800000 else nearest)
 
 
-@njit(cache=True)
+@scalar(cache=True)
 def _mix(z):
     """SplitMix64's finaliser: 64 well-mixed bits of ``z`` (uint64)."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -139,14 +143,14 @@ def _mix(z):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True)
+@scalar(cache=True)
 def random_bits(key, t, row, col):
     """64 random bits for element (row, col) at step ``t`` of rounding key ``key``."""
     z = _mix(np.uint64(key) + np.uint64(t) * np.uint64(0x9E3779B97F4A7C15))
     return _mix(z + np.uint64(row) * np.uint64(0xD1B54A32D192ED03) + np.uint64(col))
 
 
-@njit(cache=True)
+@scalar(cache=True)
 def bfloat16_stochastic(value, bits):
     """``value`` (float32) rounded to one of the two bfloat16 values around it, the
     upper (in magnitude) with probability proportional to the distance from the lower:
@@ -158,7 +162,7 @@ def bfloat16_stochastic(value, bits):
     return np.uint16((word + np.int64(bits & np.uint64(0xFFFF))) >> 16)
 
 
-@njit(cache=True)
+@scalar(cache=True)
 def float16_stochastic(value, bits):
     """``value`` (float32) rounded to one of the two float16 values around it, the one
     farther from zero with probability (|value| - lower) / (upper - lower) (lower and
@@ -206,7 +210,7 @@ def _rounded_as_overload(like, value, rounding, t, row, col):
     return either
 
 
-@njit(inline="always")
+@scalar(inline="always")
 def rounded(like, value, rounding, t, row, col):
     """``value`` as an element of a table whose elements are of ``like``'s type: as it
     is for a float table; for a half table, ``value`` as float32 rounded to the

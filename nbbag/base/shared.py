@@ -12,6 +12,11 @@ for the test that holds them to it.
 
 An argument that is ``None`` removes the branches that test it (``if weights is
 None``): that is how one source serves a weighted and an unweighted kernel.
+
+:func:`scalar` marks the other kind of function both targets call: an ``@njit``
+function of scalars built on LLVM intrinsics (:mod:`nbbag.base.halves`), which has no
+Python source to run.  Both targets compile it as they compile a shared one; simulated
+device code calls its CPU machine code on its scalars.  ``SCALAR`` lists them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from numba import config, njit
 from numba.core.registry import CPUDispatcher
 
 SHARED: list = []
+SCALAR: list = []
 
 
 class SharedDispatcher(CPUDispatcher):
@@ -38,3 +44,15 @@ def shared(function):
     dispatcher.__class__ = SharedDispatcher
     SHARED.append(function)
     return dispatcher
+
+
+def scalar(**options):
+    """An ``@njit(**options)`` function of scalars that both targets call (see the
+    module's docstring)."""
+
+    def decorate(function):
+        dispatcher = njit(**options)(function)
+        SCALAR.append(dispatcher)
+        return dispatcher
+
+    return decorate

@@ -12,6 +12,8 @@ import numpy as np
 
 from nbbag import _validate
 from nbbag.base.constants import OK
+from nbbag.base.dtypes import compute_dtype
+from nbbag.base.halves import NEAREST
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
 from nbbag.base.schedule import Schedule
 from nbbag.cuda import (
@@ -82,7 +84,7 @@ def _run_forward(batch: BagBatch, keep_context: bool, out=None):
     weight, options = batch.weight, batch.options
     num_bags, dim = batch.num_bags, weight.shape[1]
     if out is None:
-        out = arrays.empty((num_bags, dim), weight.dtype)
+        out = arrays.empty((num_bags, dim), compute_dtype(weight.dtype))
     argmax = None
     if variants.records_winners(options.mode, keep_context):
         argmax = arrays.empty((num_bags, dim), np.int64)
@@ -91,7 +93,7 @@ def _run_forward(batch: BagBatch, keep_context: bool, out=None):
         if rows.shape[0]:
             row_grid, row_block = launch.linear(rows.shape[0])
             forward.renorm_rows[row_grid, row_block](
-                weight, rows, options.max_norm, options.norm_type
+                arrays.kernel_table(weight), rows, options.max_norm, options.norm_type
             )
     if num_bags and dim:
         grid, block = launch.grouped(num_bags, dim)
@@ -242,7 +244,8 @@ def check_grad_output(grad_output, ctx: BagContext):
     _validate.check_grad_output_like(grad_output, ctx)
     if not grad_output.is_c_contiguous():
         raise ValueError("grad_output must be C-contiguous")
-    return arrays.cast(grad_output, ctx.batch.weight.dtype)  # a floating one, as the CPU
+    # a floating one, as the CPU: the table's compute dtype
+    return arrays.cast(grad_output, compute_dtype(ctx.batch.weight.dtype))
 
 
 def group_tokens(ctx: BagContext) -> TokenGroups:
@@ -261,13 +264,15 @@ def embedding_bag_bwd(grad_output, ctx, per_sample_weights_grad, deterministic):
     if not per_sample_weights_grad:
         return grad
     batch = ctx.batch
-    weights_grad = arrays.full(batch.per_sample_weights.shape[0], 0, batch.weight.dtype)
+    weights_grad = arrays.full(
+        batch.per_sample_weights.shape[0], 0, compute_dtype(batch.weight.dtype)
+    )
     if batch.num_bags:
         grid, block = launch.linear(batch.num_bags)
         backward.per_sample_weights_grad[grid, block](
-            batch.weight, batch.indices, batch.offsets, batch.per_sample_weights,
-            ctx.output_for(grad_output), grad_output, batch.padding_idx, int(batch.mode),
-            weights_grad,
+            arrays.kernel_table(batch.weight), batch.indices, batch.offsets,
+            batch.per_sample_weights, ctx.output_for(grad_output), grad_output,
+            batch.padding_idx, int(batch.mode), weights_grad,
         )  # fmt: skip
     return grad, weights_grad.reshape(ctx.indices_shape)
 
@@ -276,7 +281,9 @@ def _weight_grad(grad_output, ctx: BagContext, deterministic: bool) -> RowSparse
     """The row-sparse gradient on the device: rows (U,) and values (U, D)."""
     groups = group_tokens(ctx)
     num_rows, dim = ctx.weight_shape
-    values = arrays.empty((groups.num_contributing, dim), ctx.batch.weight.dtype)
+    values = arrays.empty(
+        (groups.num_contributing, dim), compute_dtype(ctx.batch.weight.dtype)
+    )
     num_unique = groups.rows.shape[0]
     scale = ctx.batch.options.scale_grad_by_freq
     if groups.num_contributing and dim:
@@ -332,31 +339,38 @@ def same_table(a, b) -> bool:
 
 
 def as_gradient(grad: RowSparseGrad, weight) -> RowSparseGrad:
-    """``grad`` with device arrays (copied over from the host if need be, in the
-    weight's dtype, as the CPU casts), of the weight's dtype."""
+    """``grad`` with device arrays (copied over from the host if need be), its values
+    cast to the weight's compute dtype as the CPU casts them (float32 for a half
+    table)."""
+    dtype = compute_dtype(weight.dtype)
     if not arrays.is_device(grad.values):
-        values = grad.values.astype(weight.dtype, copy=False)
+        values = grad.values.astype(dtype, copy=False)
         grad = RowSparseGrad._trusted(
             arrays.to_device(grad.rows), arrays.to_device(values), grad.shape
         )
     else:
         checks.check_device_gradient(grad.rows, grad.values, grad.shape)
-    if grad.values.dtype != weight.dtype:  # cast, as on the CPU
-        values = arrays.cast(grad.values, weight.dtype)
+    if grad.values.dtype != dtype:  # cast, as on the CPU
+        values = arrays.cast(grad.values, dtype)
         grad = RowSparseGrad._trusted(grad.rows, values, grad.shape)
     return grad
 
 
-# ``rounding``: for half tables, which this backend refuses (check_table); the kernels
-# take it, as the CPU's do, and get 0.
+# ``rounding`` (None: to nearest, or the key of stochastic rounding) reaches the kernels
+# as an int, NEAREST for None: a launch cannot take None.
+def _launch_rounding(rounding) -> int:
+    return NEAREST if rounding is None else rounding
+
+
 def apply_gradient(step, weight, grad: RowSparseGrad, state, t: int, rounding) -> None:
     num_rows, dim = grad.values.shape
     if num_rows == 0 or dim == 0:
         return
     grid, block = launch.grouped(num_rows, dim)
     optim.apply_row_gradients[grid, block](
-        step, weight, grad.rows, grad.values, *state, t, 0
-    )
+        step, arrays.kernel_table(weight), grad.rows, grad.values, *state, t,
+        _launch_rounding(rounding),
+    )  # fmt: skip
 
 
 def apply_fused(
@@ -367,10 +381,11 @@ def apply_fused(
     if num_rows == 0 or dim == 0:
         return
     grid, block = launch.grouped_resident(num_rows, dim)
-    scratch = arrays.empty((grid * block[1], dim), weight.dtype)
+    scratch = arrays.empty((grid * block[1], dim), compute_dtype(weight.dtype))
     optim.apply_fused[grid, block](
-        step, weight, grad_output, groups, ctx.batch.options.scale_grad_by_freq, *state,
-        t, scratch, 0,
+        step, arrays.kernel_table(weight), grad_output, groups,
+        ctx.batch.options.scale_grad_by_freq, *state, t, scratch,
+        _launch_rounding(rounding),
     )  # fmt: skip
 
 
@@ -388,11 +403,16 @@ def catch_up(step, weight, rows, state, target_step: int, rounding) -> None:
     if rows.shape[0] == 0:
         return
     grid, block = launch.linear(rows.shape[0])
-    optim.catch_up_rows[grid, block](step, weight, rows, *state, target_step, 0)
+    optim.catch_up_rows[grid, block](
+        step, arrays.kernel_table(weight), rows, *state, target_step,
+        _launch_rounding(rounding),
+    )  # fmt: skip
 
 
 def catch_up_all(step, weight, state, target_step: int, rounding) -> None:
     if weight.shape[0] == 0:
         return
     grid, block = launch.linear(weight.shape[0])
-    optim.catch_up_all_rows[grid, block](step, weight, *state, target_step, 0)
+    optim.catch_up_all_rows[grid, block](
+        step, arrays.kernel_table(weight), *state, target_step, _launch_rounding(rounding)
+    )

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from numba import config, cuda
 
+from nbbag.base.dtypes import CODE_DTYPES
 from nbbag.cuda import launch
 
 
@@ -68,6 +69,13 @@ def same_array(a, b) -> bool:
         and a.dtype == b.dtype
         and data_pointer(a) == data_pointer(b)
     )
+
+
+def kernel_table(weight):
+    """Device ``weight`` as the kernels take it: itself, or a half table's int16/uint16
+    view (no copy; :mod:`nbbag.base.dtypes`)."""
+    codes = CODE_DTYPES.get(weight.dtype)
+    return weight if codes is None else weight.view(codes)
 
 
 def empty(shape, dtype):

@@ -30,7 +30,7 @@ from nbbag._validate import (
     first_outside as host_first_outside,
 )
 from nbbag.base.constants import INDEX_DTYPES
-from nbbag.base.dtypes import is_half
+from nbbag.base.dtypes import compute_dtype
 from nbbag.base.records import BagBatch, ForwardOptions
 from nbbag.cuda import arrays, launch
 
@@ -133,12 +133,6 @@ def check_weight(weight):
     check_trainable(weight)
     weight = arrays.as_device(weight)
     check_table_layout(weight, weight.is_c_contiguous(), "make a contiguous copy first")
-    if is_half(weight.dtype):
-        raise TypeError(
-            f"weight: {weight.dtype} tables are supported on the CPU only for now (the "
-            "GPU backend takes float32 and float64); keep the table in host memory, or "
-            "pass weight.astype(np.float32)"
-        )
     return weight
 
 
@@ -257,13 +251,13 @@ def validate(
         csr = arrays.to_device(host_csr(offsets, indices, options.include_last_offset))
     if per_sample_weights is not None and arrays.is_device(per_sample_weights):
         weights = check_device_per_sample_weights(
-            per_sample_weights, indices.shape, options.mode, weight.dtype
+            per_sample_weights, indices.shape, options.mode, compute_dtype(weight.dtype)
         )
         if private and arrays.same_array(weights, arrays.as_device(per_sample_weights)):
             weights = arrays.copy(weights)
     else:
         weights = check_per_sample_weights(
-            per_sample_weights, indices, options.mode, weight.dtype
+            per_sample_weights, indices, options.mode, compute_dtype(weight.dtype)
         )
         weights = None if weights is None else arrays.to_device(weights)
     indices_shape = tuple(indices.shape)

@@ -17,6 +17,7 @@ import math
 
 from numba import cuda
 
+from nbbag.base.halves import NEAREST, rounded, widen
 from nbbag.modes import Mode
 
 
@@ -35,7 +36,7 @@ def sum_dim_dev(weight, indices, start, end, padding_idx, d):
     for position in range(start, end):
         row = indices[position]
         if row != padding_idx:
-            total += weight[row, d]
+            total += widen(weight[row, d])
             count += 1
     return total, count
 
@@ -51,7 +52,7 @@ def weighted_sum_dim_dev(weight, indices, per_sample_weights, start, end, paddin
         row = indices[position]
         if row != padding_idx:
             w = per_sample_weights[position]
-            total += w * weight[row, d]
+            total += w * widen(weight[row, d])
             weight_sum += w
             weight_square_sum += w * w
     return total, weight_sum, weight_square_sum
@@ -66,7 +67,7 @@ def max_dim_dev(weight, indices, start, end, padding_idx, d):
     for position in range(start, end):
         row = indices[position]
         if row != padding_idx:
-            value = weight[row, d]
+            value = widen(weight[row, d])
             if winner < 0 or value > best:  # strict '>': the first occurrence wins ties
                 best = value
                 winner = position
@@ -216,7 +217,8 @@ def bag_weighted_sqrtn(weight, indices, offsets, per_sample_weights, out, paddin
 @cuda.jit
 def renorm_rows(weight, rows, max_norm, norm_type):
     """Scale each weight[rows[k]] whose norm_type-norm exceeds max_norm by
-    max_norm / (norm + 1e-7), as torch's embedding_renorm_; ``rows`` unique.
+    max_norm / (norm + 1e-7), as torch's embedding_renorm_; ``rows`` unique.  A half
+    table's row is scaled in float32 and rounded to nearest, as on the CPU.
 
     Ownership: thread k reads and writes weight[rows[k]] only (grid-stride).
     """
@@ -225,12 +227,13 @@ def renorm_rows(weight, rows, max_norm, norm_type):
         norm = 0.0
         if norm_type == math.inf:
             for d in range(weight.shape[1]):
-                norm = max(norm, abs(weight[row, d]))
+                norm = max(norm, abs(widen(weight[row, d])))
         else:
             for d in range(weight.shape[1]):
-                norm += abs(float(weight[row, d])) ** norm_type
+                norm += abs(float(widen(weight[row, d]))) ** norm_type
             norm = norm ** (1.0 / norm_type)
         if norm > max_norm:
             scale = max_norm / (norm + 1e-7)
             for d in range(weight.shape[1]):
-                weight[row, d] *= scale
+                scaled = widen(weight[row, d]) * scale
+                weight[row, d] = rounded(weight[row, d], scaled, NEAREST, 0, row, d)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nbbag.base.dtypes import compute_dtype
 from nbbag.base.records import TokenGroups
 from nbbag.base.sort import GPU_RADIX_BITS, radix_plan
 from nbbag.cuda import arrays, launch, variants
@@ -106,7 +107,7 @@ def group_tokens(
     ``argmax`` is an empty (0, 0) array but for max: a kernel launch cannot take None."""
     num_tokens = indices.shape[0]
     bag_of = arrays.full(num_tokens, -1, np.int64)  # tokens in no bag stay -1 / 0
-    coefficients = arrays.full(num_tokens, 0, weight.dtype)
+    coefficients = arrays.full(num_tokens, 0, compute_dtype(weight.dtype))
     num_bags = offsets.shape[0] - 1
     if num_bags:
         grid, block = launch.linear(num_bags)

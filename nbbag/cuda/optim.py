@@ -3,9 +3,10 @@
 The CPU kernels (:mod:`nbbag.cpu.optim`) with the same arguments in the same order and
 the same rules: each kernel runs the rule of the step record it is given
 (:mod:`nbbag.rules`; one specialisation per rule, the rule's functions shared with the
-CPU).  Tables here are float32 or float64 (the GPU backend refuses float16 and bfloat16
-tables): ``rounding``, how the CPU's kernels round a half table's updates, is taken for
-the arguments' sake and not read (the host passes 0: a launch cannot take None).
+CPU).  A half table (its int16/uint16 view) is updated in float32 and rounded back
+(:mod:`nbbag.cuda.elements`); ``rounding`` is how: a negative int rounds to nearest,
+an int >= 0 is the key of stochastic rounding (:mod:`nbbag.base.halves`: a launch
+cannot take None, the CPU's nearest).
 
 One thread group per row, lanes along D; the group's blocks stride over the rows so
 that every thread of a block runs the same iterations and can meet at
@@ -20,6 +21,7 @@ from numba import cuda
 
 from nbbag import rules
 from nbbag.cuda.backward import row_gradient_dev
+from nbbag.cuda.elements import update_elements
 
 __all__ = [
     "apply_fused",
@@ -30,7 +32,9 @@ __all__ = [
 
 
 @cuda.jit(device=True)
-def update_group_dev(step, weight, row, active, grad_row, element_state, row_state, t):
+def update_group_dev(
+    step, weight, row, active, grad_row, element_state, row_state, t, rounding
+):  # fmt: skip
     """The calling group's step of row ``row`` with gradient ``grad_row`` (D,) when
     ``active``.  Every thread of the block must call it, active or not (two
     ``syncthreads``).
@@ -42,10 +46,10 @@ def update_group_dev(step, weight, row, active, grad_row, element_state, row_sta
         begun = rules.begin(step, row, grad_row, row_state, t)
     cuda.syncthreads()
     if active:
-        w = weight[row]
-        state_rows = rules.state_rows(element_state, row)
-        for i in range(cuda.threadIdx.x, w.shape[0], cuda.blockDim.x):
-            rules.element(step, begun, w, state_rows, i, grad_row[i])
+        update_elements(
+            step, begun, weight, row, grad_row, element_state, rounding, t,
+            cuda.threadIdx.x, cuda.blockDim.x,
+        )  # fmt: skip
         if cuda.threadIdx.x == 0:
             rules.end(step, begun, row, row_state, t)
     cuda.syncthreads()
@@ -68,7 +72,7 @@ def apply_row_gradients(step, weight, rows, values, element_state, row_state, t,
         row = rows[k] if active else 0
         update_group_dev(
             step, weight, row, active, values[k if active else 0], element_state,
-            row_state, t,
+            row_state, t, rounding,
         )  # fmt: skip
 
 
@@ -101,20 +105,19 @@ def apply_fused(
         cuda.syncthreads()
         update_group_dev(
             step, weight, rows[k] if active else 0, active, grad_row, element_state,
-            row_state, t,
+            row_state, t, rounding,
         )  # fmt: skip
 
 
 @cuda.jit(device=True)
-def advance_row_dev(step, row, last, target, weight, element_state):
+def advance_row_dev(step, row, last, target, weight, element_state, rounding):
     """Apply the gradient-free steps ``last`` + 1 .. ``target`` of ``step``'s rule to
-    row ``row`` (one thread).  Ownership: the caller owns the row of weight and
-    state."""
+    row ``row`` (one thread; a half row rounded with ``rounding`` at step ``target``).
+    Ownership: the caller owns the row of weight and state."""
     advanced = rules.advance(step, last, target)
-    w = weight[row]
-    state_rows = rules.state_rows(element_state, row)
-    for i in range(w.shape[0]):
-        rules.advance_element(step, advanced, w, state_rows, i)
+    update_elements(
+        step, advanced, weight, row, None, element_state, rounding, target, 0, 1
+    )
 
 
 @cuda.jit
@@ -131,7 +134,7 @@ def catch_up_rows(step, weight, indices, element_state, row_state, target_step, 
         row = indices[p]
         old = cuda.atomic.max(last_step, row, target_step)
         if old < target_step:
-            advance_row_dev(step, row, old, target_step, weight, element_state)
+            advance_row_dev(step, row, old, target_step, weight, element_state, rounding)
 
 
 @cuda.jit
@@ -143,5 +146,7 @@ def catch_up_all_rows(step, weight, element_state, row_state, target_step, round
     last_step = row_state[0]
     for row in range(cuda.grid(1), weight.shape[0], cuda.gridsize(1)):
         if last_step[row] < target_step:
-            advance_row_dev(step, row, last_step[row], target_step, weight, element_state)
+            advance_row_dev(
+                step, row, last_step[row], target_step, weight, element_state, rounding
+            )
             last_step[row] = target_step

@@ -9,7 +9,7 @@ and by whether the forward records max's winners for the backward.  The host pip
 
 from __future__ import annotations
 
-from nbbag.cuda import backward, forward
+from nbbag.cuda import arrays, backward, forward
 from nbbag.modes import Mode
 
 # mode: (unweighted kernel, weighted kernel or None, the kernel that records max's
@@ -31,7 +31,7 @@ def forward_launch(grid, block, batch, out, argmax) -> None:
     """Launch the forward kernel for ``batch`` (``argmax``: where to record max's
     winners, or None)."""
     unweighted, weighted, with_winners = _FORWARD[batch.mode]
-    args = (batch.weight, batch.indices, batch.offsets)
+    args = (arrays.kernel_table(batch.weight), batch.indices, batch.offsets)
     if argmax is not None:
         with_winners[grid, block](*args, out, argmax, batch.padding_idx)
     elif batch.per_sample_weights is None:

@@ -34,12 +34,19 @@ takes None for an absent array, the GPU has a kernel of its own: a kernel launch
 cannot take None; ``groups.argmax`` is then an empty (0, 0) array).  The per-bag and
 per-element math (:mod:`nbbag.base.bags`, :mod:`nbbag.rules`) is shared with the CPU
 kernels, compiled for either target from one source.
+
+A float16 or bfloat16 device table goes to the kernels as ``kernel_table(weight)``, its
+int16/uint16 view, as on the CPU; outputs, gradients and optimizer state are then
+float32.  The optimizer kernels' ``rounding`` is ``NEAREST`` (-1) or the key (>= 0) of
+stochastic rounding (:mod:`nbbag.base.halves`).
 """
 
 from nbbag._device import cuda_backend
 
 cuda_backend()  # ImportError naming the 'cuda' extra without numba-cuda
 
+from nbbag.base.halves import NEAREST  # noqa: E402
+from nbbag.cuda.arrays import kernel_table  # noqa: E402
 from nbbag.cuda.backward import (  # noqa: E402
     accumulate_rows,
     accumulate_rows_atomic,
@@ -77,6 +84,7 @@ from nbbag.cuda.optim import (  # noqa: E402
 from nbbag.cuda.quantized import quantized_bags  # noqa: E402
 
 __all__ = [
+    "NEAREST",
     "accumulate_rows",
     "accumulate_rows_atomic",
     "apply_fused",
@@ -95,6 +103,7 @@ __all__ = [
     "contributing_rows",
     "group_positions_by_row",
     "group_tokens",
+    "kernel_table",
     "max_dim_dev",
     "max_token_coefficients",
     "move_features",
