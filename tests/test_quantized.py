@@ -105,13 +105,14 @@ def test_torchs_quantized_ops_ignore_mode(bits, rng):
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_sum_equals_torchs_quantized_op(bits, weighted, rng):
+@pytest.mark.parametrize("weighted, dim", [(False, 16), (True, 16), (True, 64)])
+def test_sum_equals_torchs_quantized_op(bits, weighted, dim, rng):
     """torch 2.13's byte and 4-bit ops compute the sum whatever their ``mode`` (mean
     and max give the sum there, measured), so sum is what is compared with them; the
-    other modes are compared with the float forward above."""
+    other modes are compared with the float forward above.  D = 64: the 4-bit rows
+    read in vectors (an even number of 16-column lanes); D = 16: one lane, a loop."""
     torch = pytest.importorskip("torch")
-    weight = table(rng, rows=50, dim=16)
+    weight = table(rng, rows=50, dim=dim)
     packed = nbbag.quantize_rows(weight, bits=bits).to_torch_prepacked()
     q = nbbag.QuantizedTable.from_torch_prepacked(packed, bits=bits)
     ids = rng.integers(0, 50, 300)

@@ -220,3 +220,56 @@ def add_row_lanes(typingctx, total, table, row, scale, lanes):
         return context.get_dummy_value()
 
     return types.void(total, table, row, scale, lanes), codegen
+
+
+@intrinsic
+def add_nibble_lanes(typingctx, total, table, row, scale, lanes):
+    """``total += scale * codes`` for a 4-bit quantized row: byte k of ``table[row]``
+    holds column k in its low nibble and column k + D / 2 in its high one (D =
+    ``len(lanes) * LANE``, ``len(lanes)`` even).  Each vector of LANE bytes gives two
+    vectors of LANE columns, one per nibble, widened to float32 (``total`` float32): the
+    scalar loop's operations (a multiply, then an add), element by element.  Written as
+    a loop over bytes, LLVM left the two interleaved halves scalar: 1.6x slower."""
+    if not (
+        isinstance(total, types.Array)
+        and isinstance(table, types.Array)
+        and (total.ndim, table.ndim) == (1, 2)
+        and total.layout == table.layout == "C"
+        and total.dtype == types.float32
+        and table.dtype == types.uint8
+        and isinstance(scale, types.Float)
+        and isinstance(lanes, types.UniTuple)
+        and lanes.count % 2 == 0
+    ):
+        return None
+
+    def codegen(context, builder, signature, args):
+        total_value, table_value, row_value, scale_value, _ = args
+        _, row_start = _row_start(context, builder, table, table_value, row_value, row)
+        byte_vector = ir.VectorType(ir.IntType(8), LANE)
+        vector_type = ir.VectorType(ir.FloatType(), LANE)
+        total_data = context.make_array(total)(context, builder, total_value).data
+        factor = context.cast(builder, scale_value, scale, types.float32)
+        splat = cgutils.get_null_value(vector_type)
+        for i in range(LANE):
+            splat = builder.insert_element(splat, factor, ir.IntType(32)(i))
+        intp = context.get_value_type(types.intp)
+        fifteen = ir.Constant(byte_vector, [15] * LANE)
+        four = ir.Constant(byte_vector, [4] * LANE)
+        half = lanes.count // 2
+        for lane in range(half):
+            address = builder.add(row_start, intp(lane * LANE))
+            pointer = builder.inttoptr(address, byte_vector.as_pointer())
+            codes = builder.load(pointer, align=1)
+            nibbles = (builder.and_(codes, fifteen), builder.lshr(codes, four))
+            for which, nibble in enumerate(nibbles):
+                column = (which * half + lane) * LANE
+                total_pointer = builder.bitcast(
+                    builder.gep(total_data, [intp(column)]), vector_type.as_pointer()
+                )
+                addend = builder.fmul(splat, builder.uitofp(nibble, vector_type))
+                sum_ = builder.fadd(builder.load(total_pointer, align=4), addend)
+                builder.store(sum_, total_pointer, align=4)
+        return context.get_dummy_value()
+
+    return types.void(total, table, row, scale, lanes), codegen

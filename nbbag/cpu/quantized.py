@@ -15,11 +15,12 @@ one multiply-add per code, the biases added once per bag.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from nbbag.base.sort import chunk_bounds
 from nbbag.cpu import PARALLEL
-from nbbag.cpu._intrinsics import prefetch_row
+from nbbag.cpu._intrinsics import add_nibble_lanes, prefetch_row
 from nbbag.cpu.rows import prefetch_distance, store_sum, sum_buffer
 from nbbag.modes import Mode
 
@@ -28,17 +29,38 @@ BAGS_PER_CHUNK = 16
 
 
 @njit(cache=True, inline="always")
-def _add_codes(out_row, data, row, scaled, bits):
-    """out_row += scaled * row's codes (float32 throughout: the loop vectorizes)."""
+def _add_codes(out_row, data, row, scaled, bits, lanes):
+    """out_row += scaled * row's codes (float32 throughout: the 8-bit loop vectorizes;
+    the 4-bit one is written in vectors where it can be)."""
     if bits == 8:
         for d in range(out_row.shape[0]):
             out_row[d] += scaled * np.float32(data[row, d])
-    else:  # two codes a byte: the low nibbles are the first half, the high the second
+        return
+    _add_nibbles(out_row, data, row, scaled, lanes)
+
+
+def _add_nibbles(out_row, data, row, scaled, lanes):
+    """out_row += scaled * a 4-bit row's codes (the low nibbles are the first half of
+    the columns, the high the second): :func:`~nbbag.cpu._intrinsics.add_nibble_lanes`
+    where D is an even number of ``lanes``, else a loop over the bytes."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(_add_nibbles, inline="always")
+def _add_nibbles_overload(out_row, data, row, scaled, lanes):
+    if isinstance(lanes, types.UniTuple) and lanes.count % 2 == 0:
+        return lambda out_row, data, row, scaled, lanes: add_nibble_lanes(
+            out_row, data, row, scaled, lanes
+        )
+
+    def loop(out_row, data, row, scaled, lanes):
         half = out_row.shape[0] // 2
         for k in range(half):
             byte = data[row, k]
             out_row[k] += scaled * np.float32(byte & 15)
             out_row[half + k] += scaled * np.float32(byte >> 4)
+
+    return loop
 
 
 @njit(cache=True, inline="always")
@@ -84,7 +106,7 @@ def _sum_bag(data, params, bits, indices, per_sample_weights, start, end, paddin
         if row == padding_idx:
             continue
         w = np.float32(1) if per_sample_weights is None else per_sample_weights[p]
-        _add_codes(total, data, row, w * params[row, last - 1], bits)
+        _add_codes(total, data, row, w * params[row, last - 1], bits, lanes)
         bias_total += w * params[row, last]
         weight_sum += w
         weight_square_sum += w * w
