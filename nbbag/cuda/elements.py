@@ -8,16 +8,16 @@ table's format (:mod:`nbbag.base.halves`: the CPU's conversions and rounding, so
 writes the bits the CPU writes).  The CPU updates a half row through a float32 row on
 the stack; a GPU thread holds only its own elements, one at a time.
 
-:func:`update_elements` is one function for every table type: its Python body is what
-Numba's CUDA simulator runs, and an overload for the GPU target compiles the variant
-for the table's type.
+:func:`update_elements` is one function for every table type: its Python body (what
+Numba's CUDA simulator runs) and its overload for the GPU target pick, by the table's
+dtype, one of the same two functions, ``_in_place`` and ``_widened``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import cuda, types
-from numba.extending import overload
+from numba.extending import overload, register_jitable
 
 from nbbag import rules
 from nbbag.base.halves import code_format, rounded, widen
@@ -83,21 +83,32 @@ def update_elements(
 
     Ownership: the caller owns those elements of the row of weight and state.
     """
-    if _format_of(weight) is None:
-        w, state_rows = weight[row], rules.state_rows(element_state, row)
-        for i in range(first, weight.shape[1], stride):
-            _rule(step, begun, w, state_rows, i, grad_row, i)
-        return
-    w = np.zeros(1, dtype=np.float32)
+    if weight.dtype.itemsize != 2:  # the simulator's arrays: NumPy dtypes
+        _in_place(step, begun, weight, row, grad_row, element_state, rounding, t, first,
+                  stride)  # fmt: skip
+    else:
+        _widened(step, begun, weight, row, grad_row, element_state, rounding, t, first,
+                 stride, np.zeros(1, dtype=np.float32))  # fmt: skip
+
+
+def _in_place(
+    step, begun, weight, row, grad_row, element_state, rounding, t, first, stride
+):  # fmt: skip
+    """:func:`update_elements` of a float table."""
+    w, state_rows = weight[row], rules.state_rows(element_state, row)
+    for i in range(first, weight.shape[1], stride):
+        _rule(step, begun, w, state_rows, i, grad_row, i)
+
+
+@register_jitable
+def _widened(
+    step, begun, weight, row, grad_row, element_state, rounding, t, first, stride, w
+):  # fmt: skip
+    """:func:`update_elements` of a half table, ``w`` a one-element float32 array."""
     for i in range(first, weight.shape[1], stride):
         w[0] = widen(weight[row, i])
         _rule(step, begun, w, element_views(element_state, row, i), 0, grad_row, i)
         weight[row, i] = rounded(weight[row, i], w[0], rounding, t, row, i)
-
-
-def _format_of(array) -> str | None:
-    """The half format of a (simulated) device array's elements, or None."""
-    return {np.dtype(np.int16): "float16", np.dtype(np.uint16): "bfloat16"}.get(array.dtype)
 
 
 @overload(update_elements, target="cuda")
@@ -105,23 +116,14 @@ def _update_elements(
     step, begun, weight, row, grad_row, element_state, rounding, t, first, stride
 ):  # fmt: skip
     if code_format(weight.dtype) is None:
-
-        def in_place(
-            step, begun, weight, row, grad_row, element_state, rounding, t, first, stride
-        ):  # fmt: skip
-            w, state_rows = weight[row], rules.state_rows(element_state, row)
-            for i in range(first, weight.shape[1], stride):
-                _rule(step, begun, w, state_rows, i, grad_row, i)
-
-        return in_place
+        return _in_place
 
     def widened(
         step, begun, weight, row, grad_row, element_state, rounding, t, first, stride
     ):  # fmt: skip
-        w = cuda.local.array(1, np.float32)
-        for i in range(first, weight.shape[1], stride):
-            w[0] = widen(weight[row, i])
-            _rule(step, begun, w, element_views(element_state, row, i), 0, grad_row, i)
-            weight[row, i] = rounded(weight[row, i], w[0], rounding, t, row, i)
+        _widened(
+            step, begun, weight, row, grad_row, element_state, rounding, t, first, stride,
+            cuda.local.array(1, np.float32),
+        )  # fmt: skip
 
     return widened
