@@ -10,7 +10,8 @@ the bag within the block, the group's lanes (``threadIdx.x``, one warp on a real
 take dimensions lane, lane + group, ...: consecutive lanes read consecutive floats of a
 row (coalesced), and every lane reads the same index at the same time (one broadcast
 load for the whole group).  Accumulation is in float64; tokens are summed in bag order,
-as on the CPU.
+as on the CPU.  A half table comes as its int16/uint16 view, each element widened to
+float32 as it is read (:func:`nbbag.base.halves.widen`; a float table's as it is).
 """
 
 import math
