@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -252,7 +253,7 @@ def test_a_killed_shard_raises_and_the_last_checkpoint_resumes(tmp_path, rng):
     ids, offsets, weights, grad = batches[3]
     sharded(ids, offsets, weights)
     sharded.step(grad)  # after the checkpoint: lost with the shard
-    ray.kill(sharded._shards[1])
+    kill_and_wait(sharded._shards[1])
     with pytest.raises(nd.ShardLostError, match=r"shard 1 of 3 is lost.*load"):
         sharded(ids, offsets, weights)
     resumed = nd.ShardedEmbeddingBag.load(tmp_path)
@@ -264,6 +265,22 @@ def test_a_killed_shard_raises_and_the_last_checkpoint_resumes(tmp_path, rng):
         resumed(ids, offsets, weights)
         resumed.step(grad)
     np.testing.assert_allclose(resumed.gather_weight(), layer.weight, rtol=2e-5, atol=2e-6)
+
+
+def kill_and_wait(actor, timeout: float = 60.0) -> None:
+    """Kill ``actor`` and return once it is dead.  ``ray.kill`` only asks: a call made
+    right after it may still be served (it was, once, with two test processes loading
+    the machine), which is right for the library (the shard was alive when it
+    answered) but not what a test of a lost shard needs."""
+    ray.kill(actor)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.step_count.remote(), timeout=timeout)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the killed actor still answers after {timeout} s")
 
 
 def test_a_checkpoint_without_an_optimizer_and_missing_files(tmp_path):
