@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from numba import types
 from numba.extending import overload
 
 from nbbag.base.schedule import ScheduleLog, span
@@ -395,6 +396,16 @@ def advance_element(step, advanced, w, state_rows, i):
     type(step).advance_element(step, advanced, w, state_rows, i)
 
 
+def element_or_advance(step, begun, w, state_rows, i, grad_row, g):
+    """``element`` of element ``i`` with gradient ``grad_row[g]``, or, ``grad_row``
+    None, ``advance_element`` (``begun`` then what ``advance`` returned): one call for
+    the kernels that serve both an update and a catch-up (chosen at typing time)."""
+    if grad_row is None:
+        advance_element(step, begun, w, state_rows, i)
+    else:
+        element(step, begun, w, state_rows, i, grad_row[g])
+
+
 @overload(begin)
 def _begin(step, row, grad_row, row_state, t):
     function = step.instance_class.begin
@@ -429,6 +440,21 @@ def _advance_element(step, advanced, w, state_rows, i):
     return lambda step, advanced, w, state_rows, i: function(
         step, advanced, w, state_rows, i
     )
+
+
+@overload(element_or_advance, inline="always")
+def _element_or_advance(step, begun, w, state_rows, i, grad_row, g):
+    if isinstance(grad_row, (types.NoneType, types.Omitted)):
+
+        def advancing(step, begun, w, state_rows, i, grad_row, g):
+            advance_element(step, begun, w, state_rows, i)
+
+        return advancing
+
+    def updating(step, begun, w, state_rows, i, grad_row, g):
+        element(step, begun, w, state_rows, i, grad_row[g])
+
+    return updating
 
 
 def state_rows(element_state, row):

@@ -19,7 +19,7 @@ from numba.extending import overload
 
 from nbbag import rules
 from nbbag.base.dtypes import MAX_HALF_DIM
-from nbbag.base.halves import rounded, widen_code
+from nbbag.base.halves import code_format, rounded, widen_code
 from nbbag.cpu._intrinsics import LANE, stack_row
 
 # A half table's row is updated in float32 in a buffer of MAX_HALF_DIM elements on the
@@ -30,8 +30,7 @@ _ROW_LANES = (0,) * (MAX_HALF_DIM // LANE)
 
 
 def _is_code(table_or_dtype) -> bool:
-    dtype = getattr(table_or_dtype, "dtype", table_or_dtype)
-    return dtype in (types.int16, types.uint16)
+    return code_format(getattr(table_or_dtype, "dtype", table_or_dtype)) is not None
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -92,27 +91,6 @@ def update_elements(step, begun, weight, row, grad_row, state_rows, rounding, t)
     raise NotImplementedError("a Numba overload: call it from a jitted function")
 
 
-def _rule_element(step, begun, w, state_rows, i, grad_row):
-    """``rules.element`` of element ``i`` with gradient ``grad_row[i]``, or, ``grad_row``
-    None, ``rules.advance_element`` (chosen at compile time)."""
-    raise NotImplementedError("a Numba overload: call it from a jitted function")
-
-
-@overload(_rule_element, inline="always")
-def _rule_element_overload(step, begun, w, state_rows, i, grad_row):
-    if isinstance(grad_row, (types.NoneType, types.Omitted)):
-
-        def advance(step, begun, w, state_rows, i, grad_row):
-            rules.advance_element(step, begun, w, state_rows, i)
-
-        return advance
-
-    def update(step, begun, w, state_rows, i, grad_row):
-        rules.element(step, begun, w, state_rows, i, grad_row[i])
-
-    return update
-
-
 @overload(update_elements, inline="always")
 def _update_elements(step, begun, weight, row, grad_row, state_rows, rounding, t):
     if not _is_code(weight):
@@ -120,7 +98,7 @@ def _update_elements(step, begun, weight, row, grad_row, state_rows, rounding, t
         def update_in_place(step, begun, weight, row, grad_row, state_rows, rounding, t):
             w = weight[row]
             for i in range(w.shape[0]):
-                _rule_element(step, begun, w, state_rows, i, grad_row)
+                rules.element_or_advance(step, begun, w, state_rows, i, grad_row, i)
 
         return update_in_place
 
@@ -130,7 +108,7 @@ def _update_elements(step, begun, weight, row, grad_row, state_rows, rounding, t
         for i in range(dim):
             w[i] = widen_code(weight[row, i])
         for i in range(dim):
-            _rule_element(step, begun, w, state_rows, i, grad_row)
+            rules.element_or_advance(step, begun, w, state_rows, i, grad_row, i)
         for i in range(dim):
             store(weight, row, i, w[i], rounding, t)
 

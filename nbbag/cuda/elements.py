@@ -16,39 +16,11 @@ dtype, one of the same two functions, ``_in_place`` and ``_widened``.
 from __future__ import annotations
 
 import numpy as np
-from numba import cuda, types
+from numba import cuda
 from numba.extending import overload, register_jitable
 
 from nbbag import rules
 from nbbag.base.halves import code_format, rounded, widen
-
-
-def _is_none(value) -> bool:
-    return isinstance(value, (types.NoneType, types.Omitted))
-
-
-def _rule(step, begun, w, state_rows, i, grad_row, g):
-    """The rule on element ``i`` of ``w``: ``rules.element`` with gradient
-    ``grad_row[g]``, or, ``grad_row`` None, ``rules.advance_element``."""
-    if grad_row is None:
-        rules.advance_element(step, begun, w, state_rows, i)
-    else:
-        rules.element(step, begun, w, state_rows, i, grad_row[g])
-
-
-@overload(_rule, target="cuda")
-def _rule_overload(step, begun, w, state_rows, i, grad_row, g):
-    if _is_none(grad_row):
-
-        def advance(step, begun, w, state_rows, i, grad_row, g):
-            rules.advance_element(step, begun, w, state_rows, i)
-
-        return advance
-
-    def update(step, begun, w, state_rows, i, grad_row, g):
-        rules.element(step, begun, w, state_rows, i, grad_row[g])
-
-    return update
 
 
 def element_views(element_state, row, i):
@@ -97,7 +69,7 @@ def _in_place(
     """:func:`update_elements` of a float table."""
     w, state_rows = weight[row], rules.state_rows(element_state, row)
     for i in range(first, weight.shape[1], stride):
-        _rule(step, begun, w, state_rows, i, grad_row, i)
+        rules.element_or_advance(step, begun, w, state_rows, i, grad_row, i)
 
 
 @register_jitable
@@ -107,7 +79,9 @@ def _widened(
     """:func:`update_elements` of a half table, ``w`` a one-element float32 array."""
     for i in range(first, weight.shape[1], stride):
         w[0] = widen(weight[row, i])
-        _rule(step, begun, w, element_views(element_state, row, i), 0, grad_row, i)
+        rules.element_or_advance(
+            step, begun, w, element_views(element_state, row, i), 0, grad_row, i
+        )
         weight[row, i] = rounded(weight[row, i], w[0], rounding, t, row, i)
 
 
