@@ -89,14 +89,13 @@ def normal_table_rows(
     of ``seed`` (the same values as an in-memory table of that seed) into ``out``, the
     table drawn a chunk at a time: never whole in memory."""
     rng = np.random.default_rng(seed)
-    rows = out
     row_bytes = max(1, dim * np.dtype(dtype).itemsize)
     chunk = np.empty((max(1, CHUNK_BYTES // row_bytes // step) * step, dim), dtype=dtype)
     for start in range(0, num_rows, chunk.shape[0]):
         drawn = chunk[: min(chunk.shape[0], num_rows - start)]
         standard_normal_into(rng, drawn)
         kept = drawn[first::step]  # start is a multiple of step
-        rows[start // step : start // step + kept.shape[0]] = kept
+        out[start // step : start // step + kept.shape[0]] = kept
 
 
 def state_arrays(directory, arrays: dict) -> dict:

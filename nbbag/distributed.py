@@ -28,7 +28,7 @@ try:
     from ray.exceptions import RayActorError
 except ImportError as error:  # pragma: no cover - the extra is installed in the tests
     raise ImportError(
-        'nbbag.distributed needs Ray: pip install "nbbag[ray]" (ray==2.58.0)'
+        'nbbag.distributed needs Ray: pip install "nbbag[ray]" (ray >= 2.58)'
     ) from error
 
 from nbbag import optim
