@@ -53,15 +53,22 @@ class BagContext:
     (nbbag's own arrays: none of the caller's buffers, so that a caller who refills them
     cannot change the batch), a reference to the weight and its shape then, the winners
     of ``max`` (the position of each (bag, dimension)'s winning token) and, for weighted
-    mean and sqrtn, a copy of the output."""
+    mean and sqrtn, a copy of the output.
 
-    __slots__ = ("batch", "weight_shape", "out", "argmax")
+    ``features``: 1, or F > 1 for a collection's stack on the CPU, whose B bags are
+    feature-major (feature f's bag b' is bag f * B / F + b') while the rows of its
+    gradient and winners are bag-major (bag f * B / F + b' is row b' * F + f): the
+    collection's (B / F, F * D) output and gradient are then those rows as they are.
+    """
 
-    def __init__(self, batch: BagBatch, out, argmax):
+    __slots__ = ("batch", "weight_shape", "out", "argmax", "features")
+
+    def __init__(self, batch: BagBatch, out, argmax, features: int = 1):
         self.batch = batch
         self.weight_shape = tuple(batch.weight.shape)
         self.out = out
         self.argmax = argmax
+        self.features = features
 
     @property
     def indices_shape(self) -> tuple:

@@ -109,20 +109,18 @@ def _forward(
     if not keep_context:
         return out, None
     batch = BagBatch(weight, flat, csr, weights, options, indices.shape)
+    if stacked:
+        # A (B', F, D) output's rows, bag-major, are those of the gradient and the
+        # winners (BagContext.features).  No copy of the output: the collection never
+        # asks for the weights' gradient.
+        winners = None if argmax is None else argmax.reshape(-1, dim)
+        return out, BagContext(batch, None, winners, out.shape[1])
     # The weights' gradient of mean and sqrtn reads the output: a copy of its own, so
     # that the caller may edit the one returned (an in-place activation, say).
     kept = None
     if weights is not None and options.mode.divides:
-        kept = _bag_rows(out).copy()
+        kept = out.copy()
     return out, BagContext(batch, kept, argmax)
-
-
-def _bag_rows(out: np.ndarray) -> np.ndarray:
-    """``out`` as (B, D), bag b in row b: a collection's (B', F, D) output transposed
-    (its bag f * B' + b' is ``out[b', f]``)."""
-    if out.ndim == 2:
-        return out
-    return out.transpose(1, 0, 2).reshape(-1, out.shape[2])
 
 
 def _private(array: np.ndarray, given) -> np.ndarray:
@@ -296,13 +294,22 @@ def check_collection_grad(grad_output, shape: tuple, dtype):
 
 
 def stack_gradient(grad_output, column_starts, dim: int, dtype) -> np.ndarray:
-    """A stack's (F * B, D) gradient, feature-major, from the collection's (B, W)
-    ``grad_output`` (checked): row f * B + b is row b's columns of feature f."""
-    num_bags = grad_output.shape[0]
-    by_feature = np.empty((column_starts.shape[0], num_bags, dim), dtype=dtype)
+    """A stack's (B * F, D) gradient, bag-major (the rows of its context: see
+    ``BagContext.features``), from the collection's (B, W) ``grad_output`` (checked):
+    row b * F + f is row b's columns of feature f.  Where the stack's features are
+    every column, in order, that is ``grad_output`` itself, reshaped (no copy)."""
+    num_bags, width = grad_output.shape
+    num_features = column_starts.shape[0]
+    if (
+        num_features * dim == width
+        and grad_output.dtype == dtype
+        and grad_output.flags.c_contiguous
+    ):
+        return grad_output.reshape(-1, dim)
+    by_bag = np.empty((num_bags, num_features, dim), dtype=dtype)
     for f, column in enumerate(column_starts):
-        by_feature[f] = grad_output[:, column : column + dim]
-    return by_feature.reshape(-1, dim)
+        by_bag[:, f] = grad_output[:, column : column + dim]
+    return by_bag.reshape(-1, dim)
 
 
 # -- the backward ------------------------------------------------------------------------
@@ -322,6 +329,7 @@ def group_tokens(ctx: BagContext) -> TokenGroups:
     return variants.group_tokens(
         weight, batch.indices, batch.offsets,
         batch.per_sample_weights, ctx.argmax, batch.padding_idx, batch.mode,
+        ctx.features,
     )  # fmt: skip
 
 

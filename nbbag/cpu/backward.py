@@ -104,21 +104,26 @@ def max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coeffi
 
 @njit(cache=True, inline="always")
 def _coefficients_and_keys(
-    indices, offsets, per_sample_weights, argmax, padding_idx, mode, num_rows, bag_of,
-    coefficients, keys, positions,
+    indices, offsets, per_sample_weights, argmax, padding_idx, mode, num_rows, features,
+    bag_of, coefficients, keys, positions,
 ):  # fmt: skip
-    """Every token's bag and coefficient, and its sort key: its row, or ``num_rows``
-    (sorts last) for a token in no bag; ``positions[p] = p``.  (Part of a parallel
-    kernel, as are the sort's steps below: each ``prange`` is one parallel region of
-    the kernel it is inlined into, and a plain loop in a serial twin.)
+    """Every token's bag (its row of grad_output: see :func:`group_tokens`) and
+    coefficient, and its sort key: its row, or ``num_rows`` (sorts last) for a token in
+    no bag; ``positions[p] = p``.  (Part of a parallel kernel, as are the sort's steps
+    below: each ``prange`` is one parallel region of the kernel it is inlined into, and
+    a plain loop in a serial twin.)
 
     Ownership: iteration b of the prange writes positions offsets[b]:offsets[b+1]; the
     tokens past the last bag are written after it, serially.
     """
-    for b in prange(offsets.shape[0] - 1):
+    num_bags = offsets.shape[0] - 1
+    bags_per_feature = num_bags // features
+    for b in prange(num_bags):
         start, end = offsets[b], offsets[b + 1]
+        # feature f's bag b' (b = f * B' + b') is row b' * F + f
+        grad_row = (b % bags_per_feature) * features + b // bags_per_feature
         bag_coefficients(
-            indices, per_sample_weights, argmax, start, end, padding_idx, mode, b,
+            indices, per_sample_weights, argmax, start, end, padding_idx, mode, grad_row,
             bag_of, coefficients,
         )  # fmt: skip
         for position in range(start, end):
@@ -290,13 +295,18 @@ def contributing_rows(coefficients, positions, row_ptr, contributes):
 @njit(parallel=PARALLEL, cache=True)
 def group_tokens(
     weight, indices, offsets, per_sample_weights, argmax, padding_idx, mode,
-    num_chunks=1, sort_type=np.int64,
+    num_chunks=1, sort_type=np.int64, features=1,
 ):  # fmt: skip
     """Steps 1-3 in one call: a :class:`~nbbag.base.records.TokenGroups` of the batch
     (``argmax``: the forward's winners for max, else None; ``num_chunks`` and
     ``sort_type`` as in :func:`group_positions_by_row`).  The coefficients are in the
     weight's dtype (float32 for a half table): a float32 table's gradient is summed in
-    float32 arithmetic.  Only the weight's shape and dtype are read."""
+    float32 arithmetic.  Only the weight's shape and dtype are read.
+
+    ``features`` (F, dividing the B bags): 1, or the bags are a collection's stack,
+    feature-major (feature f's bag b' is bag f * B / F + b'), whose output, gradient and
+    winners are bag-major: then ``bag_of`` holds each token's row of those, b' * F + f,
+    and ``argmax`` is read at that row."""
     num_rows = weight.shape[0]
     num_tokens = indices.shape[0]
     bag_of = np.empty(num_tokens, dtype=np.int64)
@@ -305,7 +315,7 @@ def group_tokens(
     positions = np.empty(num_tokens, dtype=sort_type)
     _coefficients_and_keys(
         indices, offsets, per_sample_weights, argmax, padding_idx, mode, num_rows,
-        bag_of, coefficients, keys, positions,
+        features, bag_of, coefficients, keys, positions,
     )  # fmt: skip
     rows, row_ptr, positions = _sort_by_key(keys, positions, num_rows, num_chunks)
     num_unique = rows.shape[0]

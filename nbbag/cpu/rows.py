@@ -64,7 +64,8 @@ def sum_buffer(out_row, like, lanes):
     (``lanes`` a tuple: its width a compile-time constant, so the zeroing unrolls),
     copied to ``out_row`` by :func:`store_sum` or :func:`store_scaled`."""
     if lanes is None:
-        out_row[:] = 0
+        for d in range(out_row.shape[0]):  # a loop: see store_scaled
+            out_row[d] = 0
         return out_row
     total = stack_row(like, lanes)
     for d in range(total.shape[0]):
@@ -87,8 +88,13 @@ def store_scaled(total, out_row, denominator):
     ``denominator``, or zeros where ``denominator`` is 0 (an empty bag, or weights that
     sum to 0: TensorFlow's div_no_nan).  The same arithmetic as a copy followed by
     ``out_row *= 1.0 / denominator``."""
+    # No early return: inlined into a bag loop, one made LLVM skip the zeroing (an
+    # empty bag's row kept what it held; Numba 0.61-0.62).
     if denominator == 0:
-        out_row[:] = 0
+        # Element by element: ``out_row[:] = 0`` here, inlined into a bag loop's
+        # prange, did not run (an empty bag's row kept its old values; Numba 0.68).
+        for d in range(out_row.shape[0]):
+            out_row[d] = 0
         return
     inverse = 1.0 / denominator
     for d in range(out_row.shape[0]):

@@ -109,8 +109,8 @@ class Forward:
         padding_idx,
     ):
         argmax = None
-        if self.records_winners:  # (B, D), whether out is (B, D) or (B', F, D)
-            argmax = np.empty((csr.shape[0] - 1, out.shape[-1]), dtype=np.int64)
+        if self.records_winners:  # each bag's winners where its output row is
+            argmax = np.empty(out.shape, dtype=np.int64)
         status = self.kernel(
             weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
             padding_idx, self.lanes,
@@ -130,7 +130,9 @@ def forward_variant(mode: Mode, dim: int, num_tokens: int, keep_context: bool) -
     return variant
 
 
-def group_tokens(weight, indices, offsets, per_sample_weights, argmax, padding_idx, mode):
+def group_tokens(
+    weight, indices, offsets, per_sample_weights, argmax, padding_idx, mode, features
+):  # fmt: skip
     """:func:`nbbag.cpu.backward.group_tokens`, serial for small batches, sorting in
     int32 where V and N fit."""
     num_tokens = indices.shape[0]
@@ -139,7 +141,7 @@ def group_tokens(weight, indices, offsets, per_sample_weights, argmax, padding_i
     kernel = _GROUP_TOKENS[num_tokens < SERIAL_SORT_TOKENS]
     return kernel(
         weight, indices, offsets, per_sample_weights, argmax, padding_idx, int(mode),
-        numba.get_num_threads(), sort_type,
+        numba.get_num_threads(), sort_type, features,
     )  # fmt: skip
 
 
