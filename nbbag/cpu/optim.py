@@ -66,6 +66,14 @@ def prefetch_update(row, weight, element_state):
     _prefetch_states(element_state, row)
 
 
+@njit(cache=True, inline="always")
+def _prefetch_gradient(grad_output, groups, k, lanes):
+    """Start loading the row of ``grad_output`` that row k's first token reads."""
+    bag = groups.bag_of[groups.positions[groups.row_ptr[k]]]
+    if bag >= 0:
+        prefetch_row(grad_output, bag, lanes)
+
+
 # Inlined into the calling kernels (Numba IR): inside a parfor the arrays are known not
 # to alias, so LLVM vectorises the element loop; a separate function stayed scalar
 # (Adam's update 2x slower).
@@ -118,6 +126,9 @@ def apply_fused(
         for first in range(c * num_rows // num_chunks, end, FUSED_BLOCK):
             last = min(first + FUSED_BLOCK, end)
             for k in range(first, last):
+                ahead = k + ROW_PREFETCH_DISTANCE
+                if ahead < last:
+                    _prefetch_gradient(grad_output, groups, ahead, lanes)
                 if value_index[k] >= 0:
                     row_gradient(
                         grad_output, groups, row_ptr[k], row_ptr[k + 1],
