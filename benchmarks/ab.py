@@ -16,7 +16,9 @@ mean, max) at V = 1M x D = 64, 4096 bags of ~50 uniform or Zipf(1.05) ids; the b
 (mean, Zipf; ``embedding_bag_bwd`` timed alone on its version's own forward context);
 SGD and Adam training steps (``embedding_bag_fwd`` + ``step_fused``, mean, Zipf), each
 version on its own aligned copy of the table with its own optimizer; the tiny forward
-(sum, B = 1 and 32 bags of 20 ids, V = 100k).
+(sum, B = 1 and 32 bags of 20 ids, V = 100k); the collection of
+``benchmarks/test_bench_collection.py`` (26 Criteo tables, D = 64, sum, Zipf ids): its
+forward at B = 128 and 2048 bags of one id, and an SGD step at B = 2048.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ from benchmarks.common import (
     cpu_model,
 )
 from benchmarks.steps import ADAM_EPS, BETAS, LR
+from benchmarks.test_bench_collection import NAMES as COLLECTION_NAMES
+from benchmarks.test_bench_collection import ROWS as COLLECTION_ROWS
+from benchmarks.test_bench_collection import CollectionBatch, CollectionCase
 
 ROUNDS, QUICK_ROUNDS = 15, 5
 ROUND_SECONDS, QUICK_ROUND_SECONDS = 0.02, 0.01
@@ -64,6 +69,7 @@ class Data:
 
     def __init__(self):
         self._ids: dict[str, np.ndarray] = {}
+        self._batches: dict[tuple, CollectionBatch] = {}
 
     @cached_property
     def table(self) -> np.ndarray:
@@ -91,6 +97,17 @@ class Data:
         """A fixed random (4096, D) grad_output."""
         rng = np.random.default_rng(SEED + 1)
         return rng.standard_normal((NUM_BAGS, D), dtype=np.float32)
+
+    @cached_property
+    def collection_tables(self) -> list[np.ndarray]:
+        """The collection cases' 26 tables (as the collection benchmarks make them)."""
+        return CollectionCase().tables
+
+    def collection_batch(self, num_bags: int, bag_len: int) -> CollectionBatch:
+        key = ("collection", num_bags, bag_len)
+        if key not in self._batches:
+            self._batches[key] = CollectionBatch(num_bags, bag_len)
+        return self._batches[key]
 
     @cached_property
     def tiny_table(self) -> np.ndarray:
@@ -166,6 +183,35 @@ def tiny_forward_case(num_bags: int) -> Case:
     return Case(f"tiny-forward-B{num_bags}", make)
 
 
+def collection_case(num_bags: int, bag_len: int, opt: str | None = None) -> Case:
+    """The collection's forward (``opt`` None) or a step with ``opt`` attached, on the
+    version's own copy of the 26 tables."""
+
+    def make(pkg, data: Data):
+        configs = [
+            pkg.TableConfig(name, rows, D, mode="sum")
+            for name, rows in zip(COLLECTION_NAMES, COLLECTION_ROWS, strict=True)
+        ]
+        coll = pkg.EmbeddingBagCollection(configs, dtype=np.float32, seed=0)
+        for name, table in zip(COLLECTION_NAMES, data.collection_tables, strict=True):
+            np.copyto(coll.weights[name], table)
+        batch = data.collection_batch(num_bags, bag_len)
+        features, grad_output = batch.features(), batch.grad_output
+        if opt is None:
+            return lambda: coll(features)
+        coll.attach(_optimizer(pkg, opt, coll))
+
+        def step():
+            out = coll(features)
+            coll.step(grad_output)
+            return out
+
+        return step
+
+    kind = "forward" if opt is None else f"step-{opt}"
+    return Case(f"collection-{kind}-B{num_bags}-L{bag_len}", make)
+
+
 def all_cases() -> list[Case]:
     """Every case, in the order they run."""
     cases = [
@@ -174,7 +220,12 @@ def all_cases() -> list[Case]:
         for dist in ("uniform", "zipf")
     ]
     cases += [backward_case("zipf"), step_case("sgd", "zipf"), step_case("adam", "zipf")]
-    return cases + [tiny_forward_case(num_bags) for num_bags in TINY_BAG_COUNTS]
+    cases += [tiny_forward_case(num_bags) for num_bags in TINY_BAG_COUNTS]
+    return cases + [
+        collection_case(128, 1),
+        collection_case(2048, 1),
+        collection_case(2048, 1, "sgd"),
+    ]
 
 
 def _arrays(result) -> list[np.ndarray]:

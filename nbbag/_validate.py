@@ -246,12 +246,12 @@ def as_array(value, name: str) -> np.ndarray:
         raise ValueError(f"{name} could not be made into an array: {error}") from None
 
 
-_INDEX_DTYPE_SET = frozenset(INDEX_DTYPES)
+INDEX_DTYPE_SET = frozenset(INDEX_DTYPES)
 
 
 def _as_index_array(value, name: str) -> np.ndarray:
     """``value`` as an int32/int64 array; an empty Python sequence (untyped) is int64."""
-    if type(value) is np.ndarray and value.dtype in _INDEX_DTYPE_SET:
+    if type(value) is np.ndarray and value.dtype in INDEX_DTYPE_SET:
         return value
     array = as_array(value, name)
     if array.size == 0 and not isinstance(value, np.ndarray):

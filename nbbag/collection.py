@@ -230,6 +230,11 @@ class EmbeddingBagCollection:
                 start += table.embedding_dim
         self.embedding_dim = start
         self._stacks = self._make_stacks(seed)
+        # what checking a feature's batch reads of its table, looked up once
+        self._feature_checks = {
+            f: (Mode.parse(table.mode), compute_dtype(self.weights[table.name].dtype))
+            for f, table in self._table_of.items()
+        }
         self._ctx: CollectionContext | None = None
         self.optimizer: Any = None
 
@@ -375,7 +380,6 @@ class EmbeddingBagCollection:
         return batch
 
     def _checked_feature(self, name: str, value) -> _FeatureBatch:
-        table = self._table_of[name]
         if isinstance(value, tuple | list):
             if len(value) not in (2, 3):
                 raise ValueError(
@@ -385,12 +389,10 @@ class EmbeddingBagCollection:
             indices, offsets, weights = (*value, None)[:3]
         else:
             indices, offsets, weights = value, None, None
+        mode, dtype = self._feature_checks[name]
         return _FeatureBatch(
-            *self._backend.check_feature(
-                indices, offsets, weights, Mode.parse(table.mode),
-                compute_dtype(self.weights[table.name].dtype),
-            )
-        )  # fmt: skip
+            *self._backend.check_feature(indices, offsets, weights, mode, dtype)
+        )
 
     def _combine(
         self, stack: _Stack, batch: dict[str, _FeatureBatch], num_bags: int

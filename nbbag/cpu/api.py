@@ -16,6 +16,7 @@ import numpy as np
 from nbbag import _validate as checks
 from nbbag._memory import aligned_empty, aligned_full, padded_length
 from nbbag._threads import guarded
+from nbbag._validate import INDEX_DTYPE_SET
 from nbbag.base.constants import OK
 from nbbag.base.dtypes import FLOAT32, compute_dtype, is_half, kernel_table
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
@@ -217,6 +218,18 @@ def check_feature(indices, offsets, per_sample_weights, mode, dtype) -> tuple:
     """One feature of a collection's batch, checked but for the values of its offsets
     and ids (:func:`combine_features` checks those): (flat ids, B, bag starts (B,),
     weights (N,) in ``dtype`` or None, indices and offsets as read, for messages)."""
+    if (  # the common case, decided without a call: ~1.5 us a feature less
+        per_sample_weights is None
+        and type(indices) is np.ndarray
+        and type(offsets) is np.ndarray
+        and indices.ndim == 1
+        and offsets.ndim == 1
+        and offsets.shape[0] > 0
+        and indices.dtype in INDEX_DTYPE_SET
+        and offsets.dtype in INDEX_DTYPE_SET
+        and indices.flags.c_contiguous
+    ):
+        return indices, offsets.shape[0], offsets, None, indices, offsets
     indices = checks.check_indices(indices)
     offsets, append_end, num_bags = checks.bag_offsets(offsets, indices, False)
     weights = checks.check_per_sample_weights(per_sample_weights, indices, mode, dtype)
@@ -234,9 +247,8 @@ def combine_features(ids, starts, tables, pad_row: int, weights, dtype):
     lengths = np.array([feature_ids.shape[0] for feature_ids in ids], dtype=np.int64)
     token_starts = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=token_starts[1:])
-    bag_starts = np.empty((len(starts), starts[0].shape[0]), dtype=np.int64)
-    for f, feature_starts in enumerate(starts):
-        bag_starts[f] = feature_starts
+    bag_starts = np.concatenate(starts).astype(np.int64, copy=False)
+    bag_starts = bag_starts.reshape(len(starts), starts[0].shape[0])
     out_ids = np.empty(token_starts[-1], dtype=np.int64)
     out_offsets = np.empty(bag_starts.size + 1, dtype=np.int64)
     status = np.full(1, OK, dtype=np.int64)
