@@ -18,7 +18,8 @@ SGD and Adam training steps (``embedding_bag_fwd`` + ``step_fused``, mean, Zipf)
 version on its own aligned copy of the table with its own optimizer; the tiny forward
 (sum, B = 1 and 32 bags of 20 ids, V = 100k); the collection of
 ``benchmarks/test_bench_collection.py`` (26 Criteo tables, D = 64, sum, Zipf ids): its
-forward at B = 128 and 2048 bags of one id, and an SGD step at B = 2048.
+forward at B = 128 and 2048 bags of one id, and SGD and row-wise Adagrad steps at
+B = 2048.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from benchmarks.common import (
     calls_per_round,
     cpu_model,
 )
-from benchmarks.steps import ADAM_EPS, BETAS, LR
+from benchmarks.steps import ADAGRAD_EPS, ADAM_EPS, BETAS, LR
 from benchmarks.test_bench_collection import NAMES as COLLECTION_NAMES
 from benchmarks.test_bench_collection import ROWS as COLLECTION_ROWS
 from benchmarks.test_bench_collection import CollectionBatch, CollectionCase
@@ -151,6 +152,8 @@ def backward_case(dist: str) -> Case:
 def _optimizer(pkg, opt: str, weight: np.ndarray):
     if opt == "sgd":
         return pkg.optim.SGD(weight, lr=LR[opt])
+    if opt == "rowwise_adagrad":
+        return pkg.optim.RowWiseAdagrad(weight, lr=LR[opt], eps=ADAGRAD_EPS)
     return pkg.optim.Adam(weight, lr=LR[opt], betas=BETAS, eps=ADAM_EPS)
 
 
@@ -225,6 +228,7 @@ def all_cases() -> list[Case]:
         collection_case(128, 1),
         collection_case(2048, 1),
         collection_case(2048, 1, "sgd"),
+        collection_case(2048, 1, "rowwise_adagrad"),
     ]
 
 

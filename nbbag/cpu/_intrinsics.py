@@ -125,6 +125,28 @@ def prefetch_row_head(typingctx, table, row, lanes):
 
 
 @intrinsic
+def prefetch_item(typingctx, array, index):
+    """Hint the CPU to start loading the cache line of ``array[index]`` (a 1-D array):
+    a row's scalar state, such as row-wise Adagrad's accumulator, read and written
+    beside the row.  ``index`` must be valid: the address is computed from it."""
+    if not (isinstance(array, types.Array) and array.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(array)(context, builder, args[0])
+        intp = context.get_value_type(types.intp)
+        index_value = context.cast(builder, args[1], signature.args[1], types.intp)
+        address = builder.add(
+            builder.ptrtoint(data.data, intp),
+            builder.mul(index_value, builder.extract_value(data.strides, 0)),
+        )
+        _emit_prefetches(context, builder, address, [intp(0)])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
+@intrinsic
 def stack_row(typingctx, like, lanes):
     """A scratch row of ``len(lanes) * LANE`` elements of ``like``'s dtype, on the
     calling function's stack (uninitialised).

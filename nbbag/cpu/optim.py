@@ -26,7 +26,7 @@ from numba.extending import overload
 
 from nbbag import rules
 from nbbag.cpu import PARALLEL
-from nbbag.cpu._intrinsics import prefetch_row
+from nbbag.cpu._intrinsics import prefetch_item, prefetch_row
 from nbbag.cpu.backward import row_gradient
 from nbbag.cpu.elements import update_elements
 
@@ -42,6 +42,26 @@ ROW_PREFETCH_DISTANCE = 8
 def _prefetch_states(element_state, row):
     """Prefetch row ``row`` of each per-element state array."""
     raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+def _prefetch_row_states(row_state, row):
+    """Prefetch item ``row`` of each per-row state array."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(_prefetch_row_states, inline="always")
+def _prefetch_row_states_overload(row_state, row):
+    count = len(row_state)
+    if count == 0:
+        return lambda row_state, row: None
+    if count == 1:
+        return lambda row_state, row: prefetch_item(row_state[0], row)
+
+    def prefetch_two(row_state, row):
+        prefetch_item(row_state[0], row)
+        prefetch_item(row_state[1], row)
+
+    return prefetch_two
 
 
 @overload(_prefetch_states, inline="always")
@@ -60,10 +80,11 @@ def _prefetch_states_overload(element_state, row):
 
 
 @njit(cache=True, inline="always")
-def prefetch_update(row, weight, element_state):
+def prefetch_update(row, weight, element_state, row_state):
     """Start loading the rows :func:`update_row` will read and write for ``row``."""
     prefetch_row(weight, row, None)
     _prefetch_states(element_state, row)
+    _prefetch_row_states(row_state, row)
 
 
 @njit(cache=True, inline="always")
@@ -100,7 +121,9 @@ def apply_row_gradients(
     """
     for k in prange(rows.shape[0]):
         if k + ROW_PREFETCH_DISTANCE < rows.shape[0]:
-            prefetch_update(rows[k + ROW_PREFETCH_DISTANCE], weight, element_state)
+            prefetch_update(
+                rows[k + ROW_PREFETCH_DISTANCE], weight, element_state, row_state
+            )
         update_row(step, rows[k], values[k], weight, element_state, row_state, t, rounding)
 
 
@@ -136,7 +159,9 @@ def apply_fused(
                     )  # fmt: skip
             for k in range(first, last):
                 if k + ROW_PREFETCH_DISTANCE < end:
-                    prefetch_update(rows[k + ROW_PREFETCH_DISTANCE], weight, element_state)
+                    prefetch_update(
+                        rows[k + ROW_PREFETCH_DISTANCE], weight, element_state, row_state
+                    )
                 if value_index[k] >= 0:
                     update_row(
                         step, rows[k], scratch[c, k - first, :dim], weight,
