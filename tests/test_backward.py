@@ -9,6 +9,7 @@ from strategies import FIXED_CASES, MODES, Case, assert_close, cases, fixed_case
 
 import nbbag
 from nbbag import reference
+from nbbag.modes import Mode
 
 BACKWARD_OPTIONS = ("padding_idx", "include_last_offset", "per_sample_weights")
 
@@ -310,3 +311,54 @@ def test_the_highest_row_without_a_contribution(mode, rng, backend):
     assert (9 in backend.host(grad.rows)) == (mode == "weighted")
     np.testing.assert_array_equal(backend.host(grad.rows), rows)
     np.testing.assert_allclose(grad.to_dense(), expected)
+
+
+@pytest.mark.parametrize("mode", [Mode.SUM, Mode.MEAN, Mode.MAX])
+def test_group_tokens_of_a_stack_read_bag_major_rows(backend, mode, rng):
+    """``group_tokens(..., features=F)`` on a collection stack's F * B' feature-major
+    bags: each token's ``bag_of`` is its bag's row of the bag-major gradient (feature
+    f's bag b' is row b' * F + f), max's winners are read there, and everything else is
+    what ``features=1`` gives on the same bags."""
+    num_features, bags_per_feature, num_rows = 3, 4, 12
+    num_bags = num_features * bags_per_feature
+    lengths = rng.integers(0, 4, size=num_bags)  # empty bags too
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    indices = rng.integers(0, num_rows, size=int(offsets[-1]) + 2)  # 2 in no bag
+    weight = np.empty((num_rows, 0), np.float32)  # only its row count and dtype are read
+    bags = np.arange(num_bags)
+    row_of = (bags % bags_per_feature) * num_features + bags // bags_per_feature
+    by_bag, bag_major = None, None
+    if mode == Mode.MAX:  # a random winner of each dimension of each bag, -1 if empty
+        dim = 5
+        by_bag = np.full((num_bags, dim), -1, np.int64)
+        for b in range(num_bags):
+            if lengths[b]:
+                by_bag[b] = rng.integers(offsets[b], offsets[b + 1], size=dim)
+        bag_major = np.empty_like(by_bag)
+        bag_major[row_of] = by_bag
+    if backend.name == "cpu":
+        from nbbag.kernels import group_tokens
+
+        mode_arg = int(mode)
+    else:
+        from nbbag.kernels.cuda import group_tokens
+
+        mode_arg = mode
+
+    def grouped(argmax, features):
+        groups = group_tokens(
+            backend.array(weight), backend.array(indices), backend.array(offsets), None,
+            backend.array(argmax), -1, mode_arg, 1, np.int64, features,
+        )  # fmt: skip
+        return {
+            name: backend.host(getattr(groups, name))
+            for name in ("bag_of", "coefficients", "rows", "row_ptr", "positions")
+        }
+
+    plain, stacked = grouped(by_bag, 1), grouped(bag_major, num_features)
+    in_bag = plain["bag_of"] >= 0
+    expected_bag_of = plain["bag_of"].copy()
+    expected_bag_of[in_bag] = row_of[plain["bag_of"][in_bag]]
+    np.testing.assert_array_equal(stacked["bag_of"], expected_bag_of)
+    for name in ("coefficients", "rows", "row_ptr", "positions"):
+        np.testing.assert_array_equal(stacked[name], plain[name], err_msg=name)

@@ -70,6 +70,14 @@ def bag_max_coefficients(indices, argmax, start, end, padding_idx, b, bag_of, co
 
 
 @shared
+def stack_grad_row(b, bags_per_feature, features):
+    """The row of a collection stack's bag-major gradient (and winners) that its bag b
+    writes: b = f * B' + b' (feature-major, B' = ``bags_per_feature``) is row
+    b' * F + f.  With ``features`` 1 (any batch but a stack's), b itself."""
+    return (b % bags_per_feature) * features + b // bags_per_feature
+
+
+@shared
 def bag_coefficients(
     indices, per_sample_weights, argmax, start, end, padding_idx, mode, b, bag_of,
     coefficients,

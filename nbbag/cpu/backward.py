@@ -26,7 +26,12 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from nbbag.base.bags import bag_coefficients, bag_weights_grad, row_contributes
+from nbbag.base.bags import (
+    bag_coefficients,
+    bag_weights_grad,
+    row_contributes,
+    stack_grad_row,
+)
 from nbbag.base.records import TokenGroups
 from nbbag.base.sort import (
     CPU_RADIX_BITS,
@@ -120,8 +125,7 @@ def _coefficients_and_keys(
     bags_per_feature = num_bags // features
     for b in prange(num_bags):
         start, end = offsets[b], offsets[b + 1]
-        # feature f's bag b' (b = f * B' + b') is row b' * F + f
-        grad_row = (b % bags_per_feature) * features + b // bags_per_feature
+        grad_row = stack_grad_row(b, bags_per_feature, features)
         bag_coefficients(
             indices, per_sample_weights, argmax, start, end, padding_idx, mode, grad_row,
             bag_of, coefficients,

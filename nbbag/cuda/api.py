@@ -253,7 +253,7 @@ def group_tokens(ctx: BagContext) -> TokenGroups:
     batch = ctx.batch
     return grouping.group_tokens(
         batch.weight, batch.indices, batch.offsets, batch.per_sample_weights, ctx.argmax,
-        batch.padding_idx, batch.mode,
+        batch.padding_idx, batch.mode, features=ctx.features,
     )  # fmt: skip
 
 

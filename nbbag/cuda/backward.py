@@ -22,7 +22,12 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from nbbag.base.bags import bag_coefficients, bag_weights_grad, row_contributes
+from nbbag.base.bags import (
+    bag_coefficients,
+    bag_weights_grad,
+    row_contributes,
+    stack_grad_row,
+)
 from nbbag.base.sort import (
     GPU_RADIX_BITS,
     chunk_bounds,
@@ -81,6 +86,32 @@ def max_token_coefficients(indices, offsets, argmax, padding_idx, bag_of, coeffi
             indices, None, argmax, offsets[b], offsets[b + 1], padding_idx, Mode.MAX, b,
             bag_of, coefficients,
         )  # fmt: skip
+
+
+@cuda.jit
+def stack_grad_rows(bag_of, bags_per_feature, features):
+    """Each token's bag b >= 0 in ``bag_of`` as its row of a collection stack's
+    bag-major gradient (:func:`~nbbag.base.bags.stack_grad_row`); -1 stays.
+
+    Ownership: thread p writes bag_of[p] (grid-stride).
+    """
+    for p in range(cuda.grid(1), bag_of.shape[0], cuda.gridsize(1)):
+        if bag_of[p] >= 0:
+            bag_of[p] = stack_grad_row(bag_of[p], bags_per_feature, features)
+
+
+@cuda.jit
+def winners_by_bag(argmax, bags_per_feature, features, by_bag):
+    """``by_bag[b]`` = ``argmax``'s row of bag b, for winners kept bag-major (a
+    collection stack's, :func:`~nbbag.base.bags.stack_grad_row`): the order in which
+    the coefficient kernels read them.
+
+    Ownership: thread b writes by_bag[b] (grid-stride).
+    """
+    for b in range(cuda.grid(1), by_bag.shape[0], cuda.gridsize(1)):
+        row = stack_grad_row(b, bags_per_feature, features)
+        for d in range(by_bag.shape[1]):
+            by_bag[b, d] = argmax[row, d]
 
 
 @cuda.jit

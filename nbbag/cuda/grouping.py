@@ -26,7 +26,9 @@ from nbbag.cuda.backward import (
     _sort_keys,
     _write_runs,
     contributing_rows,
+    stack_grad_rows,
     value_slots,
+    winners_by_bag,
 )
 
 
@@ -100,21 +102,31 @@ def unique_rows(indices, num_rows: int):
 
 def group_tokens(
     weight, indices, offsets, per_sample_weights, argmax, padding_idx, mode,
-    num_chunks=0, sort_type=np.int64,
+    num_chunks=0, sort_type=np.int64, features=1,
 ) -> TokenGroups:  # fmt: skip
     """The batch's tokens grouped by row, on the device, as the CPU function
-    (``argmax``: the forward's winners for max, else None).  A TokenGroups whose
-    ``argmax`` is an empty (0, 0) array but for max: a kernel launch cannot take None."""
+    (``argmax``: the forward's winners for max, else None; ``features``: 1, or a
+    collection stack's F, whose gradient and winners are bag-major, as there).  A
+    TokenGroups whose ``argmax`` is an empty (0, 0) array but for max: a kernel launch
+    cannot take None."""
     num_tokens = indices.shape[0]
     bag_of = arrays.full(num_tokens, -1, np.int64)  # tokens in no bag stay -1 / 0
     coefficients = arrays.full(num_tokens, 0, compute_dtype(weight.dtype))
     num_bags = offsets.shape[0] - 1
     if num_bags:
         grid, block = launch.linear(num_bags)
+        bags_per_feature = num_bags // features
+        winners = argmax
+        if argmax is not None and features > 1:  # the coefficients read them by bag
+            winners = arrays.empty(argmax.shape, np.int64)
+            winners_by_bag[grid, block](argmax, bags_per_feature, features, winners)
         variants.coefficients_launch(
-            grid, block, indices, offsets, per_sample_weights, argmax, padding_idx,
+            grid, block, indices, offsets, per_sample_weights, winners, padding_idx,
             mode, bag_of, coefficients,
         )  # fmt: skip
+        if features > 1 and num_tokens:
+            grid, block = launch.linear(num_tokens)
+            stack_grad_rows[grid, block](bag_of, bags_per_feature, features)
     rows, row_ptr, positions = group_positions_by_row(
         indices, bag_of, weight.shape[0], num_chunks, sort_type
     )
