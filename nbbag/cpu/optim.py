@@ -49,34 +49,33 @@ def _prefetch_row_states(row_state, row):
     raise NotImplementedError("a Numba overload: call it from a jitted function")
 
 
-@overload(_prefetch_row_states, inline="always")
-def _prefetch_row_states_overload(row_state, row):
-    count = len(row_state)
-    if count == 0:
-        return lambda row_state, row: None
-    if count == 1:
-        return lambda row_state, row: prefetch_item(row_state[0], row)
-
-    def prefetch_two(row_state, row):
-        prefetch_item(row_state[0], row)
-        prefetch_item(row_state[1], row)
-
-    return prefetch_two
+@njit(cache=True, inline="always")
+def _prefetch_whole_row(table, row):
+    prefetch_row(table, row, None)
 
 
-@overload(_prefetch_states, inline="always")
-def _prefetch_states_overload(element_state, row):
-    count = len(element_state)
-    if count == 0:
-        return lambda element_state, row: None
-    if count == 1:
-        return lambda element_state, row: prefetch_row(element_state[0], row, None)
+def _each_state(prefetch):
+    """The overload of a ``(states, row)`` stub that runs ``prefetch(array, row)`` on
+    each array of ``states`` (a tuple of at most two: the rules keep no more)."""
 
-    def prefetch_two(element_state, row):
-        prefetch_row(element_state[0], row, None)
-        prefetch_row(element_state[1], row, None)
+    def each_state(states, row):
+        count = len(states)
+        if count == 0:
+            return lambda states, row: None
+        if count == 1:
+            return lambda states, row: prefetch(states[0], row)
 
-    return prefetch_two
+        def prefetch_two(states, row):
+            prefetch(states[0], row)
+            prefetch(states[1], row)
+
+        return prefetch_two
+
+    return each_state
+
+
+overload(_prefetch_states, inline="always")(_each_state(_prefetch_whole_row))
+overload(_prefetch_row_states, inline="always")(_each_state(prefetch_item))
 
 
 @njit(cache=True, inline="always")
