@@ -232,21 +232,20 @@ def _output_rows_overload(out):
 
 
 # -- per-bag reductions, one signature for _each_bag -------------------------------------
-# Each takes its bag's row of ``out`` (and of ``argmax``), made in the bag loop: a view
-# of ``out`` made inside a called function takes and drops a reference on the array
-# every thread shares, two atomic operations a bag (2.2x slower on bags of one id: 4.33
-# against 1.99 ms for 53k bags at D = 64, measured); made in the loop, Numba prunes them.
-# Called, not inlined: inlined, each of the sum family's kernels compiled its own copy
-# (~3 s more a kernel, measured), for 1.15x in cache and less beyond it.
-@njit(cache=True)
+# Inlined into the bag loop: called per bag, the views of ``out`` they make each cost an
+# atomic reference count on the one array every thread shares (2.2x slower on bags of
+# one id: 4.33 against 1.99 ms for 53k bags at D = 64; measured).
+@njit(cache=True, inline="always")
 def _reduce_sums(
-    weight, indices, per_sample_weights, start, end, padding_idx, out_row, argmax_row,
-    mode, lanes,
+    weight, indices, per_sample_weights, start, end, padding_idx, out, argmax, b, mode,
+    lanes,
 ):  # fmt: skip
-    """Bag ``start:end`` of the sum family into ``out_row``: the sum of its rows
-    (weighted when ``per_sample_weights`` is given), divided by 1 (sum), the count or
-    sum of weights (mean) or its square root, of counts or of squared weights (sqrtn).
-    ``argmax_row`` is not used."""
+    """Bag b of the sum family into its row of ``out`` (:func:`output_row`): the sum of
+    its rows (weighted when
+    ``per_sample_weights`` is given), divided by 1 (sum), the count or sum of weights
+    (mean) or its square root, of counts or of squared weights (sqrtn).  ``argmax`` is
+    not used."""
+    out_row = output_row(out, b)
     total = sum_buffer(out_row, out_row, lanes)
     if per_sample_weights is None:
         count = _add_rows(weight, indices, start, end, padding_idx, total, lanes)
@@ -263,27 +262,21 @@ def _reduce_sums(
         store_sum(total, out_row, lanes)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _reduce_max(
-    weight, indices, per_sample_weights, start, end, padding_idx, out_row, argmax_row,
-    mode, lanes,
+    weight, indices, per_sample_weights, start, end, padding_idx, out, argmax, b, mode,
+    lanes,
 ):  # fmt: skip
-    """Bag ``start:end``'s elementwise max into ``out_row``, its winners into
-    ``argmax_row`` when that is given (:func:`max_rows`).  ``per_sample_weights``,
+    """Bag b's elementwise max into its row of ``out``, its winners into the same row
+    of ``argmax`` (of ``out``'s shape) when that is given.  ``per_sample_weights``,
     ``mode`` and ``lanes`` are not used."""
-    max_rows(weight, indices, start, end, padding_idx, out_row, argmax_row)
-
-
-def _winners_row(argmax, b):
-    """Bag b's row of ``argmax`` (:func:`output_row`), or None where ``argmax`` is."""
-    raise NotImplementedError("a Numba overload: call it from a jitted function")
-
-
-@overload(_winners_row)
-def _winners_row_overload(argmax, b):
-    if isinstance(argmax, (types.NoneType, types.Omitted)):
-        return lambda argmax, b: None
-    return lambda argmax, b: output_row(argmax, b)
+    if argmax is None:
+        max_rows(weight, indices, start, end, padding_idx, output_row(out, b), None)
+    else:
+        max_rows(
+            weight, indices, start, end, padding_idx, output_row(out, b),
+            output_row(argmax, b),
+        )  # fmt: skip
 
 
 @njit(cache=True, inline="always")
@@ -310,8 +303,7 @@ def _each_bag(
             for b in range(first, last):
                 reduce_bag(
                     weight, indices, per_sample_weights, offsets[b], offsets[b + 1],
-                    padding_idx, output_row(out, b), _winners_row(argmax, b), mode,
-                    lanes,
+                    padding_idx, out, argmax, b, mode, lanes,
                 )  # fmt: skip
         first_bad = min(first_bad, num_tokens if bad < 0 else bad)
     return OK if first_bad == num_tokens else first_bad
