@@ -72,9 +72,13 @@ Backward kernels (see nbbag.cpu.backward for the pipeline)::
                                                       sort_type=np.int64)  # or int32
     contributing_rows(coefficients, positions, row_ptr, contributes)
     groups = group_tokens(weight, indices, offsets, per_sample_weights, argmax,
-                          padding_idx, mode, num_chunks=1, sort_type=np.int64)
+                          padding_idx, mode, num_chunks=1, sort_type=np.int64,
+                          features=1)
         # all of the above in one call: a TokenGroups record (nbbag.base.records);
-        # per_sample_weights and argmax None where absent
+        # per_sample_weights and argmax None where absent; features F > 1: the bags
+        # are a collection stack's, feature-major (feature f's bag b' is bag
+        # f * B / F + b'), and bag_of holds each token's row of the bag-major
+        # gradient, b' * F + f, where argmax is read too
     accumulate_rows(grad_output, groups, scale_grad_by_freq, values, lanes=None)
         # values (groups.num_contributing, D); lanes = lanes_for(D), as for the forward
     row_gradient(grad_output, groups, start, end, scale_grad_by_freq, out_row,
