@@ -232,9 +232,11 @@ def _output_rows_overload(out):
 
 
 # -- per-bag reductions, one signature for _each_bag -------------------------------------
-# Inlined into the bag loop: called per bag, the views of ``out`` they make each cost an
-# atomic reference count on the one array every thread shares (2.2x slower on bags of
-# one id: 4.33 against 1.99 ms for 53k bags at D = 64; measured).
+# Inlined into the parallel kernels' bag loop: called per bag, the views of ``out`` they
+# make each cost an atomic reference count on the one array every thread shares (2.2x
+# slower on bags of one id: 4.33 against 1.99 ms for 53k bags at D = 64; measured).
+# The front's serial twins call them instead (one thread: uncontended; see
+# nbbag.cpu.variants, which swaps them in).
 @njit(cache=True, inline="always")
 def _reduce_sums(
     weight, indices, per_sample_weights, start, end, padding_idx, out, argmax, b, mode,

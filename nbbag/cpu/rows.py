@@ -88,8 +88,6 @@ def store_scaled(total, out_row, denominator):
     ``denominator``, or zeros where ``denominator`` is 0 (an empty bag, or weights that
     sum to 0: TensorFlow's div_no_nan).  The same arithmetic as a copy followed by
     ``out_row *= 1.0 / denominator``."""
-    # No early return: inlined into a bag loop, one made LLVM skip the zeroing (an
-    # empty bag's row kept what it held; Numba 0.61-0.62).
     if denominator == 0:
         # Element by element: ``out_row[:] = 0`` here, inlined into a bag loop's
         # prange, did not run (an empty bag's row kept its old values; Numba 0.68).
