@@ -46,9 +46,9 @@ class Backend:
         stays None)."""
         if x is None or self.name == "cpu":
             return x
-        from numba import cuda
+        from nbbag.cuda import arrays
 
-        return cuda.to_device(np.ascontiguousarray(x))
+        return arrays.to_device(x)  # (bfloat16 too: numba-cuda's own copy has none)
 
     def host(self, x) -> np.ndarray:
         """The backend's array ``x`` as a NumPy array: itself on the CPU, a host copy
@@ -59,8 +59,10 @@ class Backend:
             return x
         from numba import cuda
 
+        from nbbag.cuda import arrays
+
         assert cuda.devicearray.is_cuda_ndarray(x), f"expected a device array: {type(x)}"
-        return x.copy_to_host()
+        return arrays.to_host(x)
 
     def copy(self, x):
         """A new array of this backend holding what ``x`` holds."""

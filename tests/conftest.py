@@ -51,6 +51,31 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
+def _copy_through_buffers(monkeypatch):
+    """Make the simulator's host <-> device copies take the host array's buffer, as a
+    real GPU's do: NumPy exports no buffer of a bfloat16 array, so on a GPU copying one
+    raises (the simulator's copies, plain NumPy ones, would not)."""
+    from numba import cuda
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    def through_buffer(copy, host_position):
+        def checked(*args, **kwargs):
+            host = args[host_position] if len(args) > host_position else None
+            if isinstance(host, np.ndarray):
+                memoryview(host)  # ValueError for a dtype the buffer protocol lacks
+            result = copy(*args, **kwargs)
+            if isinstance(result, np.ndarray):
+                memoryview(result)
+            return result
+
+        return checked
+
+    monkeypatch.setattr(cuda, "to_device", through_buffer(cuda.to_device, 0))
+    for name in ("copy_to_device", "copy_to_host"):
+        method = getattr(FakeCUDAArray, name)
+        monkeypatch.setattr(FakeCUDAArray, name, through_buffer(method, 1))
+
+
 @pytest.fixture(params=[backend_param(name) for name in NAMES])
 def backend(request, monkeypatch):
     """The backend the test body runs on (see ``tests/backends.py``): "cpu" (NumPy
@@ -65,4 +90,6 @@ def backend(request, monkeypatch):
             pytest.skip(f"the GPU backend needs numba-cuda: {error}")
         monkeypatch.setattr(launch, "GROUP_SIZE", 3)
         monkeypatch.setattr(launch, "BLOCK_SIZE", 7)
+        if os.environ["NUMBA_ENABLE_CUDASIM"] == "1":
+            _copy_through_buffers(monkeypatch)
     return Backend(request.param, request.node.nodeid)

@@ -249,7 +249,7 @@ def _stochastic_run(dtype, seed: int, backend=None) -> np.ndarray:
     optimizer = nbbag.optim.SGD(weight, lr=1.0, stochastic_rounding=True, seed=seed)
     rows = np.arange(64)
     # 1 - 1/3 of a step of the format's grid below 1: between two values of the grid
-    step = float(np.finfo(dtype).eps) / 2
+    step = float(ml_dtypes.finfo(dtype).eps) / 2
     values = np.full((64, 16), step / 3, dtype=np.float32)
     optimizer.step(nbbag.RowSparseGrad(rows, values, (64, 16)))
     return weight if backend is None else backend.host(weight)
@@ -265,7 +265,7 @@ def test_stochastic_rounding_is_reproducible_and_thread_count_free(dtype):
         numba.set_num_threads(threads)
     assert_same_bits(_stochastic_run(dtype, seed=7), one)
     assert not np.array_equal(_stochastic_run(dtype, seed=8), one)
-    below = np.float32(1.0) - np.float32(np.finfo(dtype).eps) / 2
+    below = np.float32(1.0) - np.float32(ml_dtypes.finfo(dtype).eps) / 2
     assert set(np.unique(one.astype(np.float32))) <= {np.float32(1.0), below}
     # 1 - step / 3 rounds down a third of the time: 1024 draws, 5 sigmas
     assert abs(np.mean(one.astype(np.float32) < 1) - 1 / 3) < 5 * np.sqrt(2 / 9 / 1024)
@@ -431,6 +431,12 @@ def test_collection_of_half_and_float32_tables(backend, dtype, rng):
     np.testing.assert_array_equal(
         backend.host(half(features)), backend.host(full(features))
     )
+    # A checkpoint of the half table round-trips its bits (to and from the GPU too).
+    state = half.state_dict()
+    assert_same_bits(state["a"], stored)
+    half.load_state_dict({**state, "a": rng.standard_normal((30, 16)).astype(dtype)})
+    half.load_state_dict(state)
+    assert_same_bits(backend.host(half.weights["a"]), stored)
     with pytest.raises(ValueError, match="must give one output dtype"):
         nbbag.EmbeddingBagCollection(configs, dtype=np.float64)
     with pytest.raises(TypeError, match="table 'x': dtype must be float32, float64"):

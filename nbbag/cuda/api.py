@@ -307,11 +307,11 @@ def state_array(shape, fill, dtype):
 
 
 def to_host(array) -> np.ndarray:
-    return array.copy_to_host()
+    return arrays.to_host(array)
 
 
 def copy_into(target, source: np.ndarray) -> None:
-    target.copy_to_device(np.ascontiguousarray(source, dtype=target.dtype))
+    arrays.copy_to_device(target, source)
 
 
 def fill(array, value) -> None:

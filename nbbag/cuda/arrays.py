@@ -96,8 +96,34 @@ def copy(array):
     return result
 
 
+# numba-cuda copies between host and device through the buffer protocol, which has no
+# bfloat16 (a real GPU's copy raises "cannot include dtype 'E' in a buffer"; the
+# simulator's does not): a half array crosses as its integer view, the same bits.
 def to_device(array: np.ndarray):
-    return cuda.to_device(np.ascontiguousarray(array))
+    """A new device array holding host ``array`` (any table dtype, bfloat16 too)."""
+    array = np.ascontiguousarray(array)
+    codes = CODE_DTYPES.get(array.dtype)
+    if codes is None:
+        return cuda.to_device(array)
+    return cuda.to_device(array.view(codes)).view(array.dtype)
+
+
+def to_host(array) -> np.ndarray:
+    """A new host array holding device ``array`` (any table dtype, bfloat16 too)."""
+    codes = CODE_DTYPES.get(array.dtype)
+    if codes is None:
+        return array.copy_to_host()
+    return array.view(codes).copy_to_host().view(array.dtype)
+
+
+def copy_to_device(target, source: np.ndarray) -> None:
+    """Copy host ``source`` (converted to ``target``'s dtype) into device ``target``."""
+    source = np.ascontiguousarray(source, dtype=target.dtype)
+    codes = CODE_DTYPES.get(target.dtype)
+    if codes is None:
+        target.copy_to_device(source)
+    else:
+        target.view(codes).copy_to_device(source.view(codes))
 
 
 @cuda.jit
@@ -154,7 +180,7 @@ def copy_into(target, source) -> None:
     if not target.size:
         return
     if not is_device(source):
-        target.copy_to_device(np.ascontiguousarray(source, dtype=target.dtype))
+        copy_to_device(target, source)
         return
     source = as_device(source).reshape(target.size)
     if source.dtype == target.dtype:
