@@ -29,6 +29,8 @@ from numba import config, cuda  # noqa: E402
 
 from nbbag.cuda import launch  # noqa: E402
 
+pytestmark = pytest.mark.cuda  # all GPU-only: `pytest -m cuda` runs them on a device
+
 
 @pytest.fixture(autouse=True)
 def tiny_launches(monkeypatch):
@@ -154,6 +156,23 @@ def test_bad_device_inputs_are_found_on_the_device(change, error, message, rng):
     with pytest.raises(error, match=message):
         nbbag.embedding_bag(device_weight, **device_kwargs)
     np.testing.assert_array_equal(host(device_weight), weight)
+
+
+@pytest.mark.parametrize("on_device", [("indices",), ("offsets",), ("indices", "offsets")])
+def test_several_faults_raise_the_cpus_first(on_device, rng):
+    """Ids outside the table and bad offsets in one call: the device's checks run
+    together, yet report the CPU's first fault (offsets before ids), and an id outside
+    alone is still found whichever inputs are on the device."""
+    weight, kwargs = bad_forward_call(rng, {"indices": [0, 9], "offsets": [0, 2, 1]})
+    for key in on_device:
+        kwargs[key] = cuda.to_device(np.asarray(kwargs[key]))
+    with pytest.raises(ValueError, match=r"offsets\[1\] = 2 > offsets\[2\] = 1"):
+        nbbag.embedding_bag(cuda.to_device(weight), **kwargs)
+    kwargs["offsets"] = [0, 1]
+    if "offsets" in on_device:
+        kwargs["offsets"] = cuda.to_device(np.asarray(kwargs["offsets"]))
+    with pytest.raises(IndexError, match=r"indices\[1\] = 9 is outside \[0, 9\)"):
+        nbbag.embedding_bag(cuda.to_device(weight), **kwargs)
 
 
 def test_the_kernels_namespace_is_the_backends():

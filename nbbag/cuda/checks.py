@@ -116,16 +116,30 @@ def csr_offsets_kernel(offsets, num_indices, out):
         out[i] = offsets[i] if i < offsets.shape[0] else num_indices
 
 
+# A check's result slots start here: "no bad position found".
+NONE_FOUND = np.iinfo(np.int64).max
+
+
+def found(position: int) -> int:
+    """A result slot's position, or -1 for :data:`NONE_FOUND`."""
+    return -1 if position == NONE_FOUND else position
+
+
+def launch_first_outside(values, low: int, high: int, slot) -> None:
+    """Launch the search for the first position of 1-D device ``values`` outside
+    [low, high) into device ``slot[0]`` (left as it is when there is none)."""
+    if values.shape[0]:
+        grid, block = launch.linear(values.shape[0])
+        first_outside_kernel[grid, block](values, low, high, slot)
+
+
 def first_outside(values, low: int, high: int) -> int:
     """The first position of 1-D device ``values`` outside [low, high), or -1."""
-    count = values.shape[0]
-    if count == 0:
+    if values.shape[0] == 0:
         return -1
-    first = arrays.to_device(np.array([count], dtype=np.int64))
-    grid, block = launch.linear(count)
-    first_outside_kernel[grid, block](values, low, high, first)
-    position = int(first.copy_to_host()[0])
-    return -1 if position == count else position
+    slot = arrays.full(1, NONE_FOUND, np.int64)  # (a fill, not a copy: no wait)
+    launch_first_outside(values, low, high, slot)
+    return found(int(slot.copy_to_host()[0]))
 
 
 def check_weight(weight):
@@ -157,36 +171,43 @@ def check_device_indices(indices, num_rows: int):
     """Device ``indices``: dtype, rank and range checked on the device."""
     indices = device_indices(indices)
     flat = indices.reshape(indices.size)
-    position = first_outside(flat, 0, num_rows)
-    if position >= 0:
-        value = int(flat[position : position + 1].copy_to_host()[0])
-        raise index_error(indices.shape, position, value, num_rows)
+    raise_outside(indices, flat, first_outside(flat, 0, num_rows), num_rows)
     return indices
 
 
-def check_device_offsets(offsets, indices, include_last_offset: bool):
-    """Device ``offsets`` (1-D ``indices``) as int64 CSR offsets on the device."""
+def raise_outside(indices, flat, position: int, num_rows: int) -> None:
+    """IndexError for the id at ``position`` of device ``flat`` (-1: none)."""
+    if position >= 0:
+        value = int(flat[position : position + 1].copy_to_host()[0])
+        raise index_error(indices.shape, position, value, num_rows)
+
+
+def launch_offsets_checks(offsets, indices, include_last_offset: bool, slots):
+    """Device ``offsets`` (1-D ``indices``; shape checked here) as new int64 CSR
+    offsets, and the launch of their checks into device ``slots`` (3 elements, each
+    :data:`NONE_FOUND`): read them with :func:`raise_offsets_found` before using the
+    CSR offsets."""
     offsets = device_index_array(offsets, "offsets")
-    num_indices = indices.size
     check_offsets_shape(offsets, include_last_offset)
     count = offsets.shape[0]
-    if count == 0:
-        return arrays.to_device(np.zeros(1, dtype=np.int64))
-    result = arrays.to_device(np.array([count, count, 0], dtype=np.int64))
-    grid, block = launch.linear(count)
-    offsets_checks_kernel[grid, block](offsets, num_indices, result)
-    decrease, past_end, first = (int(v) for v in result.copy_to_host())
-    check_offsets_found(
-        first,
-        decrease if decrease < count else -1,
-        past_end if past_end < count else -1,
-        lambda i, j: offsets[i:j].copy_to_host(),
-        num_indices,
-    )
+    if count == 0:  # no bags
+        return offsets, arrays.full(1, 0, np.int64)
     out = arrays.empty(count + (0 if include_last_offset else 1), np.int64)
+    grid, block = launch.linear(count)
+    offsets_checks_kernel[grid, block](offsets, indices.size, slots)
     grid, block = launch.linear(out.shape[0])
-    csr_offsets_kernel[grid, block](offsets, num_indices, out)
-    return out
+    csr_offsets_kernel[grid, block](offsets, indices.size, out)
+    return offsets, out
+
+
+def raise_offsets_found(offsets, slots, num_indices: int) -> None:
+    """Raise for what :func:`launch_offsets_checks` found (``slots`` on the host)."""
+    if offsets.shape[0]:
+        decrease, past_end, first = (int(v) for v in slots)
+        check_offsets_found(
+            first, found(decrease), found(past_end),
+            lambda i, j: offsets[i:j].copy_to_host(), num_indices,
+        )  # fmt: skip
 
 
 def check_device_per_sample_weights(per_sample_weights, indices_shape, mode, dtype):
@@ -237,16 +258,30 @@ def validate(
     and, if ``private``, copied (the batch then holds none of the caller's buffers)."""
     num_rows = weight.shape[0]
     on_device = arrays.is_device(indices)
-    indices = (
-        check_device_indices(indices, num_rows) if on_device else check_indices(indices)
-    )
-    if offsets is not None and arrays.is_device(offsets):
-        if indices.ndim == 2:
-            raise ValueError(
-                f"offsets must be None when indices is 2-D (shape {indices.shape}): "
-                "each row is a bag"
+    indices = device_indices(indices) if on_device else check_indices(indices)
+    device_offsets = offsets is not None and arrays.is_device(offsets)
+    if device_offsets and indices.ndim == 2:
+        raise ValueError(
+            f"offsets must be None when indices is 2-D (shape {indices.shape}): "
+            "each row is a bag"
+        )
+    # The device checks (ids in range; offsets' order, end and first) are launched
+    # together and read back in one copy: each wait for the device costs a forward
+    # tens of microseconds.  Their errors come in the host path's order: offsets,
+    # per_sample_weights, ids.
+    found_slots = np.full(4, NONE_FOUND, np.int64)
+    if on_device or device_offsets:
+        slots = arrays.full(4, NONE_FOUND, np.int64)
+        if on_device:
+            flat = indices.reshape(indices.size)
+            launch_first_outside(flat, 0, num_rows, slots[0:1])
+        if device_offsets:
+            offsets, csr = launch_offsets_checks(
+                offsets, indices, options.include_last_offset, slots[1:4]
             )
-        csr = check_device_offsets(offsets, indices, options.include_last_offset)
+        found_slots = slots.copy_to_host()
+    if device_offsets:
+        raise_offsets_found(offsets, found_slots[1:4], indices.size)
     else:
         csr = arrays.to_device(host_csr(offsets, indices, options.include_last_offset))
     if per_sample_weights is not None and arrays.is_device(per_sample_weights):
@@ -262,7 +297,7 @@ def validate(
         weights = None if weights is None else arrays.to_device(weights)
     indices_shape = tuple(indices.shape)
     if on_device:
-        flat = indices.reshape(indices.size)
+        raise_outside(indices, flat, found(int(found_slots[0])), num_rows)
         if private:
             flat = arrays.copy(flat)
     else:
