@@ -192,12 +192,19 @@ def test_bag_max_argmax_records_the_first_winner(rng, backend):
 
 
 @pytest.mark.parametrize("sort_type", [np.int32, np.int64])
-@pytest.mark.parametrize("num_chunks", [1, 2, 3, 8])
-def test_group_positions_by_row_is_a_stable_grouping(num_chunks, sort_type, rng, backend):
+@pytest.mark.parametrize("num_chunks", [1, 2, 3, 8, 30])
+def test_group_positions_by_row_is_a_stable_grouping(
+    num_chunks, sort_type, rng, backend, monkeypatch
+):
     """The same grouping as a stable argsort, for any chunking (30,000 tokens: up to 7
     chunks of 4096, each finding its own row starts; the GPU: 400 tokens of 300 rows,
-    two radix passes) and either sort type."""
+    two radix passes, the chunks' slots computed segment by segment from 8 chunks on:
+    2 segments of 4, 5 of 6) and either sort type."""
     num_rows, count = backend.pick(cpu=(5000, 30_000), cuda=(300, 400))
+    if backend.name == "cuda":
+        from nbbag.cuda import launch
+
+        monkeypatch.setattr(launch, "SEGMENTED_SLOTS_FROM", 8)
     indices = rng.integers(0, num_rows, size=count)
     indices[rng.random(indices.size) < 0.3] = 17  # a hot row
     bag_of = np.where(rng.random(indices.size) < 0.2, -1, 0)

@@ -20,12 +20,12 @@ from nbbag.cuda.backward import (
     _chunk_sums,
     _radix_count,
     _radix_scatter,
-    _radix_slots,
     _run_heads,
     _scan_sums,
     _sort_keys,
     _write_runs,
     contributing_rows,
+    first_slots,
     stack_grad_rows,
     value_slots,
     winners_by_bag,
@@ -68,12 +68,16 @@ def group_positions_by_row(
         key_bits, digit_bits = radix_plan(num_rows, GPU_RADIX_BITS)
         chunks = num_chunks if num_chunks > 0 else launch.chunks(total)
         chunk_slots = arrays.empty((chunks, 1 << digit_bits), np.int64)
+        segments = launch.slot_segments(chunks)
+        segment_totals = (
+            arrays.empty((segments, 1 << digit_bits), np.int64) if segments > 1 else None
+        )
         sorted_keys = arrays.empty(total, sort_type)
         sorted_positions = arrays.empty(total, sort_type)
         grid, block = launch.linear(chunks)
         for shift in range(0, key_bits, digit_bits):
             _radix_count[grid, block](keys, shift, chunk_slots)
-            _radix_slots[1, 1 << digit_bits](chunk_slots)
+            first_slots(chunk_slots, segment_totals)
             _radix_scatter[grid, block](
                 keys, positions, shift, chunk_slots, sorted_keys, sorted_positions
             )

@@ -8,6 +8,7 @@ the simulator.
 from __future__ import annotations
 
 import functools
+import math
 
 from numba import cuda
 
@@ -66,6 +67,19 @@ def chunks(count: int) -> int:
     chunks and the per-digit pass over them stay short."""
     _, sms = _device_properties()
     return max(1, min(-(-count // 64), sms * 64))
+
+
+# From this many chunks on, the radix sort's slots are computed segment by segment.
+SEGMENTED_SLOTS_FROM = 1024
+
+
+def slot_segments(num_chunks: int) -> int:
+    """How many segments the radix sort cuts its chunks into to turn their digit counts
+    into slots: ~sqrt(chunks), so that every loop is ~sqrt(chunks) long; 1 (one
+    block's scan over the chunks) below :data:`SEGMENTED_SLOTS_FROM` chunks."""
+    if num_chunks < SEGMENTED_SLOTS_FROM:
+        return 1
+    return math.isqrt(num_chunks)
 
 
 def grouped_resident(count: int, dim: int) -> tuple[int, tuple[int, int]]:
