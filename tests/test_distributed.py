@@ -80,7 +80,9 @@ CASE_OPTIONS = {  # what a training case adds to padding
 def compiled():
     """Compile the kernels the shards run here, once, in this process: the shards' own
     processes then load them from Numba's disk cache instead of each compiling them at
-    the same time (a cold cache's first run)."""
+    the same time (a cold cache's first run).  Their inputs come read-only, as Ray
+    hands a shard its arguments: Numba types a read-only array apart from a writable
+    one, so writable ones here would compile kernels the shards never load."""
     for mode, dtype, weighted, extra, optimizer in SHARD_KERNELS:
         kind, kwargs = OPTIMIZERS[optimizer]
         options = {"mode": mode, "padding_idx": 0, "max_norm": None, "norm_type": 2.0,
@@ -89,11 +91,17 @@ def compiled():
             options[extra] = 1.5 if extra == "max_norm" else True
         shard = Shard(0, 1, 4, D, np.dtype(dtype).str, options, rows=np.ones((4, D), dtype))
         shard.attach(kind.__name__, kwargs)
-        weights = np.ones(3, dtype) if weighted else None
-        winner = np.zeros((2, D), np.int32) if mode == "max" else None
+        weights = _read_only(np.ones(3, dtype)) if weighted else None
+        winner = _read_only(np.zeros((2, D), np.int32)) if mode == "max" else None
         for ids in ([0, 1, 2], [3, 1, 2]):  # the second: a catch-up of rows 1 and 2
-            shard.forward("warm", np.array(ids), np.array([0, 1, 3]), weights)
-            shard.step("warm", np.ones((2, D), dtype), winner, None)
+            shard.forward("warm", _read_only(ids), _read_only([0, 1, 3]), weights)
+            shard.step("warm", _read_only(np.ones((2, D), dtype)), winner, None)
+
+
+def _read_only(values) -> np.ndarray:
+    array = np.array(values)
+    array.setflags(write=False)
+    return array
 
 
 def batch(rng, num_bags=7, weighted=True):
