@@ -58,23 +58,15 @@ def sum_tokens4(weight, indices, offsets, out, padding_idx):
             out[b, d] = total
 
 
-@cuda.jit
-def sum_dims4(weight, indices, offsets, out, padding_idx):
-    """Four dimensions a lane, one token at a time."""
-    b = group_item()
-    if b < out.shape[0]:
-        start, end = offsets[b], offsets[b + 1]
-        dim = out.shape[1]
-        g = cuda.blockDim.x
-        for d0 in range(cuda.threadIdx.x, dim, 4 * g):
-            a0 = a1 = a2 = a3 = 0.0
-            for p in range(start, end):
-                r = indices[p]
-                a0 += _load(weight, r, d0, dim, padding_idx)
-                a1 += _load(weight, r, d0 + g, dim, padding_idx)
-                a2 += _load(weight, r, d0 + 2 * g, dim, padding_idx)
-                a3 += _load(weight, r, d0 + 3 * g, dim, padding_idx)
-            _store4(out, b, d0, g, dim, a0, a1, a2, a3)
+@cuda.jit(device=True, inline=True)
+def _load4(weight, row, d0, g, dim, padding_idx):
+    """Dimensions d0, d0 + g, d0 + 2g, d0 + 3g of ``row`` (0 outside or for padding)."""
+    return (
+        _load(weight, row, d0, dim, padding_idx),
+        _load(weight, row, d0 + g, dim, padding_idx),
+        _load(weight, row, d0 + 2 * g, dim, padding_idx),
+        _load(weight, row, d0 + 3 * g, dim, padding_idx),
+    )
 
 
 @cuda.jit(device=True, inline=True)
@@ -89,6 +81,25 @@ def _store4(out, b, d0, g, dim, a0, a1, a2, a3):
 
 
 @cuda.jit
+def sum_dims4(weight, indices, offsets, out, padding_idx):
+    """Four dimensions a lane, one token at a time."""
+    b = group_item()
+    if b < out.shape[0]:
+        start, end = offsets[b], offsets[b + 1]
+        dim = out.shape[1]
+        g = cuda.blockDim.x
+        for d0 in range(cuda.threadIdx.x, dim, 4 * g):
+            a0 = a1 = a2 = a3 = 0.0
+            for p in range(start, end):
+                x0, x1, x2, x3 = _load4(weight, indices[p], d0, g, dim, padding_idx)
+                a0 += x0
+                a1 += x1
+                a2 += x2
+                a3 += x3
+            _store4(out, b, d0, g, dim, a0, a1, a2, a3)
+
+
+@cuda.jit
 def sum_dims4_tokens4(weight, indices, offsets, out, padding_idx):
     """Four dimensions a lane, tokens four at a time: 16 loads in flight."""
     b = group_item()
@@ -97,38 +108,24 @@ def sum_dims4_tokens4(weight, indices, offsets, out, padding_idx):
         dim = out.shape[1]
         g = cuda.blockDim.x
         for d0 in range(cuda.threadIdx.x, dim, 4 * g):
-            d1, d2, d3 = d0 + g, d0 + 2 * g, d0 + 3 * g
             a0 = a1 = a2 = a3 = 0.0
             p = start
             while p + 4 <= end:
-                r0, r1, r2, r3 = indices[p], indices[p + 1], indices[p + 2], indices[p + 3]
-                x00 = _load(weight, r0, d0, dim, padding_idx)
-                x01 = _load(weight, r0, d1, dim, padding_idx)
-                x02 = _load(weight, r0, d2, dim, padding_idx)
-                x03 = _load(weight, r0, d3, dim, padding_idx)
-                x10 = _load(weight, r1, d0, dim, padding_idx)
-                x11 = _load(weight, r1, d1, dim, padding_idx)
-                x12 = _load(weight, r1, d2, dim, padding_idx)
-                x13 = _load(weight, r1, d3, dim, padding_idx)
-                x20 = _load(weight, r2, d0, dim, padding_idx)
-                x21 = _load(weight, r2, d1, dim, padding_idx)
-                x22 = _load(weight, r2, d2, dim, padding_idx)
-                x23 = _load(weight, r2, d3, dim, padding_idx)
-                x30 = _load(weight, r3, d0, dim, padding_idx)
-                x31 = _load(weight, r3, d1, dim, padding_idx)
-                x32 = _load(weight, r3, d2, dim, padding_idx)
-                x33 = _load(weight, r3, d3, dim, padding_idx)
+                x00, x01, x02, x03 = _load4(weight, indices[p], d0, g, dim, padding_idx)
+                x10, x11, x12, x13 = _load4(weight, indices[p + 1], d0, g, dim, padding_idx)
+                x20, x21, x22, x23 = _load4(weight, indices[p + 2], d0, g, dim, padding_idx)
+                x30, x31, x32, x33 = _load4(weight, indices[p + 3], d0, g, dim, padding_idx)
                 a0 = a0 + x00 + x10 + x20 + x30
                 a1 = a1 + x01 + x11 + x21 + x31
                 a2 = a2 + x02 + x12 + x22 + x32
                 a3 = a3 + x03 + x13 + x23 + x33
                 p += 4
             while p < end:
-                r = indices[p]
-                a0 += _load(weight, r, d0, dim, padding_idx)
-                a1 += _load(weight, r, d1, dim, padding_idx)
-                a2 += _load(weight, r, d2, dim, padding_idx)
-                a3 += _load(weight, r, d3, dim, padding_idx)
+                x0, x1, x2, x3 = _load4(weight, indices[p], d0, g, dim, padding_idx)
+                a0 += x0
+                a1 += x1
+                a2 += x2
+                a3 += x3
                 p += 1
             _store4(out, b, d0, g, dim, a0, a1, a2, a3)
 

@@ -138,6 +138,26 @@ def _radix_count(keys, shift, chunk_slots):
         count_digits(keys, shift, first, last, chunk_slots[c])
 
 
+@cuda.jit(device=True, inline=True)
+def _column_total(chunk_slots, first, last, t):
+    """The sum of chunk_slots[first:last, t] (one digit's count over those chunks)."""
+    total = 0
+    for c in range(first, last):
+        total += chunk_slots[c, t]
+    return total
+
+
+@cuda.jit(device=True, inline=True)
+def _column_slots(chunk_slots, first, last, t, slot):
+    """chunk_slots[first:last, t]'s counts, in place, as each chunk's first slot of
+    digit t, handed out in chunk order from ``slot``.  Ownership: the caller's thread
+    owns that part of column t."""
+    for c in range(first, last):
+        count = chunk_slots[c, t]
+        chunk_slots[c, t] = slot
+        slot += count
+
+
 @cuda.jit
 def _radix_slots(chunk_slots):
     """Turn the counts into each chunk's first slot per digit: digit-major, then chunk
@@ -150,10 +170,7 @@ def _radix_slots(chunk_slots):
     num_chunks, buckets = chunk_slots.shape
     t = cuda.threadIdx.x
     if t < buckets:
-        total = 0
-        for c in range(num_chunks):
-            total += chunk_slots[c, t]
-        totals[t] = total
+        totals[t] = _column_total(chunk_slots, 0, num_chunks, t)
     cuda.syncthreads()
     if t == 0:
         running = 0
@@ -163,11 +180,7 @@ def _radix_slots(chunk_slots):
             running += count
     cuda.syncthreads()
     if t < buckets:
-        slot = totals[t]
-        for c in range(num_chunks):
-            count = chunk_slots[c, t]
-            chunk_slots[c, t] = slot
-            slot += count
+        _column_slots(chunk_slots, 0, num_chunks, t, totals[t])
 
 
 # With many chunks one block's scan over them (_radix_slots) is a long serial loop on one
@@ -186,10 +199,7 @@ def _segment_totals(chunk_slots, segment_totals):
     s, t = cuda.blockIdx.x, cuda.threadIdx.x
     if s < segment_totals.shape[0] and t < buckets:
         first, last = chunk_bounds(s, segment_totals.shape[0], num_chunks)
-        total = 0
-        for c in range(first, last):
-            total += chunk_slots[c, t]
-        segment_totals[s, t] = total
+        segment_totals[s, t] = _column_total(chunk_slots, first, last, t)
 
 
 @cuda.jit
@@ -204,11 +214,7 @@ def _segment_chunk_slots(chunk_slots, segment_slots):
     s, t = cuda.blockIdx.x, cuda.threadIdx.x
     if s < segment_slots.shape[0] and t < buckets:
         first, last = chunk_bounds(s, segment_slots.shape[0], num_chunks)
-        slot = segment_slots[s, t]
-        for c in range(first, last):
-            count = chunk_slots[c, t]
-            chunk_slots[c, t] = slot
-            slot += count
+        _column_slots(chunk_slots, first, last, t, segment_slots[s, t])
 
 
 def first_slots(chunk_slots, segment_totals) -> None:
