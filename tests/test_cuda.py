@@ -97,6 +97,19 @@ def test_backward_sort_over_several_chunks_and_passes(rng):
     assert_matches(host(grad.values), expected[rows])
 
 
+@pytest.mark.parametrize("count", [0, 3, 700, 5000])
+def test_exclusive_scan_in_parts(count, rng, monkeypatch):
+    """The scan of a 0/1 array: its chunks' sums scanned by one block in contiguous
+    parts (7 threads here: empty parts for 1 chunk, ~11 chunks a part for 79)."""
+    from nbbag.cuda import grouping
+
+    monkeypatch.setattr(launch, "CHUNKS_PER_SM", 100)
+    flags = rng.integers(0, 2, count).astype(np.int64)
+    prefix, total = grouping.exclusive_scan(cuda.to_device(flags))
+    np.testing.assert_array_equal(host(prefix), np.cumsum(flags) - flags)
+    assert total == int(flags.sum())
+
+
 class StubCudaArray:
     """A foreign GPU array (as CuPy or torch would hand over): nothing but
     ``__cuda_array_interface__``.  Under the simulator device memory is host memory,
@@ -137,15 +150,46 @@ def test_foreign_arrays_are_used_in_place(rng):
     assert_matches(table, weight - dense)
 
 
+@pytest.mark.parametrize("name", FIXED_CASES)
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_device_inputs_run_in_one_launch_with_their_checks(
+    name, index_dtype, rng, monkeypatch
+):
+    """Ids, offsets and weights on the device: the forward and its checks in one
+    launch (the separate checks must not run), equal to the reference in every mode,
+    with padding, weights, empty bags and include_last_offset."""
+    case = fixed_cases(rng)[name]
+    if case.offsets is None:
+        pytest.skip("2-D ids: their bags come from their shape, checked beforehand")
+
+    def separate_checks(*args, **kwargs):
+        raise AssertionError("the forward's checks ran apart from its launch")
+
+    monkeypatch.setattr(cuda_api.checks, "validate", separate_checks)
+    out = case.call(
+        nbbag.embedding_bag,
+        cuda.to_device(case.weight),
+        to=lambda value: (
+            cuda.to_device(np.asarray(value).astype(index_dtype))
+            if value.dtype.kind == "i"
+            else cuda.to_device(value)
+        ),
+    )
+    assert_matches(host(out), case.call(reference.embedding_bag))
+
+
+@pytest.mark.parametrize("max_norm", [0.1, None], ids=["renorm", "one-launch"])
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     list(BAD_FORWARD_INPUTS.values()),
     ids=list(BAD_FORWARD_INPUTS),
 )
-def test_bad_device_inputs_are_found_on_the_device(change, error, message, rng):
+def test_bad_device_inputs_are_found_on_the_device(change, error, message, max_norm, rng):
     """Every input a device array: the CPU's exception and message (the CPU's call
-    checks the message), and max_norm's renorm never ran."""
-    weight, kwargs = bad_forward_call(rng, change)
+    checks the message), and max_norm's renorm never ran.  Without max_norm, the
+    checks run in the forward's own launch, whose reads must stay in bounds (the
+    simulator raises for any read outside an array)."""
+    weight, kwargs = bad_forward_call(rng, {**change, "max_norm": max_norm})
     with pytest.raises(error, match=message):
         nbbag.embedding_bag(weight.copy(), **kwargs)  # the CPU's message, for reference
     device_kwargs = {
@@ -158,12 +202,14 @@ def test_bad_device_inputs_are_found_on_the_device(change, error, message, rng):
     np.testing.assert_array_equal(host(device_weight), weight)
 
 
+@pytest.mark.parametrize("max_norm", [0.1, None], ids=["renorm", "one-launch"])
 @pytest.mark.parametrize("on_device", [("indices",), ("offsets",), ("indices", "offsets")])
-def test_several_faults_raise_the_cpus_first(on_device, rng):
+def test_several_faults_raise_the_cpus_first(on_device, max_norm, rng):
     """Ids outside the table and bad offsets in one call: the device's checks run
     together, yet report the CPU's first fault (offsets before ids), and an id outside
     alone is still found whichever inputs are on the device."""
-    weight, kwargs = bad_forward_call(rng, {"indices": [0, 9], "offsets": [0, 2, 1]})
+    change = {"indices": [0, 9], "offsets": [0, 2, 1], "max_norm": max_norm}
+    weight, kwargs = bad_forward_call(rng, change)
     for key in on_device:
         kwargs[key] = cuda.to_device(np.asarray(kwargs[key]))
     with pytest.raises(ValueError, match=r"offsets\[1\] = 2 > offsets\[2\] = 1"):

@@ -52,10 +52,32 @@ def table(shape: tuple[int, int], dtype):
 def embedding_bag(
     weight, indices, offsets, per_sample_weights, options: ForwardOptions, out=None
 ):
+    if out is None:  # (into out=, every check must pass before the first write)
+        inputs = checks.inputs_for_checked_launch(
+            weight, indices, offsets, per_sample_weights, options
+        )
+        if inputs is not None:
+            ids, bag_offsets, weights = inputs
+            return _checked_forward(weight, ids, bag_offsets, weights, options)
     batch = checks.validate(weight, indices, offsets, per_sample_weights, options)
     if out is not None:
         out = checks.check_device_out(out, (batch.num_bags, weight.shape[1]), weight)
     return _run_forward(batch, False, out)[0]
+
+
+def _checked_forward(weight, indices, offsets, per_sample_weights, options):
+    """The forward of device ids and offsets in one launch with their checks, and one
+    copy back of what the checks found (a wait): raises for bad input, whose output
+    (nbbag's own, new) is dropped; tables are only read."""
+    num_bags = offsets.shape[0] - (1 if options.include_last_offset else 0)
+    out = arrays.empty((num_bags, weight.shape[1]), compute_dtype(weight.dtype))
+    found = checks.none_found(4)
+    grid, block = launch.grouped(num_bags, weight.shape[1])
+    variants.checked_forward_launch(
+        grid, block, weight, indices, offsets, per_sample_weights, out, options, found
+    )
+    checks.raise_found(indices, offsets, found.copy_to_host(), weight.shape[0])
+    return out
 
 
 def embedding_bag_fwd(

@@ -141,6 +141,19 @@ def fill(array, value) -> None:
         _fill_kernel[grid, block](flat, value)
 
 
+def filled_bytes(count: int, dtype, byte: int):
+    """A new 1-D device array of ``count`` elements of ``dtype``, every byte ``byte``:
+    one driver memset (no kernel launch, no wait); a fill under the simulator."""
+    array = cuda.device_array(count, dtype=dtype)
+    if simulated():
+        fill(array, np.frombuffer(bytes([byte]) * np.dtype(dtype).itemsize, dtype)[0])
+    elif count:
+        from numba.cuda.cudadrv import driver
+
+        driver.device_memset(array, byte, array.nbytes)
+    return array
+
+
 @cuda.jit
 def _cast_kernel(source, target):
     """Ownership: thread i writes target[i] (grid-stride)."""

@@ -258,14 +258,35 @@ def _chunk_sums(flags, num_chunks, sums):
 
 @cuda.jit
 def _scan_sums(sums):
-    """Exclusive scan of sums[:-1] in place, the total into sums[-1].  One thread."""
-    if cuda.grid(1) == 0:
+    """Exclusive scan of sums[:-1] in place, the total into sums[-1].  One block of
+    at most ``RADIX_BUCKETS`` threads, each scanning a contiguous part (one thread
+    scanning all of a few thousand chunks' sums took ~0.7 ms on an H200).
+
+    Ownership: thread t writes its part of sums[:-1]; thread 0 the shared scan of the
+    parts' totals and sums[-1].
+    """
+    part_totals = cuda.shared.array(RADIX_BUCKETS, dtype=np.int64)
+    count = sums.shape[0] - 1
+    t, parts = cuda.threadIdx.x, cuda.blockDim.x
+    first, last = chunk_bounds(t, parts, count)
+    total = 0
+    for c in range(first, last):
+        total += sums[c]
+    part_totals[t] = total
+    cuda.syncthreads()
+    if t == 0:
         running = 0
-        for c in range(sums.shape[0] - 1):
-            count = sums[c]
-            sums[c] = running
-            running += count
-        sums[sums.shape[0] - 1] = running
+        for part in range(parts):
+            total = part_totals[part]
+            part_totals[part] = running
+            running += total
+        sums[count] = running
+    cuda.syncthreads()
+    running = part_totals[t]
+    for c in range(first, last):
+        total = sums[c]
+        sums[c] = running
+        running += total
 
 
 @cuda.jit

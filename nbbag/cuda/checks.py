@@ -35,33 +35,66 @@ from nbbag.base.records import BagBatch, ForwardOptions
 from nbbag.cuda import arrays, launch
 
 
-@cuda.jit
-def first_outside_kernel(values, low, high, first):
-    """first[0] = min(first[0], the first i with values[i] outside [low, high)).
-
-    Ownership: threads only ``atomic.min`` into first[0]; the minimum is order-free.
-    """
-    for i in range(cuda.grid(1), values.shape[0], cuda.gridsize(1)):
+@cuda.jit(device=True, inline=True)
+def first_outside_dev(values, low, high, found, slot, start, stride):
+    """found[slot] = min(found[slot], the first i with values[i] outside [low, high)),
+    over i = start, start + stride, ...  Writes only through ``atomic.min``."""
+    for i in range(start, values.shape[0], stride):
         value = values[i]
         if value < low or value >= high:
-            cuda.atomic.min(first, 0, i)
+            cuda.atomic.min(found, slot, i)
+
+
+@cuda.jit(device=True, inline=True)
+def offsets_checks_dev(offsets, num_indices, found, slot, start, stride):
+    """Over i = start, start + stride, ...: found[slot] = the first i with
+    offsets[i + 1] < offsets[i], found[slot + 1] = the first i with offsets[i] >
+    num_indices (each through ``atomic.min``, left as set when none); the thread with
+    start 0 writes found[slot + 2] = offsets[0]."""
+    if start == 0 and offsets.shape[0]:
+        found[slot + 2] = offsets[0]
+    for i in range(start, offsets.shape[0], stride):
+        if i + 1 < offsets.shape[0] and offsets[i + 1] < offsets[i]:
+            cuda.atomic.min(found, slot, i)
+        if offsets[i] > num_indices:
+            cuda.atomic.min(found, slot + 1, i)
 
 
 @cuda.jit
-def offsets_checks_kernel(offsets, num_indices, result):
-    """result[0] = first i with offsets[i + 1] < offsets[i]; result[1] = first i with
-    offsets[i] > num_indices (each left as set when none); result[2] = offsets[0].
+def first_outside_kernel(values, low, high, found, slot):
+    """found[slot] = min(found[slot], the first i with values[i] outside [low, high)).
 
-    Ownership: thread 0 writes result[2]; threads ``atomic.min`` into result[0:2].
+    Ownership: threads only ``atomic.min`` into found[slot]; the minimum is order-free.
     """
-    start = cuda.grid(1)
-    if start == 0:
-        result[2] = offsets[0]
-    for i in range(start, offsets.shape[0], cuda.gridsize(1)):
-        if i + 1 < offsets.shape[0] and offsets[i + 1] < offsets[i]:
-            cuda.atomic.min(result, 0, i)
-        if offsets[i] > num_indices:
-            cuda.atomic.min(result, 1, i)
+    first_outside_dev(values, low, high, found, slot, cuda.grid(1), cuda.gridsize(1))
+
+
+@cuda.jit
+def offsets_checks_kernel(offsets, num_indices, found, slot):
+    """found[slot] = first i with offsets[i + 1] < offsets[i]; found[slot + 1] = first
+    i with offsets[i] > num_indices (each left as set when none); found[slot + 2] =
+    offsets[0].
+
+    Ownership: thread 0 writes found[slot + 2]; threads ``atomic.min`` into the others.
+    """
+    offsets_checks_dev(offsets, num_indices, found, slot, cuda.grid(1), cuda.gridsize(1))
+
+
+@cuda.jit(device=True, inline=True)
+def batch_checks_dev(indices, offsets, num_rows, found):
+    """A forward's checks, run by every thread of a grouped launch, into the slots
+    :func:`validate` reads (each :data:`NONE_FOUND` before): found[0] = the first id
+    outside [0, num_rows); found[1:4] those of :func:`offsets_checks_dev`.
+
+    Ownership: threads ``atomic.min`` into found[0:3]; the grid's thread 0 writes
+    found[3].
+    """
+    per_group = cuda.blockDim.x
+    group = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+    start = group * per_group + cuda.threadIdx.x
+    stride = cuda.gridDim.x * cuda.blockDim.y * per_group
+    first_outside_dev(indices, 0, num_rows, found, 0, start, stride)
+    offsets_checks_dev(offsets, indices.shape[0], found, 1, start, stride)
 
 
 @cuda.jit
@@ -116,8 +149,15 @@ def csr_offsets_kernel(offsets, num_indices, out):
         out[i] = offsets[i] if i < offsets.shape[0] else num_indices
 
 
-# A check's result slots start here: "no bad position found".
-NONE_FOUND = np.iinfo(np.int64).max
+# A check's result slots start here: "no bad position found".  Every byte 0x7F, so
+# that a device memset sets it (larger than any position an array can hold).
+_NONE_FOUND_BYTE = 0x7F
+NONE_FOUND = int.from_bytes(bytes([_NONE_FOUND_BYTE] * 8), "little")
+
+
+def none_found(count: int):
+    """A new device int64 array of ``count`` slots, each :data:`NONE_FOUND`."""
+    return arrays.filled_bytes(count, np.int64, _NONE_FOUND_BYTE)
 
 
 def found(position: int) -> int:
@@ -125,21 +165,21 @@ def found(position: int) -> int:
     return -1 if position == NONE_FOUND else position
 
 
-def launch_first_outside(values, low: int, high: int, slot) -> None:
+def launch_first_outside(values, low: int, high: int, found_slots, slot: int) -> None:
     """Launch the search for the first position of 1-D device ``values`` outside
-    [low, high) into device ``slot[0]`` (left as it is when there is none)."""
+    [low, high) into device ``found_slots[slot]`` (left as it is when there is none)."""
     if values.shape[0]:
         grid, block = launch.linear(values.shape[0])
-        first_outside_kernel[grid, block](values, low, high, slot)
+        first_outside_kernel[grid, block](values, low, high, found_slots, slot)
 
 
 def first_outside(values, low: int, high: int) -> int:
     """The first position of 1-D device ``values`` outside [low, high), or -1."""
     if values.shape[0] == 0:
         return -1
-    slot = arrays.full(1, NONE_FOUND, np.int64)  # (a fill, not a copy: no wait)
-    launch_first_outside(values, low, high, slot)
-    return found(int(slot.copy_to_host()[0]))
+    slots = none_found(1)  # (a memset, not a copy: no wait)
+    launch_first_outside(values, low, high, slots, 0)
+    return found(int(slots.copy_to_host()[0]))
 
 
 def check_weight(weight):
@@ -184,7 +224,7 @@ def raise_outside(indices, flat, position: int, num_rows: int) -> None:
 
 def launch_offsets_checks(offsets, indices, include_last_offset: bool, slots):
     """Device ``offsets`` (1-D ``indices``; shape checked here) as new int64 CSR
-    offsets, and the launch of their checks into device ``slots`` (3 elements, each
+    offsets, and the launch of their checks into device ``slots[1:4]`` (each
     :data:`NONE_FOUND`): read them with :func:`raise_offsets_found` before using the
     CSR offsets."""
     offsets = device_index_array(offsets, "offsets")
@@ -194,7 +234,7 @@ def launch_offsets_checks(offsets, indices, include_last_offset: bool, slots):
         return offsets, arrays.full(1, 0, np.int64)
     out = arrays.empty(count + (0 if include_last_offset else 1), np.int64)
     grid, block = launch.linear(count)
-    offsets_checks_kernel[grid, block](offsets, indices.size, slots)
+    offsets_checks_kernel[grid, block](offsets, indices.size, slots, 1)
     grid, block = launch.linear(out.shape[0])
     csr_offsets_kernel[grid, block](offsets, indices.size, out)
     return offsets, out
@@ -248,6 +288,48 @@ def check_host_ids(indices: np.ndarray, num_rows: int) -> None:
         raise index_error(indices.shape, position, flat[position], num_rows)
 
 
+def inputs_for_checked_launch(
+    weight, indices, offsets, per_sample_weights, options: ForwardOptions
+):  # fmt: skip
+    """The host half of a forward whose device checks run in its own launch
+    (:data:`nbbag.cuda.forward.CHECKED`): ``(flat ids, offsets as given,
+    per_sample_weights: flat in the compute dtype, or empty)``, device arrays all,
+    after every check the host can make; None where that launch does not fit (host
+    ids or offsets, 2-D ids, no bags, D = 0, max_norm's renorm, which writes) or
+    where a host check fails (:func:`validate` then raises, after the offsets'
+    device checks whose errors come first)."""
+    if not (arrays.is_device(indices) and arrays.is_device(offsets)):
+        return None
+    if options.max_norm is not None or not weight.shape[1]:
+        return None
+    if per_sample_weights is not None and not arrays.is_device(per_sample_weights):
+        return None
+    indices = device_indices(indices)
+    if indices.ndim != 1:
+        return None
+    offsets = device_index_array(offsets, "offsets")
+    check_offsets_shape(offsets, options.include_last_offset)
+    if offsets.shape[0] == (1 if options.include_last_offset else 0):  # no bags
+        return None
+    dtype = compute_dtype(weight.dtype)
+    if per_sample_weights is None:
+        return indices, offsets, arrays.empty(0, dtype)
+    try:
+        weights = check_device_per_sample_weights(
+            per_sample_weights, indices.shape, options.mode, dtype
+        )
+    except (TypeError, ValueError):
+        return None
+    return indices, offsets, weights
+
+
+def raise_found(indices, offsets, found_slots, num_rows: int) -> None:
+    """Raise for the first fault (the host path's order: offsets, then ids) in the
+    host copy of the slots :func:`batch_checks_dev` wrote."""
+    raise_offsets_found(offsets, found_slots[1:4], indices.shape[0])
+    raise_outside(indices, indices, found(int(found_slots[0])), num_rows)
+
+
 def validate(
     weight, indices, offsets, per_sample_weights, options: ForwardOptions,
     private: bool = False,
@@ -271,13 +353,13 @@ def validate(
     # per_sample_weights, ids.
     found_slots = np.full(4, NONE_FOUND, np.int64)
     if on_device or device_offsets:
-        slots = arrays.full(4, NONE_FOUND, np.int64)
+        slots = none_found(4)
         if on_device:
             flat = indices.reshape(indices.size)
-            launch_first_outside(flat, 0, num_rows, slots[0:1])
+            launch_first_outside(flat, 0, num_rows, slots, 0)
         if device_offsets:
             offsets, csr = launch_offsets_checks(
-                offsets, indices, options.include_last_offset, slots[1:4]
+                offsets, indices, options.include_last_offset, slots
             )
         found_slots = slots.copy_to_host()
     if device_offsets:

@@ -16,6 +16,7 @@ from nbbag.base.records import TokenGroups
 from nbbag.base.sort import GPU_RADIX_BITS, radix_plan
 from nbbag.cuda import arrays, launch, variants
 from nbbag.cuda.backward import (
+    RADIX_BUCKETS,
     _chunk_prefix,
     _chunk_sums,
     _radix_count,
@@ -41,9 +42,9 @@ def exclusive_scan(flags):
         return prefix, 0
     num_chunks = launch.chunks(count)
     sums = arrays.empty(num_chunks + 1, np.int64)
-    grid, block = launch.linear(num_chunks)
+    grid, block = launch.spread(num_chunks)
     _chunk_sums[grid, block](flags, num_chunks, sums)
-    _scan_sums[1, 1](sums)
+    _scan_sums[1, min(launch.block_size(), RADIX_BUCKETS)](sums)
     _chunk_prefix[grid, block](flags, num_chunks, sums, prefix)
     return prefix, int(sums[num_chunks : num_chunks + 1].copy_to_host()[0])
 
@@ -74,7 +75,7 @@ def group_positions_by_row(
         )
         sorted_keys = arrays.empty(total, sort_type)
         sorted_positions = arrays.empty(total, sort_type)
-        grid, block = launch.linear(chunks)
+        grid, block = launch.spread(chunks)
         for shift in range(0, key_bits, digit_bits):
             _radix_count[grid, block](keys, shift, chunk_slots)
             first_slots(chunk_slots, segment_totals)

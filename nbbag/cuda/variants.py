@@ -40,6 +40,18 @@ def forward_launch(grid, block, batch, out, argmax) -> None:
         weighted[grid, block](*args, batch.per_sample_weights, out, batch.padding_idx)
 
 
+def checked_forward_launch(
+    grid, block, weight, indices, offsets, per_sample_weights, out, options, found
+):  # fmt: skip
+    """Launch the forward that checks its own ids and offsets into ``found``
+    (:data:`nbbag.cuda.forward.CHECKED`; ``per_sample_weights`` empty: unweighted)."""
+    kernel = forward.CHECKED[options.mode, per_sample_weights.shape[0] > 0]
+    kernel[grid, block](
+        arrays.kernel_table(weight), indices, offsets, per_sample_weights, out,
+        options.padding_idx, found,
+    )  # fmt: skip
+
+
 def coefficients_launch(
     grid, block, indices, offsets, per_sample_weights, argmax, padding_idx, mode, bag_of,
     coefficients,
