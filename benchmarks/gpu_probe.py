@@ -9,8 +9,11 @@ what a forward spends beside its kernel (allocation, ``out=``, a cProfile of the
 The candidates all lost to the current kernel on an H200; they stay here as the record
 of what was tried.
 
-Usage: ``python benchmarks/gpu_probe.py [--sim | --host]`` (``--sim``: only check the
-candidates on tiny inputs, under NUMBA_ENABLE_CUDASIM=1).
+Usage: ``python benchmarks/gpu_probe.py [--sim | --host [PROFILE_PATH] | --step-sweep]``
+(``--sim``: only check the candidates on tiny inputs, under NUMBA_ENABLE_CUDASIM=1;
+``--host`` with a path also writes the cProfile there; ``--step-sweep``: (4) the step
+under other launch settings of the sort and the update; ``--two-steps``: two steps and
+nothing else, to run under ``ncu``).
 """
 
 from __future__ import annotations
@@ -251,6 +254,78 @@ def probe_shape(dim: int, num_bags: int, bag_size: int, profile_step: bool) -> N
     profile(torch, "nbbag step", step)
 
 
+def step_sweep(dim: int = 128, num_bags: int = 65536, bag_size: int = 50) -> None:
+    """The fused SGD step under launch settings of the radix sort (chunks per
+    multiprocessor) and of the fused update (threads per block): each setting's table
+    after one step must equal the default's bit for bit (the step is deterministic),
+    then its median step time, and a profile of the kernels of the default and of the
+    fastest setting."""
+    import torch
+
+    import nbbag
+    from nbbag.cuda import launch
+
+    num_rows = 10_000_000
+    weight = torch.randn(num_rows, dim, device="cuda")
+    tokens = num_bags * bag_size
+    indices = torch.randint(0, num_rows, (tokens,), device="cuda")
+    starts = torch.arange(0, tokens, bag_size, device="cuda")
+    grad_output = torch.randn(num_bags, dim, device="cuda")
+    settings = [(128, 128), (64, 256), (128, 256), (256, 128)]
+    table = weight.clone()
+    expected = None
+    times = {}
+    for chunks_per_sm, row_block in settings:
+        launch.CHUNKS_PER_SM, launch.ROW_BLOCK_SIZE = chunks_per_sm, row_block
+        table.copy_(weight)
+        optimizer = nbbag.optim.SGD(table, lr=0.01)
+
+        def step(optimizer=optimizer):
+            _, ctx = nbbag.embedding_bag_fwd(table, indices, starts)
+            optimizer.step_fused(grad_output, ctx)
+
+        step()
+        torch.cuda.synchronize()
+        if expected is None:
+            expected = table.clone()
+        same = bool(torch.equal(table, expected))
+        times[chunks_per_sm, row_block] = _median_ms(step, repeat=15)
+        print(
+            f"chunks/SM {chunks_per_sm:4d} row block {row_block:4d}: "
+            f"{times[chunks_per_sm, row_block]:7.3f} ms, same table {same}"
+        )
+    best = min(times, key=times.get)
+    for label, (chunks_per_sm, row_block) in (("default", settings[0]), ("best", best)):
+        launch.CHUNKS_PER_SM, launch.ROW_BLOCK_SIZE = chunks_per_sm, row_block
+        optimizer = nbbag.optim.SGD(table, lr=0.01)
+
+        def step(optimizer=optimizer):
+            _, ctx = nbbag.embedding_bag_fwd(table, indices, starts)
+            optimizer.step_fused(grad_output, ctx)
+
+        profile(torch, f"step, {label} {chunks_per_sm}/{row_block}", step)
+    launch.CHUNKS_PER_SM, launch.ROW_BLOCK_SIZE = settings[0]
+
+
+def two_steps(dim: int = 128, num_bags: int = 65536, bag_size: int = 50) -> None:
+    """Two fused SGD steps, for a kernel profiler to read the second's launches."""
+    import torch
+
+    import nbbag
+
+    num_rows = 10_000_000
+    table = torch.randn(num_rows, dim, device="cuda")
+    tokens = num_bags * bag_size
+    indices = torch.randint(0, num_rows, (tokens,), device="cuda")
+    starts = torch.arange(0, tokens, bag_size, device="cuda")
+    grad_output = torch.randn(num_bags, dim, device="cuda")
+    optimizer = nbbag.optim.SGD(table, lr=0.01)
+    for _ in range(2):
+        _, ctx = nbbag.embedding_bag_fwd(table, indices, starts)
+        optimizer.step_fused(grad_output, ctx)
+    torch.cuda.synchronize()
+
+
 def main() -> None:
     probe_shape(128, 65536, 50, profile_step=True)
     probe_shape(64, 262144, 20, profile_step=False)
@@ -265,6 +340,7 @@ def host_costs() -> None:
     import torch
 
     import nbbag
+    import nbbag.cuda.arrays
 
     num_rows, dim, num_bags, bag_size = 10_000_000, 128, 65536, 50
     weight = torch.randn(num_rows, dim, device="cuda")
@@ -280,7 +356,45 @@ def host_costs() -> None:
     def forward(**kwargs):
         return lambda: nbbag.embedding_bag(weight, indices, offsets, mode="sum", **kwargs)
 
+    slots = cuda.device_array(4, np.int64)
+
+    def copy_back():
+        slots.copy_to_host()
+
+    def fill_slots():
+        nbbag.cuda.arrays.fill(slots, 1)
+
+    from nbbag.cuda import checks, launch
+    from nbbag.cuda import forward as kernels
+
+    def checks_apart():  # the forward with its checks launched and read back first
+        found = checks.inputs_for_checked_launch
+        checks.inputs_for_checked_launch = lambda *args: None
+        try:
+            nbbag.embedding_bag(weight, indices, offsets, mode="sum")
+        finally:
+            checks.inputs_for_checked_launch = found
+
+    w, i, o = (cuda.as_cuda_array(t) for t in (weight, indices, offsets))
+    csr = cuda.as_cuda_array(torch.arange(0, tokens + 1, bag_size, device="cuda"))
+    no_weights = cuda.device_array(0, np.float32)
+    grid, block = launch.grouped(num_bags, dim)
+
+    def checked_kernel():
+        found = checks.none_found(4)
+        kernels.checked_sum[grid, block](w, i, o, no_weights, out, -1, found)
+
+    def sum_kernel():
+        kernels.bag_sum[grid, block](w, i, csr, out, -1)
+
     cases = {
+        "kernel checked_sum": checked_kernel,
+        "kernel bag_sum": sum_kernel,
+        "forward, checks apart": checks_apart,
+        "as_cuda_array": lambda: cuda.as_cuda_array(weight),
+        "as_cuda_array nosync": lambda: cuda.as_cuda_array(weight, sync=False),
+        "fill 4 (1 launch)": fill_slots,
+        "copy 4 to host": copy_back,
         "device_array(33 MB)": alloc,
         "forward": forward(),
         "forward out=numba": forward(out=out),
@@ -314,7 +428,11 @@ def host_costs() -> None:
         nbbag.embedding_bag(weight, indices, offsets, mode="sum")
     cuda.synchronize()
     profiler.disable()
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(14)
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(14)
+    stats.sort_stats("cumulative").print_stats(40)
+    if len(sys.argv) > 2:  # a path: the whole profile, for pstats on another machine
+        stats.dump_stats(sys.argv[2])
 
 
 if __name__ == "__main__":
@@ -322,5 +440,9 @@ if __name__ == "__main__":
         check_simulated()
     elif "--host" in sys.argv:
         host_costs()
+    elif "--step-sweep" in sys.argv:
+        step_sweep()
+    elif "--two-steps" in sys.argv:
+        two_steps()
     else:
         main()
