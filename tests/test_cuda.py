@@ -10,6 +10,7 @@ configuration is shrunk to odd sizes so that partial groups and partial blocks r
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 from strategies import (
@@ -27,7 +28,8 @@ from nbbag import reference
 cuda_api = pytest.importorskip("nbbag.cuda.api", exc_type=ImportError)  # the extra
 from numba import config, cuda  # noqa: E402
 
-from nbbag.cuda import launch  # noqa: E402
+from nbbag.base.dtypes import compute_dtype  # noqa: E402
+from nbbag.cuda import arrays, launch  # noqa: E402
 
 pytestmark = pytest.mark.cuda  # all GPU-only: `pytest -m cuda` runs them on a device
 
@@ -150,17 +152,33 @@ def test_foreign_arrays_are_used_in_place(rng):
     assert_matches(table, weight - dense)
 
 
-@pytest.mark.parametrize("name", FIXED_CASES)
-@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+# The cases with 1-D ids (2-D ids carry their bags in their shape: no offsets to check)
+ONE_D_CASES = [
+    name
+    for name, case in fixed_cases(np.random.default_rng(0)).items()
+    if case.offsets is not None
+]
+
+
+@pytest.mark.parametrize("name", ONE_D_CASES)
+@pytest.mark.parametrize(
+    ("index_dtype", "dtype"),
+    [
+        (np.int32, np.float32),
+        (np.int64, np.float32),
+        (np.int64, np.float64),
+        (np.int32, np.dtype(ml_dtypes.bfloat16)),
+    ],
+    ids=["int32-float32", "int64-float32", "int64-float64", "int32-bfloat16"],
+)
 def test_device_inputs_run_in_one_launch_with_their_checks(
-    name, index_dtype, rng, monkeypatch
+    name, index_dtype, dtype, rng, monkeypatch
 ):
     """Ids, offsets and weights on the device: the forward and its checks in one
-    launch (the separate checks must not run), equal to the reference in every mode,
-    with padding, weights, empty bags and include_last_offset."""
+    launch (the separate checks must not run), equal to the reference on the table's
+    values in every mode, with padding, weights, empty bags and include_last_offset."""
     case = fixed_cases(rng)[name]
-    if case.offsets is None:
-        pytest.skip("2-D ids: their bags come from their shape, checked beforehand")
+    table = case.weight.astype(dtype)
 
     def separate_checks(*args, **kwargs):
         raise AssertionError("the forward's checks ran apart from its launch")
@@ -168,14 +186,16 @@ def test_device_inputs_run_in_one_launch_with_their_checks(
     monkeypatch.setattr(cuda_api.checks, "validate", separate_checks)
     out = case.call(
         nbbag.embedding_bag,
-        cuda.to_device(case.weight),
+        arrays.to_device(table),
         to=lambda value: (
             cuda.to_device(np.asarray(value).astype(index_dtype))
             if value.dtype.kind == "i"
             else cuda.to_device(value)
         ),
     )
-    assert_matches(host(out), case.call(reference.embedding_bag))
+    assert host(out).dtype == compute_dtype(table.dtype)
+    expected = case.call(reference.embedding_bag, table.astype(compute_dtype(dtype)))
+    assert_matches(host(out), expected)
 
 
 @pytest.mark.parametrize("max_norm", [0.1, None], ids=["renorm", "one-launch"])
