@@ -254,6 +254,31 @@ def probe_shape(dim: int, num_bags: int, bag_size: int, profile_step: bool) -> N
     profile(torch, "nbbag step", step)
 
 
+def _step_batch(dim: int, num_bags: int, bag_size: int):
+    """(table, ids, bag starts, grad_output) on the GPU: V = 10M, uniform ids."""
+    import torch
+
+    num_rows = 10_000_000
+    table = torch.randn(num_rows, dim, device="cuda")
+    tokens = num_bags * bag_size
+    indices = torch.randint(0, num_rows, (tokens,), device="cuda")
+    starts = torch.arange(0, tokens, bag_size, device="cuda")
+    return table, indices, starts, torch.randn(num_bags, dim, device="cuda")
+
+
+def _sgd_step(table, indices, starts, grad_output):
+    """A function that runs one fused SGD step of ``table`` on the batch."""
+    import nbbag
+
+    optimizer = nbbag.optim.SGD(table, lr=0.01)
+
+    def step():
+        _, ctx = nbbag.embedding_bag_fwd(table, indices, starts)
+        optimizer.step_fused(grad_output, ctx)
+
+    return step
+
+
 def step_sweep(dim: int = 128, num_bags: int = 65536, bag_size: int = 50) -> None:
     """The fused SGD step under launch settings of the radix sort (chunks per
     multiprocessor) and of the fused update (threads per block): each setting's table
@@ -262,15 +287,9 @@ def step_sweep(dim: int = 128, num_bags: int = 65536, bag_size: int = 50) -> Non
     fastest setting."""
     import torch
 
-    import nbbag
     from nbbag.cuda import launch
 
-    num_rows = 10_000_000
-    weight = torch.randn(num_rows, dim, device="cuda")
-    tokens = num_bags * bag_size
-    indices = torch.randint(0, num_rows, (tokens,), device="cuda")
-    starts = torch.arange(0, tokens, bag_size, device="cuda")
-    grad_output = torch.randn(num_bags, dim, device="cuda")
+    weight, *batch = _step_batch(dim, num_bags, bag_size)
     settings = [(128, 128), (64, 256), (128, 256), (256, 128)]
     table = weight.clone()
     expected = None
@@ -278,12 +297,7 @@ def step_sweep(dim: int = 128, num_bags: int = 65536, bag_size: int = 50) -> Non
     for chunks_per_sm, row_block in settings:
         launch.CHUNKS_PER_SM, launch.ROW_BLOCK_SIZE = chunks_per_sm, row_block
         table.copy_(weight)
-        optimizer = nbbag.optim.SGD(table, lr=0.01)
-
-        def step(optimizer=optimizer):
-            _, ctx = nbbag.embedding_bag_fwd(table, indices, starts)
-            optimizer.step_fused(grad_output, ctx)
-
+        step = _sgd_step(table, *batch)
         step()
         torch.cuda.synchronize()
         if expected is None:
@@ -297,12 +311,7 @@ def step_sweep(dim: int = 128, num_bags: int = 65536, bag_size: int = 50) -> Non
     best = min(times, key=times.get)
     for label, (chunks_per_sm, row_block) in (("default", settings[0]), ("best", best)):
         launch.CHUNKS_PER_SM, launch.ROW_BLOCK_SIZE = chunks_per_sm, row_block
-        optimizer = nbbag.optim.SGD(table, lr=0.01)
-
-        def step(optimizer=optimizer):
-            _, ctx = nbbag.embedding_bag_fwd(table, indices, starts)
-            optimizer.step_fused(grad_output, ctx)
-
+        step = _sgd_step(table, *batch)
         profile(torch, f"step, {label} {chunks_per_sm}/{row_block}", step)
     launch.CHUNKS_PER_SM, launch.ROW_BLOCK_SIZE = settings[0]
 
@@ -311,18 +320,9 @@ def two_steps(dim: int = 128, num_bags: int = 65536, bag_size: int = 50) -> None
     """Two fused SGD steps, for a kernel profiler to read the second's launches."""
     import torch
 
-    import nbbag
-
-    num_rows = 10_000_000
-    table = torch.randn(num_rows, dim, device="cuda")
-    tokens = num_bags * bag_size
-    indices = torch.randint(0, num_rows, (tokens,), device="cuda")
-    starts = torch.arange(0, tokens, bag_size, device="cuda")
-    grad_output = torch.randn(num_bags, dim, device="cuda")
-    optimizer = nbbag.optim.SGD(table, lr=0.01)
-    for _ in range(2):
-        _, ctx = nbbag.embedding_bag_fwd(table, indices, starts)
-        optimizer.step_fused(grad_output, ctx)
+    step = _sgd_step(*_step_batch(dim, num_bags, bag_size))
+    step()
+    step()
     torch.cuda.synchronize()
 
 
