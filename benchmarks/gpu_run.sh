@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything nbbag checks on a real GPU, in one run sized for a short lease (~8 min on
+# Everything nbbag checks on a real GPU, in one run sized for a short lease (~4 min on
 # an H200): the device and package versions, benchmarks/gpu_bench.py at two shapes,
 # and the GPU's tests (pytest -m cuda) on the device instead of Numba's simulator.
 # Each step has its own time limit, so that one step's failure still leaves the others'
