@@ -367,30 +367,23 @@ def host_costs() -> None:
     from nbbag.cuda import checks, launch
     from nbbag.cuda import forward as kernels
 
-    def checks_apart():  # the forward with its checks launched and read back first
-        found = checks.inputs_for_checked_launch
-        checks.inputs_for_checked_launch = lambda *args: None
+    def checks_first():  # the forward launched after its checks were read back
+        unchecked = checks.inputs_for_unchecked_launch
+        checks.inputs_for_unchecked_launch = lambda *args: None
         try:
             nbbag.embedding_bag(weight, indices, offsets, mode="sum")
         finally:
-            checks.inputs_for_checked_launch = found
+            checks.inputs_for_unchecked_launch = unchecked
 
     w, i, o = (cuda.as_cuda_array(t) for t in (weight, indices, offsets))
     csr = cuda.as_cuda_array(torch.arange(0, tokens + 1, bag_size, device="cuda"))
-    no_weights = cuda.device_array(0, np.float32)
     grid, block = launch.grouped(num_bags, dim)
 
-    def checked_kernel():
-        found = checks.none_found(4)
-        kernels.checked_sum[grid, block](w, i, o, no_weights, out, -1, found)
-
-    def sum_kernel():
-        kernels.bag_sum[grid, block](w, i, csr, out, -1)
-
     cases = {
-        "kernel checked_sum": checked_kernel,
-        "kernel bag_sum": sum_kernel,
-        "forward, checks apart": checks_apart,
+        "kernel batch_checks": lambda: checks.launch_batch_checks(i, o, num_rows),
+        "kernel bag_sum, CSR": lambda: kernels.bag_sum[grid, block](w, i, csr, out, -1),
+        "kernel bag_sum, B": lambda: kernels.bag_sum[grid, block](w, i, o, out, -1),
+        "forward, checks first": checks_first,
         "as_cuda_array": lambda: cuda.as_cuda_array(weight),
         "as_cuda_array nosync": lambda: cuda.as_cuda_array(weight, sync=False),
         "fill 4 (1 launch)": fill_slots,

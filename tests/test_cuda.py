@@ -171,19 +171,20 @@ ONE_D_CASES = [
     ],
     ids=["int32-float32", "int64-float32", "int64-float64", "int32-bfloat16"],
 )
-def test_device_inputs_run_in_one_launch_with_their_checks(
+def test_device_inputs_forward_launched_behind_their_checks(
     name, index_dtype, dtype, rng, monkeypatch
 ):
-    """Ids, offsets and weights on the device: the forward and its checks in one
-    launch (the separate checks must not run), equal to the reference on the table's
+    """Ids, offsets and weights on the device: the forward launched right behind its
+    checks, on the caller's offsets (``validate``, which reads the checks back first
+    and makes CSR offsets, must not run), equal to the reference on the table's
     values in every mode, with padding, weights, empty bags and include_last_offset."""
     case = fixed_cases(rng)[name]
     table = case.weight.astype(dtype)
 
-    def separate_checks(*args, **kwargs):
-        raise AssertionError("the forward's checks ran apart from its launch")
+    def checks_first(*args, **kwargs):
+        raise AssertionError("the forward waited for its checks")
 
-    monkeypatch.setattr(cuda_api.checks, "validate", separate_checks)
+    monkeypatch.setattr(cuda_api.checks, "validate", checks_first)
     out = case.call(
         nbbag.embedding_bag,
         arrays.to_device(table),
@@ -198,7 +199,7 @@ def test_device_inputs_run_in_one_launch_with_their_checks(
     assert_matches(host(out), expected)
 
 
-@pytest.mark.parametrize("max_norm", [0.1, None], ids=["renorm", "one-launch"])
+@pytest.mark.parametrize("max_norm", [0.1, None], ids=["renorm", "checks-behind"])
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     list(BAD_FORWARD_INPUTS.values()),
@@ -207,7 +208,7 @@ def test_device_inputs_run_in_one_launch_with_their_checks(
 def test_bad_device_inputs_are_found_on_the_device(change, error, message, max_norm, rng):
     """Every input a device array: the CPU's exception and message (the CPU's call
     checks the message), and max_norm's renorm never ran.  Without max_norm, the
-    checks run in the forward's own launch, whose reads must stay in bounds (the
+    forward runs before the checks are read, and its reads must stay in bounds (the
     simulator raises for any read outside an array)."""
     weight, kwargs = bad_forward_call(rng, {**change, "max_norm": max_norm})
     with pytest.raises(error, match=message):
@@ -222,7 +223,7 @@ def test_bad_device_inputs_are_found_on_the_device(change, error, message, max_n
     np.testing.assert_array_equal(host(device_weight), weight)
 
 
-@pytest.mark.parametrize("max_norm", [0.1, None], ids=["renorm", "one-launch"])
+@pytest.mark.parametrize("max_norm", [0.1, None], ids=["renorm", "checks-behind"])
 @pytest.mark.parametrize("on_device", [("indices",), ("offsets",), ("indices", "offsets")])
 def test_several_faults_raise_the_cpus_first(on_device, max_norm, rng):
     """Ids outside the table and bad offsets in one call: the device's checks run

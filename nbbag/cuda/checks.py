@@ -80,21 +80,26 @@ def offsets_checks_kernel(offsets, num_indices, found, slot):
     offsets_checks_dev(offsets, num_indices, found, slot, cuda.grid(1), cuda.gridsize(1))
 
 
-@cuda.jit(device=True, inline=True)
-def batch_checks_dev(indices, offsets, num_rows, found):
-    """A forward's checks, run by every thread of a grouped launch, into the slots
+@cuda.jit
+def batch_checks_kernel(indices, offsets, num_rows, found):
+    """A forward's checks of device ids and offsets in one launch, into the slots
     :func:`validate` reads (each :data:`NONE_FOUND` before): found[0] = the first id
     outside [0, num_rows); found[1:4] those of :func:`offsets_checks_dev`.
 
-    Ownership: threads ``atomic.min`` into found[0:3]; the grid's thread 0 writes
-    found[3].
+    Ownership: threads ``atomic.min`` into found[0:3]; thread 0 writes found[3].
     """
-    per_group = cuda.blockDim.x
-    group = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
-    start = group * per_group + cuda.threadIdx.x
-    stride = cuda.gridDim.x * cuda.blockDim.y * per_group
+    start, stride = cuda.grid(1), cuda.gridsize(1)
     first_outside_dev(indices, 0, num_rows, found, 0, start, stride)
     offsets_checks_dev(offsets, indices.shape[0], found, 1, start, stride)
+
+
+def launch_batch_checks(indices, offsets, num_rows: int):
+    """Launch :func:`batch_checks_kernel` on 1-D device ``indices`` and ``offsets``
+    (not empty); its four slots, on the device (read them with :func:`raise_found`)."""
+    found = none_found(4)
+    grid, block = launch.linear(max(indices.shape[0], offsets.shape[0]))
+    batch_checks_kernel[grid, block](indices, offsets, num_rows, found)
+    return found
 
 
 @cuda.jit
@@ -288,16 +293,16 @@ def check_host_ids(indices: np.ndarray, num_rows: int) -> None:
         raise index_error(indices.shape, position, flat[position], num_rows)
 
 
-def inputs_for_checked_launch(
+def inputs_for_unchecked_launch(
     weight, indices, offsets, per_sample_weights, options: ForwardOptions
 ):  # fmt: skip
-    """The host half of a forward whose device checks run in its own launch
-    (:data:`nbbag.cuda.forward.CHECKED`): ``(flat ids, offsets as given,
-    per_sample_weights: flat in the compute dtype, or empty)``, device arrays all,
-    after every check the host can make; None where that launch does not fit (host
-    ids or offsets, 2-D ids, no bags, D = 0, max_norm's renorm, which writes) or
-    where a host check fails (:func:`validate` then raises, after the offsets'
-    device checks whose errors come first)."""
+    """The host half of a forward launched before its device checks are read back
+    (:func:`nbbag.cuda.api.embedding_bag`): ``(flat ids, offsets as given,
+    per_sample_weights flat in the compute dtype or None)``, device arrays all, after
+    every check the host can make; None where that does not fit (host ids or offsets,
+    2-D ids, no bags, D = 0, max_norm's renorm, which writes) or where a host check
+    fails (:func:`validate` then raises, after the offsets' device checks whose errors
+    come first)."""
     if not (arrays.is_device(indices) and arrays.is_device(offsets)):
         return None
     if options.max_norm is not None or not weight.shape[1]:
@@ -313,7 +318,7 @@ def inputs_for_checked_launch(
         return None
     dtype = compute_dtype(weight.dtype)
     if per_sample_weights is None:
-        return indices, offsets, arrays.empty(0, dtype)
+        return indices, offsets, None
     try:
         weights = check_device_per_sample_weights(
             per_sample_weights, indices.shape, options.mode, dtype
@@ -325,7 +330,7 @@ def inputs_for_checked_launch(
 
 def raise_found(indices, offsets, found_slots, num_rows: int) -> None:
     """Raise for the first fault (the host path's order: offsets, then ids) in the
-    host copy of the slots :func:`batch_checks_dev` wrote."""
+    host copy of the slots :func:`batch_checks_kernel` wrote."""
     raise_offsets_found(offsets, found_slots[1:4], indices.shape[0])
     raise_outside(indices, indices, found(int(found_slots[0])), num_rows)
 

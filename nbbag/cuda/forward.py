@@ -19,7 +19,6 @@ import math
 from numba import cuda
 
 from nbbag.base.halves import NEAREST, rounded, widen
-from nbbag.cuda.checks import batch_checks_dev
 from nbbag.modes import Mode
 
 
@@ -32,8 +31,8 @@ def group_item():
 @cuda.jit(device=True, inline=True)
 def in_table(row, weight):
     """Whether ``row`` is a row of ``weight``.  The reductions skip any other id, so
-    that a kernel whose ids are checked in the same launch (:data:`CHECKED`)
-    never reads outside the table; elsewhere the ids were checked before the launch."""
+    that a forward launched before its ids' checks are read back
+    (:func:`nbbag.cuda.api.embedding_bag`) never reads outside the table."""
     return 0 <= row < weight.shape[0]
 
 
@@ -242,51 +241,6 @@ def bag_weighted_sqrtn(weight, indices, offsets, per_sample_weights, out, paddin
     bag_weighted_dev(
         weight, indices, offsets, per_sample_weights, out, padding_idx, Mode.SQRTN
     )
-
-
-def _checked_kernel(mode: Mode, weighted: bool):
-    """The kernel of one variant (mode, weighted or not) of the forward on ids and
-    offsets not yet checked: their checks run in the same launch
-    (:func:`nbbag.cuda.checks.batch_checks_dev`, into ``found``), and the reads stay
-    inside indices and weight (offsets clamped, ids outside the table skipped), so
-    that bad input gives found's report, never a stray read.  ``offsets``: the
-    caller's, B + 1 or B (:func:`bag_bounds_dev`); ``per_sample_weights``: N of them
-    (weighted) or none.  The output is the host's to discard when ``found`` reports a
-    fault.  One kernel per variant, the variant a compile-time constant: one kernel
-    for all took a runtime mode, held 94 registers (``bag_sum`` 40) and ran 1.8x
-    slower on an H200.
-
-    Ownership: group b writes out[b] (lane l, dimensions l, l + group, ...); threads
-    ``atomic.min`` into found[0:3], the grid's thread 0 writes found[3].
-    """
-
-    def kernel(weight, indices, offsets, per_sample_weights, out, padding_idx, found):
-        batch_checks_dev(indices, offsets, weight.shape[0], found)
-        if mode == Mode.MAX:
-            bag_max_dev(weight, indices, offsets, out, padding_idx)
-        elif weighted:
-            bag_weighted_dev(
-                weight, indices, offsets, per_sample_weights, out, padding_idx, mode
-            )
-        else:
-            bag_unweighted_dev(weight, indices, offsets, out, padding_idx, mode)
-
-    kernel.__name__ = kernel.__qualname__ = f"checked_{'weighted_' * weighted}{mode}"
-    kernel.__doc__ = _checked_kernel.__doc__
-    return cuda.jit(kernel)
-
-
-# (mode, weighted): its checked kernel; each also a module attribute under its name
-# (``checked_sum``, ``checked_weighted_mean``, ...), as every kernel is.
-CHECKED = {
-    (mode, weighted): _checked_kernel(mode, weighted)
-    for mode in Mode
-    for weighted in (False, True)
-    if not (weighted and mode == Mode.MAX)
-}
-for _kernel in CHECKED.values():
-    globals()[_kernel.__name__] = _kernel
-del _kernel
 
 
 @cuda.jit

@@ -30,26 +30,25 @@ def records_winners(mode: Mode, keep_context: bool) -> bool:
 def forward_launch(grid, block, batch, out, argmax) -> None:
     """Launch the forward kernel for ``batch`` (``argmax``: where to record max's
     winners, or None)."""
-    unweighted, weighted, with_winners = _FORWARD[batch.mode]
-    args = (arrays.kernel_table(batch.weight), batch.indices, batch.offsets)
-    if argmax is not None:
-        with_winners[grid, block](*args, out, argmax, batch.padding_idx)
-    elif batch.per_sample_weights is None:
-        unweighted[grid, block](*args, out, batch.padding_idx)
-    else:
-        weighted[grid, block](*args, batch.per_sample_weights, out, batch.padding_idx)
-
-
-def checked_forward_launch(
-    grid, block, weight, indices, offsets, per_sample_weights, out, options, found
-):  # fmt: skip
-    """Launch the forward that checks its own ids and offsets into ``found``
-    (:data:`nbbag.cuda.forward.CHECKED`; ``per_sample_weights`` empty: unweighted)."""
-    kernel = forward.CHECKED[options.mode, per_sample_weights.shape[0] > 0]
-    kernel[grid, block](
-        arrays.kernel_table(weight), indices, offsets, per_sample_weights, out,
-        options.padding_idx, found,
+    launch_bags(
+        grid, block, batch.weight, batch.indices, batch.offsets,
+        batch.per_sample_weights, batch.options, out, argmax,
     )  # fmt: skip
+
+
+def launch_bags(
+    grid, block, weight, indices, offsets, per_sample_weights, options, out, argmax=None
+):  # fmt: skip
+    """Launch the forward kernel of ``options``' mode on these arrays (``offsets``:
+    CSR, or torch's B form; ``per_sample_weights``: flat, or None)."""
+    unweighted, weighted, with_winners = _FORWARD[options.mode]
+    args = (arrays.kernel_table(weight), indices, offsets)
+    if argmax is not None:
+        with_winners[grid, block](*args, out, argmax, options.padding_idx)
+    elif per_sample_weights is None:
+        unweighted[grid, block](*args, out, options.padding_idx)
+    else:
+        weighted[grid, block](*args, per_sample_weights, out, options.padding_idx)
 
 
 def coefficients_launch(
