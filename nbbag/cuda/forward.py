@@ -170,9 +170,9 @@ def bag_sqrtn(weight, indices, offsets, out, padding_idx):
     bag_unweighted_dev(weight, indices, offsets, out, padding_idx, Mode.SQRTN)
 
 
-@cuda.jit(device=True)
-def bag_max_dev(weight, indices, offsets, out, padding_idx):
-    """The calling group's bag of :func:`bag_max`: the elementwise max of its rows.
+@cuda.jit
+def bag_max(weight, indices, offsets, out, padding_idx):
+    """out[b] = elementwise max of the rows of bag b (zeros for an empty bag).
 
     Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
     """
@@ -182,15 +182,6 @@ def bag_max_dev(weight, indices, offsets, out, padding_idx):
         for d in range(cuda.threadIdx.x, out.shape[1], cuda.blockDim.x):
             best, _ = max_dim_dev(weight, indices, start, end, padding_idx, d)
             out[b, d] = best
-
-
-@cuda.jit
-def bag_max(weight, indices, offsets, out, padding_idx):
-    """out[b] = elementwise max of the rows of bag b (zeros for an empty bag).
-
-    Ownership: group b writes out[b]; lane l of it writes dimensions l, l + group, ...
-    """
-    bag_max_dev(weight, indices, offsets, out, padding_idx)
 
 
 @cuda.jit
