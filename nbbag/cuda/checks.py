@@ -2,9 +2,11 @@
 
 Host inputs (NumPy arrays, lists) are checked on the host by :mod:`nbbag._validate` and
 then copied to the device (indices and offsets are small beside the table).  Device
-inputs are checked on the device: one small kernel per array finds the first bad
-position (``atomic.min``, so the answer does not depend on the launch order) and only
-a few scalars come back.  Nothing is written before every check has passed.
+inputs are checked on the device: small kernels find the first bad position of each
+array (``atomic.min``, so the answer does not depend on the launch order) and only a
+few scalars come back.  Nothing of the caller's (a table, ``out=``) is written before
+every check has passed; a plain forward may run before its checks are read back
+(:func:`launch_batch_checks`), into an output of its own that bad input discards.
 """
 
 from __future__ import annotations
