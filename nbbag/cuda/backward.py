@@ -139,6 +139,18 @@ def _radix_count(keys, shift, chunk_slots):
 
 
 @cuda.jit(device=True, inline=True)
+def _scan_in_place(values, count):
+    """values[:count] in place as their exclusive prefix sums; returns their total.
+    Ownership: the calling thread owns values[:count]."""
+    running = 0
+    for i in range(count):
+        value = values[i]
+        values[i] = running
+        running += value
+    return running
+
+
+@cuda.jit(device=True, inline=True)
 def _column_total(chunk_slots, first, last, t):
     """The sum of chunk_slots[first:last, t] (one digit's count over those chunks)."""
     total = 0
@@ -173,11 +185,7 @@ def _radix_slots(chunk_slots):
         totals[t] = _column_total(chunk_slots, 0, num_chunks, t)
     cuda.syncthreads()
     if t == 0:
-        running = 0
-        for digit in range(buckets):
-            count = totals[digit]
-            totals[digit] = running
-            running += count
+        _scan_in_place(totals, buckets)
     cuda.syncthreads()
     if t < buckets:
         _column_slots(chunk_slots, 0, num_chunks, t, totals[t])
@@ -275,12 +283,7 @@ def _scan_sums(sums):
     part_totals[t] = total
     cuda.syncthreads()
     if t == 0:
-        running = 0
-        for part in range(parts):
-            total = part_totals[part]
-            part_totals[part] = running
-            running += total
-        sums[count] = running
+        sums[count] = _scan_in_place(part_totals, parts)
     cuda.syncthreads()
     running = part_totals[t]
     for c in range(first, last):
