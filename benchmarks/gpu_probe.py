@@ -83,54 +83,58 @@ def _store4(out, b, d0, g, dim, a0, a1, a2, a3):
         out[b, d0 + 3 * g] = a3
 
 
-@cuda.jit
-def sum_dims4(weight, indices, offsets, out, padding_idx):
-    """Four dimensions a lane, one token at a time."""
-    b = group_item()
-    if b < out.shape[0]:
-        start, end = offsets[b], offsets[b + 1]
-        dim = out.shape[1]
-        g = cuda.blockDim.x
-        for d0 in range(cuda.threadIdx.x, dim, 4 * g):
-            a0 = a1 = a2 = a3 = 0.0
-            for p in range(start, end):
-                x0, x1, x2, x3 = _load4(weight, indices[p], d0, g, dim, padding_idx)
-                a0 += x0
-                a1 += x1
-                a2 += x2
-                a3 += x3
-            _store4(out, b, d0, g, dim, a0, a1, a2, a3)
+@cuda.jit(device=True, inline=True)
+def _add_tokens4(weight, indices, first, last, d0, g, dim, padding_idx, a0, a1, a2, a3):
+    """(a0, a1, a2, a3) plus :func:`_load4` of tokens first:last, one token at a time."""
+    for p in range(first, last):
+        x0, x1, x2, x3 = _load4(weight, indices[p], d0, g, dim, padding_idx)
+        a0 += x0
+        a1 += x1
+        a2 += x2
+        a3 += x3
+    return a0, a1, a2, a3
 
 
-@cuda.jit
-def sum_dims4_tokens4(weight, indices, offsets, out, padding_idx):
-    """Four dimensions a lane, tokens four at a time: 16 loads in flight."""
-    b = group_item()
-    if b < out.shape[0]:
-        start, end = offsets[b], offsets[b + 1]
-        dim = out.shape[1]
-        g = cuda.blockDim.x
-        for d0 in range(cuda.threadIdx.x, dim, 4 * g):
-            a0 = a1 = a2 = a3 = 0.0
-            p = start
-            while p + 4 <= end:
-                x00, x01, x02, x03 = _load4(weight, indices[p], d0, g, dim, padding_idx)
-                x10, x11, x12, x13 = _load4(weight, indices[p + 1], d0, g, dim, padding_idx)
-                x20, x21, x22, x23 = _load4(weight, indices[p + 2], d0, g, dim, padding_idx)
-                x30, x31, x32, x33 = _load4(weight, indices[p + 3], d0, g, dim, padding_idx)
-                a0 = a0 + x00 + x10 + x20 + x30
-                a1 = a1 + x01 + x11 + x21 + x31
-                a2 = a2 + x02 + x12 + x22 + x32
-                a3 = a3 + x03 + x13 + x23 + x33
-                p += 4
-            while p < end:
-                x0, x1, x2, x3 = _load4(weight, indices[p], d0, g, dim, padding_idx)
-                a0 += x0
-                a1 += x1
-                a2 += x2
-                a3 += x3
-                p += 1
-            _store4(out, b, d0, g, dim, a0, a1, a2, a3)
+def _dims4_kernel(four_tokens: bool):
+    """Four dimensions a lane, one token at a time or (``four_tokens``) four at a
+    time, the rest one at a time: 16 loads in flight."""
+
+    def kernel(weight, indices, offsets, out, padding_idx):
+        b = group_item()
+        if b < out.shape[0]:
+            start, end = offsets[b], offsets[b + 1]
+            dim = out.shape[1]
+            g = cuda.blockDim.x
+            for d0 in range(cuda.threadIdx.x, dim, 4 * g):
+                a0 = a1 = a2 = a3 = 0.0
+                p = start
+                while four_tokens and p + 4 <= end:
+                    x00, x01, x02, x03 = _load4(weight, indices[p], d0, g, dim, padding_idx)
+                    x10, x11, x12, x13 = _load4(
+                        weight, indices[p + 1], d0, g, dim, padding_idx
+                    )
+                    x20, x21, x22, x23 = _load4(
+                        weight, indices[p + 2], d0, g, dim, padding_idx
+                    )
+                    x30, x31, x32, x33 = _load4(
+                        weight, indices[p + 3], d0, g, dim, padding_idx
+                    )
+                    a0 = a0 + x00 + x10 + x20 + x30
+                    a1 = a1 + x01 + x11 + x21 + x31
+                    a2 = a2 + x02 + x12 + x22 + x32
+                    a3 = a3 + x03 + x13 + x23 + x33
+                    p += 4
+                a0, a1, a2, a3 = _add_tokens4(
+                    weight, indices, p, end, d0, g, dim, padding_idx, a0, a1, a2, a3
+                )
+                _store4(out, b, d0, g, dim, a0, a1, a2, a3)
+
+    kernel.__name__ = "sum_dims4_tokens4" if four_tokens else "sum_dims4"
+    return cuda.jit(kernel)
+
+
+sum_dims4 = _dims4_kernel(False)
+sum_dims4_tokens4 = _dims4_kernel(True)
 
 
 CANDIDATES = {
