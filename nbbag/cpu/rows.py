@@ -12,7 +12,7 @@ operations element by element), 1.3-2.6x faster at D = 16 and 256 (V = 1M, Zipf 
 from numba import njit
 
 from nbbag.base.halves import widen
-from nbbag.cpu._intrinsics import LANE, add_row_lanes, stack_row
+from nbbag.cpu._intrinsics import LANE, add_row_lanes, stack_row, store_row_lanes
 
 # Widths the sum kernels are specialised for: multiples of LANE up to LANE * MAX_LANES
 # (a stack row of at most 4 KB).  Each width used compiles its own kernels once (cached
@@ -78,8 +78,7 @@ def store_sum(total, out_row, lanes):
     """Copy a sum made in :func:`sum_buffer`'s stack row into ``out_row`` (nothing to
     do where it was made in place)."""
     if lanes is not None:
-        for d in range(out_row.shape[0]):
-            out_row[d] = total[d]
+        store_row_lanes(total, out_row, lanes)
 
 
 @njit(cache=True, inline="always")
