@@ -362,3 +362,54 @@ def test_group_tokens_of_a_stack_read_bag_major_rows(backend, mode, rng):
     np.testing.assert_array_equal(stacked["bag_of"], expected_bag_of)
     for name in ("coefficients", "rows", "row_ptr", "positions"):
         np.testing.assert_array_equal(stacked[name], plain[name], err_msg=name)
+
+
+def _stack_keys(rng, ranges, tokens, num_rows):
+    """Feature-major sort keys: ``tokens[f]`` keys of feature f in ``ranges[f]`` (a
+    hot key a third of the time), about one in eight ``num_rows`` (in no bag)."""
+    keys = []
+    for (low, high), count in zip(ranges, tokens, strict=True):
+        part = rng.integers(low, high, size=count)
+        part[rng.random(count) < 0.3] = low + (high - low) // 2
+        part[rng.random(count) < 0.125] = num_rows
+        keys.append(part)
+    return keys
+
+
+@pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
+@pytest.mark.parametrize("sort_type", [np.int32, np.int64])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "own tables",  # each feature's keys below the next's: sorted feature by feature
+        "shared table",  # two features' keys overlap: one sort of the whole batch
+        "one feature holds most",  # of 8 threads, one would sort most: the same
+    ],
+)
+def test_sort_by_row_is_a_stable_sort_of_a_stacks_keys(layout, sort_type, serial, rng):
+    """``sort_by_row`` over a collection stack's feature segments gives a stable sort
+    of the tokens in a bag by key, whichever way it sorts: an empty feature, one with
+    no token in a bag, keys needing one, two and three radix passes."""
+    from nbbag.cpu import variants
+
+    num_rows = 20_000_000
+    ranges = [(0, 3), (3, 9000), (9000, 9001), (9001, 9100), (9100, 9200), (9200, num_rows)]
+    tokens = [500, 3000, 0, 200, 700, 2500]
+    num_chunks = 2
+    if layout == "shared table":
+        ranges[4] = (0, 9000)
+    elif layout == "one feature holds most":
+        tokens[5], num_chunks = 40_000, 8
+    parts = _stack_keys(rng, ranges, tokens, num_rows)
+    parts[3][:] = num_rows  # a feature with no token in a bag
+    keys = np.concatenate(parts).astype(sort_type)
+    starts = np.concatenate([[0], np.cumsum(tokens)]).astype(np.int64)
+    rows, row_ptr, positions = variants.SORT_BY_ROW[serial](
+        keys.copy(), np.arange(keys.size, dtype=sort_type), starts, num_rows, num_chunks
+    )
+    kept = np.flatnonzero(keys != num_rows)
+    expected = kept[np.argsort(keys[kept], kind="stable")]
+    np.testing.assert_array_equal(positions, expected)
+    unique, counts = np.unique(keys[kept], return_counts=True)
+    np.testing.assert_array_equal(rows, unique)
+    np.testing.assert_array_equal(np.diff(row_ptr), counts)

@@ -104,7 +104,8 @@ _FORWARD = {
     Mode.SQRTN: (_pair(forward.sqrtn_bags_checked, _CALLED_REDUCTIONS), False),
     Mode.MAX: (_pair(forward.max_bags_checked, _CALLED_REDUCTIONS), True),
 }
-_GROUP_TOKENS = _pair(backward.group_tokens)
+SORT_BY_ROW = _pair(backward.sort_by_row)
+_GROUP_TOKENS = _pair(backward.group_tokens, {"sort_by_row": SORT_BY_ROW[1]})
 
 
 class Forward:
