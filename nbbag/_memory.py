@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 ALIGNMENT = 64  # bytes: a cache line
@@ -30,7 +32,7 @@ def aligned_full(shape: tuple[int, ...], fill_value, dtype) -> np.ndarray:
 
 def _aligned(allocate, shape: tuple[int, ...], dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize  # not np.prod: ~3 us a call more
     buffer = allocate(nbytes + ALIGNMENT, dtype=np.uint8)
     start = -buffer.ctypes.data % ALIGNMENT
     return buffer[start : start + nbytes].view(dtype).reshape(shape)

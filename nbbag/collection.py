@@ -403,7 +403,7 @@ class EmbeddingBagCollection:
             [entry.ids for entry in entries],
             [entry.starts for entry in entries],
             stack.feature_tables,
-            stack.pad_row,
+            stack.options.padding_idx,  # the spare row (pad_row sums the tables)
             [entry.weights for entry in entries],
             compute_dtype(stack.weight.dtype),
         )

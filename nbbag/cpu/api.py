@@ -20,7 +20,7 @@ from nbbag._validate import INDEX_DTYPE_SET
 from nbbag.base.constants import OK
 from nbbag.base.dtypes import FLOAT32, compute_dtype, is_half, kernel_table
 from nbbag.base.records import BagBatch, BagContext, ForwardOptions, TokenGroups
-from nbbag.cpu import backward, collection, optim, variants
+from nbbag.cpu import backward, optim, variants
 from nbbag.cpu.checks import index_range
 from nbbag.cpu.forward import offsets_to_csr, renorm_rows
 from nbbag.sparse import RowSparseGrad
@@ -252,10 +252,9 @@ def combine_features(ids, starts, tables, pad_row: int, weights, dtype):
     out_ids = np.empty(token_starts[-1], dtype=np.int64)
     out_offsets = np.empty(bag_starts.size + 1, dtype=np.int64)
     status = np.full(1, OK, dtype=np.int64)
-    row_base, num_rows, padding = tables
-    collection.combine_features(
-        np.concatenate(ids), token_starts, bag_starts, row_base, num_rows, padding,
-        pad_row, out_ids, out_offsets, status,
+    variants.combine_features(
+        np.concatenate(ids), token_starts, bag_starts, tables, pad_row, out_ids,
+        out_offsets, status,
     )  # fmt: skip
     stacked_weights = None
     if any(w is not None for w in weights):  # the tokens keep their order: feature-major

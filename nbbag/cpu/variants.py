@@ -15,7 +15,8 @@ What varies, and where it is decided:
   batch of fewer than SERIAL_SORT_TOKENS tokens is grouped by row serially (the sort's
   parallel kernel costs ~2.5 s more to compile, which the batches of a typical training
   run never win back: 56 us a step at 11k tokens; at 53k tokens, a collection's batch,
-  it saves 0.6 of 1.4 ms).  The optimizers' updates always run
+  it saves 0.6 of 1.4 ms); a collection's batch of fewer than SERIAL_COMBINE_TOKENS is
+  combined serially.  The optimizers' updates always run
   in parallel: a parallel loop tells LLVM that the kernel's arrays do not alias, and
   their element loops vectorise only then (a serial Adagrad update was 6x slower);
 * the dtype of the sort keys (int32 where V and N fit: half the bytes of int64);
@@ -36,7 +37,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from nbbag.cpu import backward, forward, optim, quantized
+from nbbag.cpu import backward, collection, forward, optim, quantized
 from nbbag.cpu.rows import lanes_for
 from nbbag.modes import Mode
 
@@ -45,6 +46,10 @@ from nbbag.modes import Mode
 SERIAL_WORK = 65_536
 # Tokens below which a batch is grouped by row serially (see above).
 SERIAL_SORT_TOKENS = 32_768
+# Tokens below which a collection's features are combined serially: 3,328 tokens (26
+# features of 128 bags of one id) took 7.7 us serially and 13.8 in parallel; 33,280
+# took 43 and 31.
+SERIAL_COMBINE_TOKENS = 8192
 _INT32_LIMIT = np.iinfo(np.int32).max
 
 
@@ -106,6 +111,7 @@ _FORWARD = {
 }
 SORT_BY_ROW = _pair(backward.sort_by_row)
 _GROUP_TOKENS = _pair(backward.group_tokens, {"sort_by_row": SORT_BY_ROW[1]})
+_COMBINE_FEATURES = _pair(collection.combine_features)
 
 
 class Forward:
@@ -165,6 +171,18 @@ def group_tokens(
     return kernel(
         weight, indices, offsets, per_sample_weights, argmax, padding_idx, int(mode),
         numba.get_num_threads(), sort_type, features,
+    )  # fmt: skip
+
+
+def combine_features(
+    ids, token_starts, bag_starts, tables, pad_row, out_ids, out_offsets, status
+):  # fmt: skip
+    """:func:`nbbag.cpu.collection.combine_features`, serial for small batches."""
+    row_base, num_rows, padding = tables
+    kernel = _COMBINE_FEATURES[ids.shape[0] < SERIAL_COMBINE_TOKENS]
+    kernel(
+        ids, token_starts, bag_starts, row_base, num_rows, padding, pad_row, out_ids,
+        out_offsets, status,
     )  # fmt: skip
 
 
