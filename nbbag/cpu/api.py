@@ -86,8 +86,10 @@ def _forward(
             per_sample_weights, indices, options.mode, values_dtype
         )
     flat = checks.flat_contiguous(indices)
-    if keep_context:  # the context answers for this batch, whatever the caller's
-        flat = _private(flat, indices)  # buffers hold later
+    # The context answers for this batch, whatever the caller's buffers hold later (a
+    # stack's ids and weights are the collection's own, made for this call).
+    if keep_context and not stacked:
+        flat = _private(flat, indices)
         weights = None if weights is None else _private(weights, per_sample_weights)
     num_rows, dim = weight.shape
     variant = variants.forward_variant(options.mode, dim, flat.shape[0], keep_context)
