@@ -403,3 +403,39 @@ def test_each_feature_has_its_columns_and_one_stack_returns_its_output_whole():
     for i in range(5):
         expected = nbbag.embedding_bag(coll.weights[f"t{i}"], *batch[f"t{i}"], mode="sum")
         np.testing.assert_array_equal(out[:, coll.columns[f"t{i}"]], expected)
+
+
+def test_backward_reads_its_forwards_batch_not_the_callers_arrays(backend):
+    """A caller that refills its id and weight arrays after the forward (one buffer
+    reused batch after batch) gets the gradient of the batch the forward read."""
+    tables = [nbbag.TableConfig(f"t{i}", 50, 4, features=[f"f{i}"]) for i in range(3)]
+    rng = np.random.default_rng(5)
+    batch = {
+        f"f{i}": (
+            rng.integers(0, 50, size=12),
+            np.array([0, 3, 6, 9]),
+            rng.uniform(0.5, 2.0, size=12),
+        )
+        for i in range(3)
+    }
+    grad_output = backend.array(rng.standard_normal((4, 12)))
+    reused, fresh = (
+        nbbag.EmbeddingBagCollection(tables, dtype=np.float64, seed=0, device=backend.name)
+        for _ in range(2)
+    )
+    reused(batch)
+    expected_out = fresh(
+        {name: tuple(x.copy() for x in entry) for name, entry in batch.items()}
+    )
+    for ids, _, weights in batch.values():  # the next batch, in the same arrays
+        ids[:] = rng.integers(0, 50, size=ids.size)
+        weights[:] = rng.uniform(0.5, 2.0, size=weights.size)
+    grads, expected = reused.backward(grad_output), fresh.backward(grad_output)
+    assert expected_out.shape == (4, 12)
+    for name in expected:
+        np.testing.assert_array_equal(
+            backend.host(grads[name].rows), backend.host(expected[name].rows)
+        )
+        np.testing.assert_array_equal(
+            backend.host(grads[name].values), backend.host(expected[name].values)
+        )
