@@ -21,5 +21,6 @@ def start_is_valid(b, start, previous, count):
 def stack_row(row, base, num_rows, padding, pad_row):
     """(the stack's row for id ``row`` of a table whose rows start at ``base``, whether
     ``row`` is in [0, num_rows)): ``pad_row`` for the table's ``padding`` row."""
-    # ``&``, not ``and``: no branch a token (the CPU's loop over a feature's ids, 1.5x)
+    # ``&``, not ``and``: no branch a token (the CPU's combine at 53,248 ids: 79-89 ->
+    # 73-75 us)
     return (pad_row if row == padding else base + row), (row >= 0) & (row < num_rows)
