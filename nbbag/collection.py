@@ -117,7 +117,11 @@ class _Stack:
 
     @property
     def pad_row(self) -> int:
-        return sum(table.num_embeddings for table in self.tables)
+        """The spare row: the one after the last table's rows."""
+        if not self.tables:
+            return 0
+        last = self.tables[-1]
+        return self.row_base[last.name] + last.num_embeddings
 
     def table_rows(self) -> list[tuple[str, int, int]]:
         """(table name, first row in the stack, rows) of each table."""
@@ -403,7 +407,7 @@ class EmbeddingBagCollection:
             [entry.ids for entry in entries],
             [entry.starts for entry in entries],
             stack.feature_tables,
-            stack.options.padding_idx,  # the spare row (pad_row sums the tables)
+            stack.pad_row,
             [entry.weights for entry in entries],
             compute_dtype(stack.weight.dtype),
         )
