@@ -222,7 +222,7 @@ def _write_row_starts(keys, count, first_row, rows, row_ptr):
 def _row_groups(keys, positions, count, num_chunks):
     """``(rows, row_ptr, positions[:count])`` of the tokens whose sorted keys are
     ``keys[:count]``: the rows, and where each starts (``num_chunks`` as in
-    :func:`_sort_by_key`)."""
+    :func:`group_positions_by_row`)."""
     num_chunks = max(1, min(num_chunks, count // MIN_CHUNK_TOKENS))  # small: one chunk
     # The rows and where each starts, in parallel: each chunk counts the row starts in
     # its part of the sorted keys, then writes them from its offset.  (Plain loops, not
@@ -242,9 +242,9 @@ def _row_groups(keys, positions, count, num_chunks):
 
 
 @njit(cache=True, inline="always")
-def _sort_by_key(keys, positions, num_rows, num_chunks):
-    """Sort the tokens by key (stable) and find the rows: ``(rows, row_ptr,
-    positions)`` as :func:`group_positions_by_row` returns them.  ``keys`` and
+def _radix_sort(keys, positions, num_rows, num_chunks):
+    """Sort the tokens by key (stable): ``(sorted keys, their positions, how many are
+    in a bag)``, the tokens in no bag (key ``num_rows``) last.  ``keys`` and
     ``positions`` (of the sort type) are overwritten."""
     total = keys.shape[0]
     num_chunks = max(1, min(num_chunks, total // MIN_CHUNK_TOKENS))  # small: one chunk
@@ -256,10 +256,10 @@ def _sort_by_key(keys, positions, num_rows, num_chunks):
         _radix_pass(keys, positions, shift, chunk_slots, sorted_keys, sorted_positions)
         keys, sorted_keys = sorted_keys, keys
         positions, sorted_positions = sorted_positions, positions
-    count = total  # tokens in a bag; the tokens in none (key num_rows) sort last
+    count = total
     while count > 0 and keys[count - 1] == num_rows:
         count -= 1
-    return _row_groups(keys, positions, count, num_chunks)
+    return keys, positions, count
 
 
 # -- 2'. a collection stack's sort, feature by feature -----------------------------------
@@ -346,6 +346,33 @@ def _segment_ranges(keys, segment_starts, num_rows, lows, highs, in_bag):
         lows[s], highs[s], in_bag[s] = low, high, count
 
 
+@njit(cache=True, inline="always")
+def _sort_segments(keys, positions, segment_starts, num_rows, lows, highs, in_bag):
+    """Each segment sorted on its own (:func:`_sort_segment`), one after another in the
+    result: ``(sorted keys, their positions, how many)``, the tokens in a bag only.
+
+    Ownership: iteration s of the prange owns segment s's items of keys and positions
+    and its part of the result.
+    """
+    num_segments = segment_starts.shape[0] - 1
+    sorted_first = np.empty(num_segments + 1, dtype=np.int64)
+    sorted_first[0] = 0
+    for s in range(num_segments):
+        sorted_first[s + 1] = sorted_first[s] + in_bag[s]
+    count = sorted_first[num_segments]
+    sorted_keys = np.empty(count, dtype=keys.dtype)
+    sorted_positions = np.empty(count, dtype=positions.dtype)
+    for s in prange(num_segments):
+        if in_bag[s] > 0:
+            slots = np.empty(1 << CPU_RADIX_BITS, dtype=np.int64)
+            _sort_segment(
+                keys, positions, segment_starts[s], segment_starts[s + 1], lows[s],
+                highs[s], in_bag[s], num_rows, slots, sorted_keys, sorted_positions,
+                sorted_first[s],
+            )  # fmt: skip
+    return sorted_keys, sorted_positions, count
+
+
 @njit(parallel=PARALLEL, cache=True)
 def sort_by_row(keys, positions, segment_starts, num_rows, num_chunks):
     """Sort the tokens by key (stable) and find the rows: ``(rows, row_ptr,
@@ -375,24 +402,14 @@ def sort_by_row(keys, positions, segment_starts, num_rows, num_chunks):
         for s in range(num_segments):
             total += in_bag[s]
         separate = separate and largest * max(num_chunks, 1) <= 2 * total
-    if not separate:
-        return _sort_by_key(keys, positions, num_rows, num_chunks)
-    sorted_first = np.empty(num_segments + 1, dtype=np.int64)
-    sorted_first[0] = 0
-    for s in range(num_segments):
-        sorted_first[s + 1] = sorted_first[s] + in_bag[s]
-    count = sorted_first[num_segments]
-    sorted_keys = np.empty(count, dtype=keys.dtype)
-    sorted_positions = np.empty(count, dtype=positions.dtype)
-    for s in prange(num_segments):
-        if in_bag[s] > 0:
-            slots = np.empty(1 << CPU_RADIX_BITS, dtype=np.int64)
-            _sort_segment(
-                keys, positions, segment_starts[s], segment_starts[s + 1], lows[s],
-                highs[s], in_bag[s], num_rows, slots, sorted_keys, sorted_positions,
-                sorted_first[s],
-            )  # fmt: skip
-    return _row_groups(sorted_keys, sorted_positions, count, num_chunks)
+    if separate:
+        keys, positions, count = _sort_segments(
+            keys, positions, segment_starts, num_rows, lows, highs, in_bag
+        )
+    else:
+        keys, positions, count = _radix_sort(keys, positions, num_rows, num_chunks)
+    # One place for the row starts: each inlined copy is compiled anew.
+    return _row_groups(keys, positions, count, num_chunks)
 
 
 @njit(parallel=PARALLEL, cache=True)
@@ -412,7 +429,8 @@ def group_positions_by_row(indices, bag_of, num_rows, num_chunks=1, sort_type=np
     keys = np.empty(total, dtype=sort_type)
     positions = np.empty(total, dtype=sort_type)
     _sort_keys(indices, bag_of, num_rows, keys, positions)
-    return _sort_by_key(keys, positions, num_rows, num_chunks)
+    keys, positions, count = _radix_sort(keys, positions, num_rows, num_chunks)
+    return _row_groups(keys, positions, count, num_chunks)
 
 
 # -- 3. which rows get a gradient --------------------------------------------------------
