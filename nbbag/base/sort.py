@@ -53,6 +53,20 @@ def scatter_digits(
 
 
 @shared
+def exclusive_scan(values, first, last, running):
+    """``values[first:last]`` in place as their exclusive prefix sums, counted from
+    ``running``; returns ``running`` plus their total.
+
+    Ownership: the caller owns ``values[first:last]``.
+    """
+    for i in range(first, last):
+        value = values[i]
+        values[i] = running
+        running += value
+    return running
+
+
+@shared
 def is_row_start(keys, i):
     """Whether sorted ``keys[i]`` starts a run of equal keys."""
     return i == 0 or keys[i] != keys[i - 1]

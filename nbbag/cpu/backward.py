@@ -37,6 +37,7 @@ from nbbag.base.sort import (
     CPU_RADIX_BITS,
     chunk_bounds,
     count_digits,
+    exclusive_scan,
     is_row_start,
     radix_plan,
     scatter_digits,
@@ -307,11 +308,7 @@ def _sort_segment(
     there_positions = sorted_positions[sorted_first : sorted_first + in_bag]
     for shift in range(0, key_bits, digit_bits):
         count_digits(here_keys, shift, 0, in_bag, buckets)
-        next_slot = 0
-        for digit in range(buckets.shape[0]):
-            tokens = buckets[digit]
-            buckets[digit] = next_slot
-            next_slot += tokens
+        exclusive_scan(buckets, 0, buckets.shape[0], 0)
         scatter_digits(
             here_keys, here_positions, shift, 0, in_bag, buckets, there_keys,
             there_positions,
@@ -392,15 +389,13 @@ def sort_by_row(keys, positions, segment_starts, num_rows, num_chunks):
     separate = num_segments > 1
     if separate:
         _segment_ranges(keys, segment_starts, num_rows, lows, highs, in_bag)
-        largest, above = 0, -1
+        largest, total, above = 0, 0, -1
         for s in range(num_segments):
             largest = max(largest, in_bag[s])
+            total += in_bag[s]
             if in_bag[s] > 0:
                 separate = separate and lows[s] > above
                 above = highs[s]
-        total = 0
-        for s in range(num_segments):
-            total += in_bag[s]
         separate = separate and largest * max(num_chunks, 1) <= 2 * total
     if separate:
         keys, positions, count = _sort_segments(

@@ -32,6 +32,7 @@ from nbbag.base.sort import (
     GPU_RADIX_BITS,
     chunk_bounds,
     count_digits,
+    exclusive_scan,
     is_row_start,
     scatter_digits,
 )
@@ -139,18 +140,6 @@ def _radix_count(keys, shift, chunk_slots):
 
 
 @cuda.jit(device=True, inline=True)
-def _scan_in_place(values, count):
-    """values[:count] in place as their exclusive prefix sums; returns their total.
-    Ownership: the calling thread owns values[:count]."""
-    running = 0
-    for i in range(count):
-        value = values[i]
-        values[i] = running
-        running += value
-    return running
-
-
-@cuda.jit(device=True, inline=True)
 def _column_total(chunk_slots, first, last, t):
     """The sum of chunk_slots[first:last, t] (one digit's count over those chunks)."""
     total = 0
@@ -185,7 +174,7 @@ def _radix_slots(chunk_slots):
         totals[t] = _column_total(chunk_slots, 0, num_chunks, t)
     cuda.syncthreads()
     if t == 0:
-        _scan_in_place(totals, buckets)
+        exclusive_scan(totals, 0, buckets, 0)
     cuda.syncthreads()
     if t < buckets:
         _column_slots(chunk_slots, 0, num_chunks, t, totals[t])
@@ -283,13 +272,9 @@ def _scan_sums(sums):
     part_totals[t] = total
     cuda.syncthreads()
     if t == 0:
-        sums[count] = _scan_in_place(part_totals, parts)
+        sums[count] = exclusive_scan(part_totals, 0, parts, 0)
     cuda.syncthreads()
-    running = part_totals[t]
-    for c in range(first, last):
-        total = sums[c]
-        sums[c] = running
-        running += total
+    exclusive_scan(sums, first, last, part_totals[t])
 
 
 @cuda.jit
