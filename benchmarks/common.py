@@ -69,16 +69,38 @@ def rounds(cost: str) -> Rounds:
     return _ROUNDS[QUICK][cost]
 
 
+# The least a "fast" case's timed rounds add up to, and the most rounds that may take:
+# 50 rounds of a 0.1 ms call span 5 ms, a window this shared machine's drift moves by
+# 2x from one case to the next (the 128-bag collection forward measured 105-274 us in
+# one process, a second apart); over a quarter second its median is the steady state.
+MIN_FAST_SECONDS = 0.25
+MAX_FAST_ROUNDS = 2_500
+
+
 def time_case(benchmark, call, cost: str = "fast", setup=None):
-    """Time ``call`` with ``benchmark.pedantic`` under the rounds policy."""
+    """Time ``call`` with ``benchmark.pedantic`` under the rounds policy (a "fast" case
+    without ``setup`` for at least ``MIN_FAST_SECONDS``; ``call`` already warmed up)."""
     policy = rounds(cost)
+    count = policy.rounds
+    if cost == "fast" and setup is None and not QUICK:
+        count = max(count, min(MAX_FAST_ROUNDS, _rounds_for(call, MIN_FAST_SECONDS)))
     return benchmark.pedantic(
         call,
         setup=setup,
-        rounds=policy.rounds,
+        rounds=count,
         iterations=1,
         warmup_rounds=policy.warmup_rounds,
     )
+
+
+def _rounds_for(call, seconds: float) -> int:
+    """How many calls of ``call`` (the fastest of three) take ``seconds``."""
+    fastest = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        call()
+        fastest = min(fastest, time.perf_counter() - start)
+    return max(1, round(seconds / max(fastest, 1e-9)))
 
 
 def calls_per_round(call, seconds: float, limit: int = 100_000) -> int:
