@@ -358,6 +358,26 @@ class EmbeddingBagCollection:
                 f"features must be a mapping of feature name to (indices, offsets), got "
                 f"{type(features).__name__}"
             )
+        if features.keys() != self._table_of.keys():  # one comparison of sets, in C
+            self._raise_for_names(features)
+        batch = {}
+        for name in self.features:
+            try:
+                batch[name] = self._checked_feature(name, features[name])
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"feature {name!r}: {error}") from None
+        first = self.features[0]
+        num_bags = batch[first].num_bags
+        for name, entry in batch.items():
+            if entry.num_bags != num_bags:
+                raise ValueError(
+                    f"feature {name!r} has {entry.num_bags} bags, feature {first!r} "
+                    f"{num_bags}: every feature needs the same B"
+                )
+        return batch
+
+    def _raise_for_names(self, features: Mapping[str, Any]) -> None:
+        """Raise for the first unknown feature of ``features``, or the first missing."""
         unknown = [name for name in features if name not in self._table_of]
         if unknown:
             raise ValueError(
@@ -365,26 +385,15 @@ class EmbeddingBagCollection:
                 f"{list(self.features)}"
             )
         missing = [name for name in self.features if name not in features]
-        if missing:
-            raise ValueError(f"feature {missing[0]!r} is missing from the batch")
-        batch = {}
-        for name in self.features:
-            try:
-                batch[name] = self._checked_feature(name, features[name])
-            except (TypeError, ValueError) as error:
-                raise type(error)(f"feature {name!r}: {error}") from None
-        sizes = {name: entry.num_bags for name, entry in batch.items()}
-        first = self.features[0]
-        for name, size in sizes.items():
-            if size != sizes[first]:
-                raise ValueError(
-                    f"feature {name!r} has {size} bags, feature {first!r} "
-                    f"{sizes[first]}: every feature needs the same B"
-                )
-        return batch
+        raise ValueError(f"feature {missing[0]!r} is missing from the batch")
 
     def _checked_feature(self, name: str, value) -> _FeatureBatch:
-        if isinstance(value, tuple | list):
+        # (indices, offsets) first, without isinstance or unpacking a padded copy: a
+        # 128-bag batch of 26 features spent a third of its forward checking them.
+        if type(value) is tuple and len(value) == 2:
+            indices, offsets = value
+            weights = None
+        elif isinstance(value, tuple | list):
             if len(value) not in (2, 3):
                 raise ValueError(
                     "expected (indices, offsets) or (indices, offsets, "
@@ -394,8 +403,8 @@ class EmbeddingBagCollection:
         else:
             indices, offsets, weights = value, None, None
         mode, dtype = self._feature_checks[name]
-        return _FeatureBatch(
-            *self._backend.check_feature(indices, offsets, weights, mode, dtype)
+        return _FeatureBatch._make(
+            self._backend.check_feature(indices, offsets, weights, mode, dtype)
         )
 
     def _combine(
