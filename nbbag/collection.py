@@ -327,7 +327,7 @@ class EmbeddingBagCollection:
         num_bags = batch[self.features[0]].num_bags
         combined = [self._combine(stack, batch, num_bags) for stack in self._stacks]
         optimizer = self.optimizer
-        if optimizer is not None:
+        if optimizer is not None and optimizer.catches_up:  # the ids are checked
             optimizer.catch_up_stacks([ids for ids, _, _ in combined])
         # 64-byte aligned on the CPU: a row then fills whole cache lines, where a
         # feature-major forward writes the rows of one feature far apart (NumPy's own

@@ -663,6 +663,12 @@ class CollectionOptimizer:
         )
 
     # -- what the collection calls ----------------------------------------------------
+    @property
+    def catches_up(self) -> bool:
+        """Whether the rule changes rows without a gradient: a forward catches up the
+        rows it reads first (:meth:`catch_up_stacks`)."""
+        return rules.catches_up(self.step_type)
+
     def catch_up_stacks(self, ids_per_stack) -> None:
         """Catch up the rows each stack's forward is about to read."""
         for part, ids in zip(self._parts, ids_per_stack, strict=True):
