@@ -18,8 +18,8 @@ SGD and Adam training steps (``embedding_bag_fwd`` + ``step_fused``, mean, Zipf)
 version on its own aligned copy of the table with its own optimizer; the tiny forward
 (sum, B = 1 and 32 bags of 20 ids, V = 100k); the collection of
 ``benchmarks/test_bench_collection.py`` (26 Criteo tables, D = 64, sum, Zipf ids): its
-forward at B = 128 and 2048 bags of one id, SGD and row-wise Adagrad steps at
-B = 2048 bags of one id, and SGD steps at 2048 bags of 10.
+forward at B = 128 and 2048 bags of one id and 2048 bags of 10, SGD and row-wise
+Adagrad steps at B = 2048 bags of one id, and SGD steps at 2048 bags of 10.
 """
 
 from __future__ import annotations
@@ -227,6 +227,7 @@ def all_cases() -> list[Case]:
     return cases + [
         collection_case(128, 1),
         collection_case(2048, 1),
+        collection_case(2048, 10),
         collection_case(2048, 1, "sgd"),
         collection_case(2048, 1, "rowwise_adagrad"),
         collection_case(2048, 10, "sgd"),
