@@ -3,12 +3,12 @@
 A recommender reads tens of sparse features per example, each from its own table. The
 collection looks them all up in one call: the tables that share a width D, a mode and
 a dtype live in one *stack* (their rows one after another, plus one spare row standing
-for every table's padding), a batch's features become bags of their stack in one
-parallel pass (the backend's ``combine_features``, which also checks every offset and
-id against its own table), and each stack then runs the single table's forward,
-backward and fused optimizer step: a DLRM-like model whose tables all have one D, one
-mode and one dtype is one stack, and a call is two parallel regions whatever the number
-of tables.
+for every table's padding), a batch's features become bags of their stack (the
+backend's ``combine_features``, which checks every offset; the GPU's also moves and
+checks every id there, the CPU's forward as it reads them, each against its own
+table), and each stack then runs the single table's forward, backward and fused
+optimizer step: a DLRM-like model whose tables all have one D, one mode and one dtype
+is one stack, and a call is two parallel regions whatever the number of tables.
 
 A stack's bags are feature-major (feature f's bag b is its bag f * B + b: each table's
 rows are read together), and its forward writes bag f * B + b straight into row b,
@@ -327,26 +327,28 @@ class EmbeddingBagCollection:
         num_bags = batch[self.features[0]].num_bags
         combined = [self._combine(stack, batch, num_bags) for stack in self._stacks]
         optimizer = self.optimizer
-        if optimizer is not None and optimizer.catches_up:  # the ids are checked
-            optimizer.catch_up_stacks([ids for ids, _, _ in combined])
+        if optimizer is not None and optimizer.catches_up:
+            optimizer.catch_up_stacks(
+                [
+                    self._stack_ids(stack, batch, ids)
+                    for stack, (ids, _, _) in zip(self._stacks, combined, strict=True)
+                ]
+            )
         # 64-byte aligned on the CPU: a row then fills whole cache lines, where a
         # feature-major forward writes the rows of one feature far apart (NumPy's own
         # alignment made it 1.2 ms slower of 4.9 at B = 2048, 26 features, D = 64).
         out = self._backend.table(
             (num_bags, self.embedding_dim), compute_dtype(self._stacks[0].weight.dtype)
         )
-        contexts = [
-            self._backend.stack_forward(
-                stack.weight,
-                ids,
-                offsets,
-                weights,
-                stack.options,
-                out,
+        contexts = []
+        for stack, (ids, offsets, weights) in zip(self._stacks, combined, strict=True):
+            status, ctx = self._backend.stack_forward(
+                stack.weight, ids, offsets, weights, stack.options, out,
                 stack.column_starts,
-            )
-            for stack, (ids, offsets, weights) in zip(self._stacks, combined, strict=True)
-        ]
+            )  # fmt: skip
+            if status != OK:
+                self._raise_for(stack, batch, status)
+            contexts.append(ctx)
         self._ctx = CollectionContext(num_bags, contexts)
         return out
 
@@ -423,6 +425,15 @@ class EmbeddingBagCollection:
         if status != OK:
             self._raise_for(stack, batch, status)
         return ids, offsets, weights
+
+    def _stack_ids(self, stack: _Stack, batch: dict[str, _FeatureBatch], ids):
+        """The stack's ids of :meth:`_combine`, combined and checked now (the CPU's
+        forward combines them as it reads them: an optimizer that catches up reads
+        them first)."""
+        status, ids = self._backend.stack_ids(ids)
+        if status != OK:
+            self._raise_for(stack, batch, status)
+        return ids
 
     def _raise_for(self, stack: _Stack, batch: dict, status: int) -> None:
         """Raise the error, naming the feature, for what ``combine_features`` found (a

@@ -35,6 +35,7 @@ from nbbag.base.halves import widen
 from nbbag.base.sort import chunk_bounds
 from nbbag.cpu import PARALLEL
 from nbbag.cpu._intrinsics import prefetch_row, prefetch_row_head
+from nbbag.cpu.collection import combine_ids
 from nbbag.cpu.elements import copy_row, store
 from nbbag.cpu.rows import (
     add_row,
@@ -292,23 +293,56 @@ def _each_bag(
     [0, num_rows) is skipped.  Returns OK, or the first position of such an id
     (``out`` is then to be discarded).
 
+    ``num_rows`` may also be a collection stack's tuple (:func:`_chunk_ids`): a chunk's
+    ids are then first combined from its features' into ``indices``, and a chunk with
+    an id outside its feature's table gives its first position.
+
     Ownership: iteration c of the prange writes bag b's row of ``out`` (and of
-    ``argmax``) for the bags b of chunk c only.
+    ``argmax``) for the bags b of chunk c only, and for a stack the chunk's tokens of
+    ``indices``.  Its reductions see ``indices`` up to the chunk's last token: a
+    prefetch never reads ids another thread owns.
     """
     num_bags = output_rows(out)
     num_tokens = indices.shape[0]
     first_bad = num_tokens
     for c in prange(num_chunks):
         first, last = chunk_bounds(c, num_chunks, num_bags)
-        bad = _first_outside(indices, offsets[first], offsets[last], num_rows)
+        bad = _chunk_ids(indices, offsets[first], offsets[last], num_rows)
         if bad < 0:
+            chunk_indices = indices[: offsets[last]]
             for b in range(first, last):
                 reduce_bag(
-                    weight, indices, per_sample_weights, offsets[b], offsets[b + 1],
-                    padding_idx, out, argmax, b, mode, lanes,
+                    weight, chunk_indices, per_sample_weights, offsets[b],
+                    offsets[b + 1], padding_idx, out, argmax, b, mode, lanes,
                 )  # fmt: skip
         first_bad = min(first_bad, num_tokens if bad < 0 else bad)
     return OK if first_bad == num_tokens else first_bad
+
+
+def _chunk_ids(indices, start, end, rows):
+    """Make a chunk's ids ``indices[start:end]`` ready to read, and return the first
+    position of one outside its table, or -1: with ``rows`` None (ids trusted), -1;
+    an int V, :func:`_first_outside`; a collection stack's tuple (its features' ids one
+    after another, ``token_starts``, ``row_base``, ``num_rows``, ``padding``,
+    ``pad_row``), the ids combined into ``indices`` first
+    (:func:`nbbag.cpu.collection.combine_ids`), ``start`` where one is outside."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(_chunk_ids)
+def _chunk_ids_overload(indices, start, end, rows):
+    if isinstance(rows, types.BaseTuple):
+
+        def combined(indices, start, end, rows):
+            ids, token_starts, row_base, num_rows, padding, pad_row = rows
+            bad = combine_ids(
+                ids, token_starts, row_base, num_rows, padding, pad_row, indices,
+                start, end,
+            )  # fmt: skip
+            return start if bad else -1
+
+        return combined
+    return lambda indices, start, end, rows: _first_outside(indices, start, end, rows)
 
 
 # -- the public bag kernels (inputs trusted) ---------------------------------------------
@@ -440,20 +474,34 @@ def offsets_to_csr(offsets, num_tokens, append_end, csr):
 @njit(cache=True, inline="always")
 def _checked_bags(
     reduce_bag, mode, weight, indices, offsets, append_end, csr, per_sample_weights, out,
-    argmax, padding_idx, lanes,
+    argmax, padding_idx, lanes, stack,
 ):  # fmt: skip
     """The shape of the front's kernels: ``offsets`` as the caller gave them, written
     to ``csr`` by :func:`offsets_to_csr`, then :func:`_each_bag` checking every id, in
     up to CHECKED_CHUNKS chunks of bags (a few per thread: each chunk's ids are checked
-    in one vectorised pass).
+    in one vectorised pass) or, for a ``stack`` (a collection stack's tuple,
+    ``nbbag.cpu.api.PendingIds.stack``; None otherwise), combining them into
+    ``indices`` from its features' ids (:func:`_chunk_ids`).
     Returns OK, BAD_OFFSETS (nothing was read) or the first position of an id outside
     [0, V) (no row outside the table was read; ``out`` is then to be discarded)."""
     if not offsets_to_csr(offsets, indices.shape[0], append_end, csr):
         return BAD_OFFSETS
     return _each_bag(
         reduce_bag, weight, indices, per_sample_weights, csr, out, argmax, padding_idx,
-        mode, lanes, weight.shape[0], min(output_rows(out), CHECKED_CHUNKS),
+        mode, lanes, _rows_to_check(weight, stack), min(output_rows(out), CHECKED_CHUNKS),
     )  # fmt: skip
+
+
+def _rows_to_check(weight, stack):
+    """What :func:`_chunk_ids` checks the ids against: V, or the ``stack``."""
+    raise NotImplementedError("a Numba overload: call it from a jitted function")
+
+
+@overload(_rows_to_check)
+def _rows_to_check_overload(weight, stack):
+    if isinstance(stack, types.NoneType):
+        return lambda weight, stack: weight.shape[0]
+    return lambda weight, stack: stack
 
 
 # One kernel per mode: the mode a constant, so that LLVM folds what a bag's sum is
@@ -461,7 +509,7 @@ def _checked_bags(
 @njit(parallel=PARALLEL, cache=True)
 def sum_bags_checked(
     weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
-    padding_idx, lanes,
+    padding_idx, lanes, stack=None,
 ):  # fmt: skip
     """The sum (weighted when ``per_sample_weights`` is given) on unvalidated offsets
     and ids (see :func:`_checked_bags`).  ``argmax`` is not used.
@@ -470,14 +518,14 @@ def sum_bags_checked(
     """
     return _checked_bags(
         _reduce_sums, Mode.SUM, weight, indices, offsets, append_end, csr,
-        per_sample_weights, out, argmax, padding_idx, lanes,
+        per_sample_weights, out, argmax, padding_idx, lanes, stack,
     )  # fmt: skip
 
 
 @njit(parallel=PARALLEL, cache=True)
 def mean_bags_checked(
     weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
-    padding_idx, lanes,
+    padding_idx, lanes, stack=None,
 ):  # fmt: skip
     """:func:`sum_bags_checked` for the mean.
 
@@ -485,14 +533,14 @@ def mean_bags_checked(
     """
     return _checked_bags(
         _reduce_sums, Mode.MEAN, weight, indices, offsets, append_end, csr,
-        per_sample_weights, out, argmax, padding_idx, lanes,
+        per_sample_weights, out, argmax, padding_idx, lanes, stack,
     )  # fmt: skip
 
 
 @njit(parallel=PARALLEL, cache=True)
 def sqrtn_bags_checked(
     weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
-    padding_idx, lanes,
+    padding_idx, lanes, stack=None,
 ):  # fmt: skip
     """:func:`sum_bags_checked` for sqrtn.
 
@@ -500,14 +548,14 @@ def sqrtn_bags_checked(
     """
     return _checked_bags(
         _reduce_sums, Mode.SQRTN, weight, indices, offsets, append_end, csr,
-        per_sample_weights, out, argmax, padding_idx, lanes,
+        per_sample_weights, out, argmax, padding_idx, lanes, stack,
     )  # fmt: skip
 
 
 @njit(parallel=PARALLEL, cache=True)
 def max_bags_checked(
     weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
-    padding_idx, lanes,
+    padding_idx, lanes, stack=None,
 ):  # fmt: skip
     """:func:`sum_bags_checked` for max: ``argmax`` None, or an int64 array of
     ``out``'s shape to record the winners.  ``per_sample_weights`` (None) and ``lanes``
@@ -518,7 +566,7 @@ def max_bags_checked(
     """
     return _checked_bags(
         _reduce_max, Mode.MAX, weight, indices, offsets, append_end, csr,
-        per_sample_weights, out, argmax, padding_idx, lanes,
+        per_sample_weights, out, argmax, padding_idx, lanes, stack,
     )  # fmt: skip
 
 

@@ -112,6 +112,7 @@ _FORWARD = {
 SORT_BY_ROW = _pair(backward.sort_by_row)
 _GROUP_TOKENS = _pair(backward.group_tokens, {"sort_by_row": SORT_BY_ROW[1]})
 _COMBINE_FEATURES = _pair(collection.combine_features)
+_COMBINE_OFFSETS = _pair(collection.combine_offsets)
 
 
 class Forward:
@@ -136,13 +137,14 @@ class Forward:
         per_sample_weights,
         out,
         padding_idx,
+        stack=None,
     ):
         argmax = None
         if self.records_winners:  # each bag's winners where its output row is
             argmax = np.empty(out.shape, dtype=np.int64)
         status = self.kernel(
             weight, indices, offsets, append_end, csr, per_sample_weights, out, argmax,
-            padding_idx, self.lanes,
+            padding_idx, self.lanes, stack,
         )  # fmt: skip
         return status, argmax
 
@@ -184,6 +186,12 @@ def combine_features(
         ids, token_starts, bag_starts, row_base, num_rows, padding, pad_row, out_ids,
         out_offsets, status,
     )  # fmt: skip
+
+
+def combine_offsets(token_starts, bag_starts, out_offsets, status) -> None:
+    """:func:`nbbag.cpu.collection.combine_offsets`, serial for small batches."""
+    kernel = _COMBINE_OFFSETS[bag_starts.size < SERIAL_COMBINE_TOKENS]
+    kernel(token_starts, bag_starts, out_offsets, status)
 
 
 def accumulate_rows(grad_output, groups, scale_grad_by_freq, values) -> None:

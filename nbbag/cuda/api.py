@@ -208,11 +208,18 @@ def combine_features(ids, starts, tables, pad_row: int, weights, dtype):
     return int(status.copy_to_host()[0]), out_ids, out_offsets, stacked_weights
 
 
+def stack_ids(ids) -> tuple:
+    """:func:`nbbag.cpu.api.stack_ids`: (OK, ``ids``), which :func:`combine_features`
+    combined and checked already."""
+    return OK, ids
+
+
 def stack_forward(
     weight, indices, offsets, per_sample_weights, options, out, column_starts
 ):  # fmt: skip
     """:func:`nbbag.cpu.api.stack_forward` on the device: the forward kernels write
-    the stack's (F * B, D) rows, then ``move_features`` puts them in their columns."""
+    the stack's (F * B, D) rows, then ``move_features`` puts them in their columns.
+    The ids were checked by :func:`combine_features`: the status is OK."""
     batch = BagBatch(weight, indices, offsets, per_sample_weights, options, indices.shape)
     stack_out, argmax = _run_forward(batch, True)
     _move_features(stack_out, column_starts, out, True)
@@ -221,7 +228,7 @@ def stack_forward(
     kept = None
     if per_sample_weights is not None and options.mode.divides:
         kept = stack_out
-    return BagContext(batch, kept, argmax)
+    return OK, BagContext(batch, kept, argmax)
 
 
 def _move_features(stack_rows, column_starts, wide, to_wide: bool) -> None:
