@@ -494,3 +494,18 @@ def test_a_large_batch_runs_the_parallel_kernels_and_names_a_bad_feature():
             after += [np.asarray(v) for v in opt.state_dict().values()]
         for was, now in zip(before, after, strict=True):
             np.testing.assert_array_equal(was, now)
+
+
+def test_a_batch_of_no_bags_still_checks_its_ids(backend):
+    """B = 0 with ids (every token in no bag): an id outside its table still raises
+    naming the feature, and good ids give a (0, W) output and empty gradients."""
+    coll = nbbag.EmbeddingBagCollection(
+        [nbbag.TableConfig("t", 10, 4, features=["a", "b"])], seed=0, device=backend.name
+    )
+    no_bags = np.zeros(0, dtype=np.int64)
+    with pytest.raises(IndexError, match=r"feature 'b' \(table 't'\): indices\[2\] = 300"):
+        coll({"a": ([1, 2, 3], no_bags), "b": ([1, 2, 300], no_bags)})
+    out = coll({"a": ([1, 2, 3], no_bags), "b": ([4, 5, 6], no_bags)})
+    assert backend.host(out).shape == (0, 8)
+    grads = coll.backward(backend.array(np.zeros((0, 8), np.float32)))
+    assert backend.host(grads["t"].rows).shape == (0,)

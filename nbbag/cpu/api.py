@@ -282,6 +282,10 @@ def combine_features(ids, starts, tables, pad_row: int, weights, dtype):
     variants.combine_offsets(token_starts, bag_starts, out_offsets, status)
     stack = (np.concatenate(ids), token_starts, *tables, pad_row)
     pending = PendingIds(np.empty(token_starts[-1], dtype=np.int64), stack, bag_starts)
+    if status[0] == OK and not bag_starts.shape[1]:
+        # No bags: no chunk of the forward would see the ids, which are still checked
+        # (and the context's) as in a batch with bags.
+        status[0] = _combine_ids_now(pending)
     stacked_weights = None
     if any(w is not None for w in weights):  # the tokens keep their order: feature-major
         stacked_weights = np.concatenate(
@@ -295,10 +299,15 @@ def combine_features(ids, starts, tables, pad_row: int, weights, dtype):
 
 @guarded
 def stack_ids(ids: PendingIds) -> tuple:
-    """(status, the stack's ids) of :func:`combine_features`' ``ids``, combined now
-    (:func:`nbbag.cpu.collection.combine_features`): for an optimizer that catches up
-    the rows before the forward reads them.  The forward combines them again, the
-    same."""
+    """(status, the stack's ids) of :func:`combine_features`' ``ids``, combined now:
+    for an optimizer that catches up the rows before the forward reads them.  The
+    forward combines them again, the same."""
+    return _combine_ids_now(ids), ids.out
+
+
+def _combine_ids_now(ids: PendingIds) -> int:
+    """Combine ``ids.out`` from ``ids.stack`` (and the offsets again, into scratch:
+    :func:`nbbag.cpu.collection.combine_features`); return the status."""
     features_ids, token_starts, row_base, num_rows, padding, pad_row = ids.stack
     scratch_offsets = np.empty(ids.bag_starts.size + 1, dtype=np.int64)
     status = np.full(1, OK, dtype=np.int64)
@@ -306,7 +315,7 @@ def stack_ids(ids: PendingIds) -> tuple:
         features_ids, token_starts, ids.bag_starts, (row_base, num_rows, padding),
         pad_row, ids.out, scratch_offsets, status,
     )  # fmt: skip
-    return int(status[0]), ids.out
+    return int(status[0])
 
 
 @guarded
