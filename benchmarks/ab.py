@@ -8,7 +8,11 @@ working tree's is ``nbbag``.  Each case warms both up (their kernels compile: RE
 anew each run, its Numba cache living in the temporary directory), checks that their
 outputs agree, then alternates base and new for R rounds of k calls each (k sized for a
 round of about ``ROUND_SECONDS``; the order flips every round), so the machine's drift
-hits both alike.  Per case it prints the median time per call of each, base/new (> 1:
+hits both alike.  Not alike: which version's objects were made first.  The fused
+update of a collection's SGD step (2048 x 1, random rows of a 380 MB stack) took
+300-480 us less in the version made first, whichever that was (three runs, the phases
+timed in one process): the step cases lean that way, toward the base, by up to ~10%.
+Per case it prints the median time per call of each, base/new (> 1:
 the working tree is faster) and the spread of the per-round ratios (min-max).
 
 Cases (threads: ``NBBAG_BENCH_THREADS``, default 2, as the suite): the forward (sum,
