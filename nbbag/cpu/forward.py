@@ -53,12 +53,12 @@ CHECKED_CHUNKS = 64
 
 
 # -- per-bag functions ------------------------------------------------------------------
-@njit(cache=True)
 def _first_outside(indices, start, end, num_rows):
     """The first position of ``indices[start:end]`` whose id lies outside
     [0, num_rows), or -1 (always, for ``num_rows`` None: inputs trusted).  A min/max
     pass first, which LLVM vectorises: on good input it is all there is.  (Checking
-    each id in the loop that adds the rows cost that loop 10-25% at D = 64.)"""
+    each id in the loop that adds the rows cost that loop 10-25% at D = 64.)
+    Compiled as :func:`_chunk_ids`' implementation for an int or None."""
     if num_rows is None or start >= end:
         return -1
     smallest = indices[start]
@@ -319,9 +319,9 @@ def _each_bag(
     return OK if first_bad == num_tokens else first_bad
 
 
-def _chunk_ids(indices, start, end, rows):
+def _chunk_ids(indices, start, end, num_rows):
     """Make a chunk's ids ``indices[start:end]`` ready to read, and return the first
-    position of one outside its table, or -1: with ``rows`` None (ids trusted), -1;
+    position of one outside its table, or -1: with ``num_rows`` None (ids trusted), -1;
     an int V, :func:`_first_outside`; a collection stack's tuple (its features' ids one
     after another, ``token_starts``, ``row_base``, ``num_rows``, ``padding``,
     ``pad_row``), the ids combined into ``indices`` first
@@ -330,19 +330,21 @@ def _chunk_ids(indices, start, end, rows):
 
 
 @overload(_chunk_ids)
-def _chunk_ids_overload(indices, start, end, rows):
-    if isinstance(rows, types.BaseTuple):
+def _chunk_ids_overload(indices, start, end, num_rows):
+    if isinstance(num_rows, types.BaseTuple):
 
-        def combined(indices, start, end, rows):
-            ids, token_starts, row_base, num_rows, padding, pad_row = rows
+        def combined(indices, start, end, num_rows):
+            ids, token_starts, row_base, table_rows, padding, pad_row = num_rows
             bad = combine_ids(
-                ids, token_starts, row_base, num_rows, padding, pad_row, indices,
+                ids, token_starts, row_base, table_rows, padding, pad_row, indices,
                 start, end,
             )  # fmt: skip
             return start if bad else -1
 
         return combined
-    return lambda indices, start, end, rows: _first_outside(indices, start, end, rows)
+    # The function itself, not a call of a dispatcher: a full run of the suite once
+    # failed to compile such a call for int64 ids (cold cache, several processes).
+    return _first_outside
 
 
 # -- the public bag kernels (inputs trusted) ---------------------------------------------
