@@ -249,7 +249,7 @@ def check_feature(indices, offsets, per_sample_weights, mode, dtype) -> tuple:
 
 class PendingIds(NamedTuple):
     """A stack's ids (N,) int64, ``out``, still to be combined from ``stack``: by the
-    forward as it reads them, or by :func:`stack_ids` (which reads ``bag_starts``)."""
+    forward as it reads them, or by :func:`stack_ids`."""
 
     out: np.ndarray
     # the forward kernels' ``stack`` (:mod:`nbbag.cpu.forward`): (every feature's ids
@@ -257,7 +257,6 @@ class PendingIds(NamedTuple):
     # (F,) where its table starts in the stack, its rows and its padding row or -1,
     # then the stack's spare row); a plain tuple, which Numba's parallel kernels take
     stack: tuple
-    bag_starts: np.ndarray  # (F, B)
 
 
 @guarded
@@ -281,7 +280,7 @@ def combine_features(ids, starts, tables, pad_row: int, weights, dtype):
     status = np.full(1, OK, dtype=np.int64)
     variants.combine_offsets(token_starts, bag_starts, out_offsets, status)
     stack = (np.concatenate(ids), token_starts, *tables, pad_row)
-    pending = PendingIds(np.empty(token_starts[-1], dtype=np.int64), stack, bag_starts)
+    pending = PendingIds(np.empty(token_starts[-1], dtype=np.int64), stack)
     if status[0] == OK and not bag_starts.shape[1]:
         # No bags: no chunk of the forward would see the ids, which are still checked
         # (and the context's) as in a batch with bags.
@@ -306,15 +305,10 @@ def stack_ids(ids: PendingIds) -> tuple:
 
 
 def _combine_ids_now(ids: PendingIds) -> int:
-    """Combine ``ids.out`` from ``ids.stack`` (and the offsets again, into scratch:
-    :func:`nbbag.cpu.collection.combine_features`); return the status."""
-    features_ids, token_starts, row_base, num_rows, padding, pad_row = ids.stack
-    scratch_offsets = np.empty(ids.bag_starts.size + 1, dtype=np.int64)
+    """Combine ``ids.out`` from ``ids.stack``
+    (:func:`nbbag.cpu.collection.combine_stack_ids`); return the status."""
     status = np.full(1, OK, dtype=np.int64)
-    variants.combine_features(
-        features_ids, token_starts, ids.bag_starts, (row_base, num_rows, padding),
-        pad_row, ids.out, scratch_offsets, status,
-    )  # fmt: skip
+    variants.combine_stack_ids(ids.stack, ids.out, status)
     return int(status[0])
 
 

@@ -121,7 +121,34 @@ def combine_features(
     if _combine_offsets(token_starts, bag_starts, out_offsets):
         status[0] = BAD_OFFSETS
         return
-    num_features = bag_starts.shape[0]
+    if _combine_all_ids(ids, token_starts, row_base, num_rows, padding, pad_row, out_ids):
+        status[0] = BAD_ID
+
+
+@njit(parallel=PARALLEL, cache=True)
+def combine_stack_ids(
+    ids, token_starts, row_base, num_rows, padding, pad_row, out_ids, status
+):  # fmt: skip
+    """The ids' half of :func:`combine_features`: ``out_ids`` written, ``status[0]``
+    lowered to BAD_ID where an id is outside its table.  For the CPU's collection when
+    its ids are wanted before the forward (an optimizer's catch-up, a batch of no bags).
+
+    Ownership: iteration c of the prange writes the ids of piece c (of feature c //
+    CHUNKS_PER_FEATURE) in ``out_ids``; the calling thread, ``status``.
+    """
+    if _combine_all_ids(ids, token_starts, row_base, num_rows, padding, pad_row, out_ids):
+        status[0] = BAD_ID
+
+
+@njit(cache=True, inline="always")
+def _combine_all_ids(ids, token_starts, row_base, num_rows, padding, pad_row, out_ids):
+    """Every feature's ids combined (:func:`combine_ids`), each feature in
+    CHUNKS_PER_FEATURE pieces; return how many lie outside their table.
+
+    Ownership: iteration c of the prange writes the ids of piece c (of feature c //
+    CHUNKS_PER_FEATURE) in ``out_ids``.
+    """
+    num_features = token_starts.shape[0] - 1
     bad_ids = 0
     for c in prange(num_features * CHUNKS_PER_FEATURE):
         f = c // CHUNKS_PER_FEATURE
@@ -134,5 +161,4 @@ def combine_features(
             ids, token_starts, row_base, num_rows, padding, pad_row, out_ids,
             token_starts[f] + first, token_starts[f] + last,
         )  # fmt: skip
-    if bad_ids:
-        status[0] = BAD_ID
+    return bad_ids

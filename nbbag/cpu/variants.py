@@ -111,7 +111,7 @@ _FORWARD = {
 }
 SORT_BY_ROW = _pair(backward.sort_by_row)
 _GROUP_TOKENS = _pair(backward.group_tokens, {"sort_by_row": SORT_BY_ROW[1]})
-_COMBINE_FEATURES = _pair(collection.combine_features)
+_COMBINE_STACK_IDS = _pair(collection.combine_stack_ids)
 _COMBINE_OFFSETS = _pair(collection.combine_offsets)
 
 
@@ -176,16 +176,12 @@ def group_tokens(
     )  # fmt: skip
 
 
-def combine_features(
-    ids, token_starts, bag_starts, tables, pad_row, out_ids, out_offsets, status
-):  # fmt: skip
-    """:func:`nbbag.cpu.collection.combine_features`, serial for small batches."""
-    row_base, num_rows, padding = tables
-    kernel = _COMBINE_FEATURES[ids.shape[0] < SERIAL_COMBINE_TOKENS]
-    kernel(
-        ids, token_starts, bag_starts, row_base, num_rows, padding, pad_row, out_ids,
-        out_offsets, status,
-    )  # fmt: skip
+def combine_stack_ids(stack, out_ids, status) -> None:
+    """:func:`nbbag.cpu.collection.combine_stack_ids` of a stack's tuple (its features'
+    ids, token starts, row bases, rows, paddings and spare row), serial for small
+    batches."""
+    kernel = _COMBINE_STACK_IDS[stack[0].shape[0] < SERIAL_COMBINE_TOKENS]
+    kernel(*stack, out_ids, status)
 
 
 def combine_offsets(token_starts, bag_starts, out_offsets, status) -> None:
